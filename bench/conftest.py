@@ -1,0 +1,44 @@
+"""Shared helpers for `pytest bench --benchmark-only`: run metadata and synchronised timing."""
+
+import functools
+import subprocess
+
+import pytest
+import torch
+
+
+@functools.lru_cache(None)
+def run_metadata() -> dict:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        sha = "unknown"
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return {"device": device, "torch": torch.__version__, "triton": triton_version, "git_sha": sha}
+
+
+@pytest.fixture
+def bench_device():
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@pytest.fixture
+def record(benchmark):
+    """Adds run metadata plus the given fields to the benchmark's extra_info."""
+
+    def _record(**fields):
+        benchmark.extra_info.update(run_metadata())
+        benchmark.extra_info.update(fields)
+
+    return _record

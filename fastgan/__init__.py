@@ -1,0 +1,3 @@
+"""fastgan: fast, verified GAN training on PyTorch."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,17 @@
+"""fastgan.ops: fused GAN ops, each with a plain PyTorch reference, behind one dispatch point."""
+
+from ._dispatch import available, last_impl
+from .instance_norm_act import instance_norm_act, instance_norm_act_ref
+from .leaky_relu import leaky_relu, leaky_relu_ref
+from .reflect_pad_conv2d import reflect_pad_conv2d, reflect_pad_conv2d_ref
+
+__all__ = [
+    "available",
+    "last_impl",
+    "instance_norm_act",
+    "instance_norm_act_ref",
+    "leaky_relu",
+    "leaky_relu_ref",
+    "reflect_pad_conv2d",
+    "reflect_pad_conv2d_ref",
+]
