@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from fastgan.nn import Conv2dLeakyReLU, InstanceNormAct, LeakyReLU, ReflectPadConv2d
 from fastgan import accelerate
+from fastgan.nn import Conv2dLeakyReLU, InstanceNormAct, LeakyReLU, ReflectPadConv2d
 from fastgan.ops import instance_norm_act_ref
 
 
