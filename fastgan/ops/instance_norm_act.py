@@ -1,7 +1,20 @@
 """instance_norm_act: y = act(InstanceNorm(x) * weight + bias) + residual, in one pass.
 
 Sections (../STYLE.md): 1. reference  2. Triton kernels  3. launchers  4. autograd  5. public function.
-The Triton sections are added by the fused-kernel work; the public API below is fixed.
+
+The Triton path views x as [N, C, S] (S = H*W) with strides, so NCHW (stride_s = 1) and channels_last
+(stride_c = 1) share the kernels and the output keeps x's layout without a copy. Each (sample, channel
+block) row is cut into SPLIT pieces so that a small N*C still fills the GPU; every reduction is
+deterministic (per-program fp32 partials, then a fixed-order sum, no atomics).
+
+Forward, two passes over x:
+  stats:     per piece, sums of d = x - x[n, c, 0] and of d^2 (the shift keeps E[d^2] - E[d]^2 from
+             cancelling when |mean| >> std)
+  normalise: mean, rstd from the pieces' sums; y = act(xhat * w + b) + residual, xhat = (x - mean) * rstd
+Backward, with z = xhat * w + b, g = dy * act'(z) and S = H*W:
+  dweight = sum_{n,s} g * xhat        dbias = sum_{n,s} g        dresidual = dy
+  dx = rstd * (g * w - w * sum_s(g) / S - xhat * w * sum_s(g * xhat) / S)
+  one pass for the per-piece sums of g and g * xhat, one for dx.
 """
 
 from __future__ import annotations
@@ -9,13 +22,22 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import _dispatch
+from . import _dispatch, _triton_util
+from ._triton_util import kernel
+
+try:
+    import triton.language as tl
+except ImportError:  # the reference path still works; _triton_util.check says why Triton cannot run
+    tl = None
 
 _ACTS = ("relu", "leaky_relu", "none")
+_ACT_CODE = {"none": 0, "relu": 1, "leaky_relu": 2}
+_MAX_SPLIT = 64
 
 
 # 1. Reference ------------------------------------------------------------------------------------
-def instance_norm_act_ref(x, weight=None, bias=None, *, act="relu", negative_slope=0.2, eps=1e-5, residual=None):
+def instance_norm_act_ref(x, weight=None, bias=None, *, act="relu", negative_slope=0.2, eps=1e-5,
+                          residual=None):
     """Plain PyTorch reference: statistics in fp32 over H*W (biased variance), output in x's dtype."""
     y = F.instance_norm(x.float(), weight=None if weight is None else weight.float(),
                         bias=None if bias is None else bias.float(), eps=eps)
@@ -32,16 +54,307 @@ def _check_args(x, weight, bias, act, residual):
     if x.dim() != 4:
         raise ValueError(f"instance_norm_act: x must be 4-D [N, C, H, W], got shape {tuple(x.shape)}")
     if x.shape[2] * x.shape[3] < 2:
-        raise ValueError(f"instance_norm_act: x needs more than one spatial element per channel, got {tuple(x.shape)}")
+        raise ValueError("instance_norm_act: x needs more than one spatial element per channel, "
+                         f"got {tuple(x.shape)}")
     if act not in _ACTS:
         raise ValueError(f"instance_norm_act: act={act!r} is not one of {_ACTS}")
     if (weight is None) != (bias is None):
         raise ValueError("instance_norm_act: weight and bias must both be given (affine) or both be None")
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and tuple(t.shape) != (x.shape[1],):
-            raise ValueError(f"instance_norm_act: {name} must have shape ({x.shape[1]},), got {tuple(t.shape)}")
+            raise ValueError(f"instance_norm_act: {name} must have shape ({x.shape[1]},), "
+                             f"got {tuple(t.shape)}")
     if residual is not None and residual.shape != x.shape:
-        raise ValueError(f"instance_norm_act: residual shape {tuple(residual.shape)} != x shape {tuple(x.shape)}")
+        raise ValueError(f"instance_norm_act: residual shape {tuple(residual.shape)} "
+                         f"!= x shape {tuple(x.shape)}")
+
+
+# 2. Triton kernels -------------------------------------------------------------------------------
+@kernel
+def _instance_norm_act_stats_kernel(
+    X,  # input, [N, C, S] with strides (stride_n, stride_c, stride_s)
+    PSUM,  # fp32 out, [N, C, SPLIT]: per piece, sum of x - x[n, c, 0]
+    PSQ,  # fp32 out, [N, C, SPLIT]: per piece, sum of (x - x[n, c, 0])^2
+    C, S, stride_n, stride_c, stride_s, split_len, SPLIT,
+    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    pid_split, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = c < C
+    row = X + n.to(tl.int64) * stride_n + c * stride_c  # [BLOCK_C] pointers to x[n, c, 0]
+    shift = tl.load(row, mask=c_mask, other=0.0).to(tl.float32)
+    acc = tl.zeros([BLOCK_C, BLOCK_S], dtype=tl.float32)
+    acc_sq = tl.zeros([BLOCK_C, BLOCK_S], dtype=tl.float32)
+    start = pid_split * split_len
+    end = tl.minimum(start + split_len, S)
+    for s0 in range(start, end, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S)
+        mask = c_mask[:, None] & (s < end)[None, :]
+        x = tl.load(row[:, None] + s[None, :] * stride_s, mask=mask, other=0.0).to(tl.float32)
+        d = tl.where(mask, x - shift[:, None], 0.0)
+        acc += d
+        acc_sq += d * d
+    out = (n * C + c) * SPLIT + pid_split
+    tl.store(PSUM + out, tl.sum(acc, axis=1), mask=c_mask)
+    tl.store(PSQ + out, tl.sum(acc_sq, axis=1), mask=c_mask)
+
+
+@kernel
+def _instance_norm_act_fwd_kernel(
+    X,  # input, [N, C, S] with strides (stride_n, stride_c, stride_s)
+    R,  # residual, like X (unused unless HAS_RESIDUAL)
+    Y,  # output, like X
+    W,  # weight, [C] (unused unless HAS_AFFINE)
+    B,  # bias, [C] (unused unless HAS_AFFINE)
+    PSUM,  # fp32, [N, C, SPLIT], from the stats kernel
+    PSQ,  # fp32, [N, C, SPLIT], from the stats kernel
+    MEAN,  # fp32 out, [N, C]
+    RSTD,  # fp32 out, [N, C]
+    C, S, stride_n, stride_c, stride_s, split_len, SPLIT, eps, negative_slope,
+    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, SPLIT_P2: tl.constexpr,
+    HAS_AFFINE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACT: tl.constexpr,
+):
+    pid_split, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = c < C
+    offset = n.to(tl.int64) * stride_n + c * stride_c  # [BLOCK_C] offsets of x[n, c, 0]
+    shift = tl.load(X + offset, mask=c_mask, other=0.0).to(tl.float32)
+    pieces = tl.arange(0, SPLIT_P2)
+    p = (n * C + c[:, None]) * SPLIT + pieces[None, :]
+    p_mask = c_mask[:, None] & (pieces < SPLIT)[None, :]
+    mean_d = tl.sum(tl.load(PSUM + p, mask=p_mask, other=0.0), axis=1) / S
+    var = tl.maximum(tl.sum(tl.load(PSQ + p, mask=p_mask, other=0.0), axis=1) / S - mean_d * mean_d, 0.0)
+    mean = shift + mean_d
+    rstd = 1.0 / tl.sqrt(var + eps)
+    if pid_split == 0:
+        tl.store(MEAN + n * C + c, mean, mask=c_mask)
+        tl.store(RSTD + n * C + c, rstd, mask=c_mask)
+    scale = rstd
+    if HAS_AFFINE:
+        w = tl.load(W + c, mask=c_mask, other=0.0).to(tl.float32)
+        scale = rstd * w
+        shift_out = tl.load(B + c, mask=c_mask, other=0.0).to(tl.float32) - mean * scale
+    else:
+        shift_out = -mean * scale
+    start = pid_split * split_len
+    end = tl.minimum(start + split_len, S)
+    for s0 in range(start, end, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S)
+        mask = c_mask[:, None] & (s < end)[None, :]
+        idx = offset[:, None] + s[None, :] * stride_s
+        z = tl.load(X + idx, mask=mask, other=0.0).to(tl.float32) * scale[:, None] + shift_out[:, None]
+        if ACT == 1:
+            z = tl.maximum(z, 0.0)
+        elif ACT == 2:
+            z = tl.where(z > 0, z, z * negative_slope)
+        if HAS_RESIDUAL:
+            z += tl.load(R + idx, mask=mask, other=0.0).to(tl.float32)
+        tl.store(Y + idx, z.to(Y.dtype.element_ty), mask=mask)
+
+
+@kernel
+def _instance_norm_act_bwd_stats_kernel(
+    X,  # input, [N, C, S] with strides (stride_n, stride_c, stride_s)
+    DY,  # output gradient, like X
+    W,  # weight, [C] (unused unless HAS_AFFINE)
+    B,  # bias, [C] (unused unless HAS_AFFINE)
+    MEAN,  # fp32, [N, C]
+    RSTD,  # fp32, [N, C]
+    PG,  # fp32 out, [N, C, SPLIT]: per piece, sum of g
+    PGX,  # fp32 out, [N, C, SPLIT]: per piece, sum of g * xhat
+    C, S, stride_n, stride_c, stride_s, split_len, SPLIT, negative_slope,
+    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, HAS_AFFINE: tl.constexpr, ACT: tl.constexpr,
+):
+    pid_split, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = c < C
+    offset = n.to(tl.int64) * stride_n + c * stride_c
+    mean = tl.load(MEAN + n * C + c, mask=c_mask, other=0.0)
+    rstd = tl.load(RSTD + n * C + c, mask=c_mask, other=0.0)
+    w = tl.full([BLOCK_C], 1.0, tl.float32)
+    b = tl.zeros([BLOCK_C], dtype=tl.float32)
+    if HAS_AFFINE:
+        w = tl.load(W + c, mask=c_mask, other=0.0).to(tl.float32)
+        b = tl.load(B + c, mask=c_mask, other=0.0).to(tl.float32)
+    acc_g = tl.zeros([BLOCK_C, BLOCK_S], dtype=tl.float32)
+    acc_gx = tl.zeros([BLOCK_C, BLOCK_S], dtype=tl.float32)
+    start = pid_split * split_len
+    end = tl.minimum(start + split_len, S)
+    for s0 in range(start, end, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S)
+        mask = c_mask[:, None] & (s < end)[None, :]
+        idx = offset[:, None] + s[None, :] * stride_s
+        xhat = (tl.load(X + idx, mask=mask, other=0.0).to(tl.float32) - mean[:, None]) * rstd[:, None]
+        g = tl.load(DY + idx, mask=mask, other=0.0).to(tl.float32)
+        if ACT != 0:
+            z = xhat * w[:, None] + b[:, None]
+            if ACT == 1:
+                g = tl.where(z > 0, g, 0.0)
+            else:
+                g = tl.where(z > 0, g, g * negative_slope)
+        acc_g += g
+        acc_gx += g * xhat
+    out = (n * C + c) * SPLIT + pid_split
+    tl.store(PG + out, tl.sum(acc_g, axis=1), mask=c_mask)
+    tl.store(PGX + out, tl.sum(acc_gx, axis=1), mask=c_mask)
+
+
+@kernel
+def _instance_norm_act_bwd_kernel(
+    X,  # input, [N, C, S] with strides (stride_n, stride_c, stride_s)
+    DY,  # output gradient, like X
+    DX,  # input gradient out, like X
+    W,  # weight, [C] (unused unless HAS_AFFINE)
+    B,  # bias, [C] (unused unless HAS_AFFINE)
+    MEAN,  # fp32, [N, C]
+    RSTD,  # fp32, [N, C]
+    PG,  # fp32, [N, C, SPLIT], from the backward stats kernel
+    PGX,  # fp32, [N, C, SPLIT], from the backward stats kernel
+    C, S, stride_n, stride_c, stride_s, split_len, SPLIT, negative_slope,
+    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, SPLIT_P2: tl.constexpr,
+    HAS_AFFINE: tl.constexpr, ACT: tl.constexpr,
+):
+    pid_split, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = c < C
+    offset = n.to(tl.int64) * stride_n + c * stride_c
+    mean = tl.load(MEAN + n * C + c, mask=c_mask, other=0.0)
+    rstd = tl.load(RSTD + n * C + c, mask=c_mask, other=0.0)
+    w = tl.full([BLOCK_C], 1.0, tl.float32)
+    b = tl.zeros([BLOCK_C], dtype=tl.float32)
+    if HAS_AFFINE:
+        w = tl.load(W + c, mask=c_mask, other=0.0).to(tl.float32)
+        b = tl.load(B + c, mask=c_mask, other=0.0).to(tl.float32)
+    pieces = tl.arange(0, SPLIT_P2)
+    p = (n * C + c[:, None]) * SPLIT + pieces[None, :]
+    p_mask = c_mask[:, None] & (pieces < SPLIT)[None, :]
+    mean_dxhat = w * tl.sum(tl.load(PG + p, mask=p_mask, other=0.0), axis=1) / S
+    mean_dxhat_xhat = w * tl.sum(tl.load(PGX + p, mask=p_mask, other=0.0), axis=1) / S
+    start = pid_split * split_len
+    end = tl.minimum(start + split_len, S)
+    for s0 in range(start, end, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S)
+        mask = c_mask[:, None] & (s < end)[None, :]
+        idx = offset[:, None] + s[None, :] * stride_s
+        xhat = (tl.load(X + idx, mask=mask, other=0.0).to(tl.float32) - mean[:, None]) * rstd[:, None]
+        g = tl.load(DY + idx, mask=mask, other=0.0).to(tl.float32)
+        if ACT != 0:
+            z = xhat * w[:, None] + b[:, None]
+            if ACT == 1:
+                g = tl.where(z > 0, g, 0.0)
+            else:
+                g = tl.where(z > 0, g, g * negative_slope)
+        dx = rstd[:, None] * (g * w[:, None] - mean_dxhat[:, None] - xhat * mean_dxhat_xhat[:, None])
+        tl.store(DX + idx, dx.to(DX.dtype.element_ty), mask=mask)
+
+
+# 3. Launchers ------------------------------------------------------------------------------------
+_OP = "instance_norm_act"
+
+
+def _plan(x):
+    """Shape, strides, tile and split of x for the kernels."""
+    n, c, s, stride_n, stride_c, stride_s = _triton_util.channels_view(_OP, "x", x)
+    block_c, block_s = _triton_util.tile(c, s, stride_c)
+    c_blocks = -(-c // block_c)
+    max_split = max(1, min(_MAX_SPLIT, 4096 // block_c))  # bounds the [BLOCK_C, SPLIT_P2] partials tile
+    split, split_len = _triton_util.split(n, c_blocks, s, block_s, max_split)
+    return dict(n=n, c=c, s=s, strides=(stride_n, stride_c, stride_s), block_c=block_c, block_s=block_s,
+                grid=(split, c_blocks, n), split=split, split_len=split_len)
+
+
+def _instance_norm_act_fwd(x, weight, bias, residual, act, negative_slope, eps):
+    """Returns y (x's layout and dtype) and the fp32 [N, C] mean and rstd that backward needs."""
+    plan = _plan(x)
+    n, c, s, split = plan["n"], plan["c"], plan["s"], plan["split"]
+    psum = _triton_util.empty((n, c, split), torch.float32, x.device)
+    psq = _triton_util.empty((n, c, split), torch.float32, x.device)
+    mean = _triton_util.empty((n, c), torch.float32, x.device)
+    rstd = _triton_util.empty((n, c), torch.float32, x.device)
+    y = _triton_util.empty_like(x)
+    common = (c, s, *plan["strides"], plan["split_len"], split)
+    with _triton_util.device_guard(x):
+        _instance_norm_act_stats_kernel[plan["grid"]](x, psum, psq, *common,
+                                                      BLOCK_C=plan["block_c"], BLOCK_S=plan["block_s"])
+        _instance_norm_act_fwd_kernel[plan["grid"]](
+            x, x if residual is None else residual, y,
+            x if weight is None else weight, x if bias is None else bias,
+            psum, psq, mean, rstd, *common, eps, negative_slope,
+            BLOCK_C=plan["block_c"], BLOCK_S=plan["block_s"], SPLIT_P2=_triton_util.next_pow2(split),
+            HAS_AFFINE=weight is not None, HAS_RESIDUAL=residual is not None, ACT=_ACT_CODE[act])
+    return y, mean, rstd
+
+
+def _instance_norm_act_bwd(dy, x, weight, bias, mean, rstd, act, negative_slope):
+    """Returns dx (x's layout and dtype) and fp32 [C] dweight, dbias (for weight 1, bias 0 if not affine)."""
+    plan = _plan(x)
+    n, c, s, split = plan["n"], plan["c"], plan["s"], plan["split"]
+    dy = _triton_util.same_layout(dy, x)
+    pg = _triton_util.empty((n, c, split), torch.float32, x.device)
+    pgx = _triton_util.empty((n, c, split), torch.float32, x.device)
+    dx = _triton_util.empty_like(x)
+    common = (c, s, *plan["strides"], plan["split_len"], split, negative_slope)
+    affine = dict(HAS_AFFINE=weight is not None, ACT=_ACT_CODE[act])
+    w, b = (x, x) if weight is None else (weight, bias)
+    with _triton_util.device_guard(x):
+        _instance_norm_act_bwd_stats_kernel[plan["grid"]](
+            x, dy, w, b, mean, rstd, pg, pgx, *common,
+            BLOCK_C=plan["block_c"], BLOCK_S=plan["block_s"], **affine)
+        _instance_norm_act_bwd_kernel[plan["grid"]](
+            x, dy, dx, w, b, mean, rstd, pg, pgx, *common,
+            BLOCK_C=plan["block_c"], BLOCK_S=plan["block_s"], SPLIT_P2=_triton_util.next_pow2(split),
+            **affine)
+    # A fixed-order sum over samples and pieces: deterministic, unlike atomics.
+    return dx, pgx.sum(dim=(0, 2)), pg.sum(dim=(0, 2))
+
+
+# 4. Autograd (torch.library custom ops, so torch.compile and CUDA graphs see opaque kernels) ------
+@torch.library.custom_op("fastgan::instance_norm_act_fwd", mutates_args=())
+def _fwd_op(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+            residual: torch.Tensor | None, act: str, negative_slope: float,
+            eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _instance_norm_act_fwd(x, weight, bias, residual, act, negative_slope, eps)
+
+
+@_fwd_op.register_fake
+def _(x, weight, bias, residual, act, negative_slope, eps):
+    stats = x.new_empty((x.shape[0], x.shape[1]), dtype=torch.float32)
+    return torch.empty_like(x), stats, torch.empty_like(stats)
+
+
+@torch.library.custom_op("fastgan::instance_norm_act_bwd", mutates_args=())
+def _bwd_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+            mean: torch.Tensor, rstd: torch.Tensor, act: str,
+            negative_slope: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _instance_norm_act_bwd(dy, x, weight, bias, mean, rstd, act, negative_slope)
+
+
+@_bwd_op.register_fake
+def _(dy, x, weight, bias, mean, rstd, act, negative_slope):
+    grad = x.new_empty((x.shape[1],), dtype=torch.float32)
+    return torch.empty_like(x), grad, torch.empty_like(grad)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, residual, act, negative_slope, eps = inputs
+    _, mean, rstd = output
+    ctx.mark_non_differentiable(mean, rstd)
+    ctx.save_for_backward(x, weight, bias, mean, rstd)
+    ctx.act, ctx.negative_slope, ctx.has_residual = act, negative_slope, residual is not None
+
+
+def _backward(ctx, dy, _dmean, _drstd):
+    x, weight, bias, mean, rstd = ctx.saved_tensors
+    dx, dweight, dbias = _bwd_op(dy, x, weight, bias, mean, rstd, ctx.act, ctx.negative_slope)
+    if weight is None:
+        dweight = dbias = None
+    else:
+        dweight, dbias = dweight.to(weight.dtype), dbias.to(bias.dtype)
+    return dx, dweight, dbias, dy if ctx.has_residual else None, None, None, None
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+_dispatch.register(_OP, "triton", _triton_util.check)
 
 
 # 5. Public function ------------------------------------------------------------------------------
@@ -61,11 +374,23 @@ def instance_norm_act(x, weight=None, bias=None, *, act="relu", negative_slope=0
         y, same shape, dtype and memory layout as x.
     """
     _check_args(x, weight, bias, act, residual)
-    _dispatch.resolve("instance_norm_act", impl, x.device)
-    y = instance_norm_act_ref(x, weight, bias, act=act, negative_slope=negative_slope, eps=eps, residual=residual)
+    if _dispatch.resolve(_OP, impl, x.device) == "triton":
+        _triton_util.check_dtype(_OP, "x", x)
+        _triton_util.channels_view(_OP, "x", x)
+        if x.shape[1] * x.shape[2] * x.shape[3] >= 2**31:
+            raise ValueError(f"instance_norm_act: one sample of x has {x[0].numel()} elements; the Triton "
+                             "path takes fewer than 2**31 (use impl='ref')")
+        for name, t in (("weight", weight), ("bias", bias), ("residual", residual)):
+            if t is not None and t.device != x.device:
+                raise ValueError(f"instance_norm_act: {name} is on {t.device} but x is on {x.device}")
+        if residual is not None:
+            residual = _triton_util.same_layout(residual, x)
+        return _fwd_op(x, weight, bias, residual, act, float(negative_slope), float(eps))[0]
+    y = instance_norm_act_ref(x, weight, bias, act=act, negative_slope=negative_slope, eps=eps,
+                              residual=residual)
     return y.contiguous(memory_format=_layout(x))
 
 
 def _layout(x):
-    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
-        else torch.contiguous_format
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format

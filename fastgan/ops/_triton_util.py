@@ -1,0 +1,135 @@
+"""Helpers shared by the Triton fast paths: lazy kernels, the capability check, layouts and allocation."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+
+import torch
+
+from . import _dispatch
+
+_FAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@functools.lru_cache(None)
+def _triton_importable() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def check(device: torch.device) -> str | None:
+    """The dispatch capability check: None where Triton kernels can run on ``device``, else why not."""
+    if not _triton_importable():
+        return "triton is not installed (pip install triton)"
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu":
+        return None if _dispatch.interpret_mode() else "CPU tensors need TRITON_INTERPRET=1 for Triton"
+    return f"Triton kernels do not run on {device.type} tensors"
+
+
+class kernel:
+    """``triton.jit`` applied at launch rather than at import.
+
+    Triton chooses between compiling and interpreting when a function is decorated, so a kernel
+    decorated at import would ignore a ``TRITON_INTERPRET=1`` set later (by a test, for one). Keeping
+    both variants lets the interpreter run CPU tensors while CUDA tensors get compiled kernels.
+    """
+
+    def __init__(self, fn):
+        self.fn = fn
+        functools.update_wrapper(self, fn)
+
+    @functools.cached_property
+    def _compiled(self):
+        from triton.runtime.jit import JITFunction
+
+        return JITFunction(self.fn)
+
+    @functools.cached_property
+    def _interpreted(self):
+        from triton.runtime.interpreter import InterpretedFunction
+
+        return InterpretedFunction(self.fn)
+
+    def __getitem__(self, grid):
+        return (self._interpreted if _dispatch.interpret_mode() else self._compiled)[grid]
+
+
+def device_guard(x: torch.Tensor):
+    """Makes x's GPU current so Triton launches on that device's current stream."""
+    return torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
+
+
+def check_dtype(op: str, name: str, t: torch.Tensor) -> None:
+    if t.dtype not in _FAST_DTYPES:
+        raise ValueError(f"{op}: {name} has dtype {t.dtype}; the Triton path takes float32, bfloat16 or "
+                         "float16 (use impl='ref' for other dtypes)")
+
+
+def channels_view(op: str, name: str, x: torch.Tensor) -> tuple[int, int, int, int, int, int]:
+    """(N, C, S, stride_n, stride_c, stride_s) of ``x`` seen as [N, C, S] with S the flattened dims 2..
+
+    Takes a contiguous tensor (stride_s = 1) or a channels-last one (stride_c = 1, stride_s = C);
+    anything else raises, naming ``name``.
+    """
+    n, c = x.shape[0], x.shape[1] if x.dim() > 1 else 1
+    s = x.numel() // max(n * c, 1)
+    if x.is_contiguous():
+        return n, c, s, c * s, s, 1
+    if x.dim() in (4, 5):
+        fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        if x.is_contiguous(memory_format=fmt):
+            return n, c, s, c * s, 1, c
+    raise ValueError(f"{op}: {name} with shape {tuple(x.shape)} and strides {x.stride()} is neither "
+                     "contiguous nor channels_last; call .contiguous() on it first")
+
+
+def is_dense(x: torch.Tensor) -> bool:
+    """True when x's elements fill its storage span exactly, in some order of its dims."""
+    expected = 1
+    for stride, size in sorted((st, sz) for st, sz in zip(x.stride(), x.shape) if sz > 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def same_layout(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``t`` (its dtype kept) with ``like``'s strides: a copy only when they differ."""
+    if t.stride() == like.stride():
+        return t
+    return torch.empty_like(like, dtype=t.dtype).copy_(t)
+
+
+def empty_like(x: torch.Tensor, dtype=None) -> torch.Tensor:
+    """Allocation for kernel outputs (tests replace it with a NaN-filled one)."""
+    return torch.empty_like(x, dtype=dtype)
+
+
+def empty(shape, dtype, device) -> torch.Tensor:
+    """Allocation for kernel scratch and statistics (tests replace it with a NaN-filled one)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def tile(c: int, s: int, stride_c: int, elems: int = 2048) -> tuple[int, int]:
+    """(BLOCK_C, BLOCK_S) for a [C, S] plane: coalesced along whichever of C or S is contiguous."""
+    if stride_c == 1 and c > 1:  # channels_last: a warp reads consecutive channels of one pixel
+        block_c = min(next_pow2(c), 64)
+        return block_c, min(max(elems // block_c, 1), next_pow2(s))
+    block_s = min(next_pow2(s), elems)
+    return min(max(elems // block_s, 1), next_pow2(c)), block_s
+
+
+def split(n: int, c_blocks: int, s: int, block_s: int, max_split: int, target_programs: int = 1024):
+    """Cuts each (sample, channel block) row of ``s`` elements into ``split`` pieces of ``split_len``
+    (a multiple of block_s), enough to fill the GPU when N * C is small. Returns (split, split_len)."""
+    chunks = -(-s // block_s)
+    want = max(1, min(-(-target_programs // max(n * c_blocks, 1)), chunks, max_split))
+    per = -(-chunks // want)
+    return -(-chunks // per), per * block_s
