@@ -1,0 +1,244 @@
+"""From `cfg.data` to a dataset: which files or generator, its shape, and per-domain sources that the
+loaders (device-resident, torch DataLoader, DALI) read images from."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from fastgan.data import folders, synthetic
+from fastgan.data.idx import is_idx_dir, load_idx
+from fastgan.errors import UserError
+
+if TYPE_CHECKING:  # data sits below train in the import graph
+    from fastgan.train.config import TrainConfig
+
+DEFAULT_FASHION_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
+FASHION_CLASSES = (
+    "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot",
+)  # fmt: skip
+IDX_SIZE = 28  # MNIST family
+FOLDER_SIZE = 64  # DCGAN on image folders (Radford et al.)
+UNPAIRED_SIZE = 256  # CycleGAN
+
+# What cfg.data names, before anything is read: origin -> in memory (device-resident by default) or not.
+ORIGINS = {
+    "fashion-mnist": True,
+    "fashion-unpaired": True,
+    "synthetic": True,
+    "idx-dir": True,
+    "image-folder": False,
+    "unpaired-folder": False,
+}
+
+
+@dataclass
+class TensorSource:
+    """A domain held in memory."""
+
+    images: torch.Tensor  # uint8 [N, C, h, w] on the host
+    labels: torch.Tensor | None  # int64 [N], or None for unlabelled domains
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def load(self, index: int, crop: tuple[int, int] | None) -> torch.Tensor:
+        return self.images[index].clone()  # a view would ship the whole set's storage to a worker's consumer
+
+
+@dataclass
+class FolderSource:
+    """A domain of image files, decoded per item (torch DataLoader workers)."""
+
+    paths: list[str]
+    labels: torch.Tensor | None  # int64 [N] (class subfolders), or None
+    image_size: int
+    load_size: int  # > 0: resize to load_size square then crop image_size at the plan's offsets (CycleGAN)
+    # 0: shorter side to image_size then centre crop (DCGAN)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load(self, index: int, crop: tuple[int, int] | None) -> torch.Tensor:
+        path = self.paths[index]
+        try:
+            if self.load_size:
+                top, left = crop if crop is not None else ((self.load_size - self.image_size) // 2,) * 2
+                return folders.load_resized_crop(path, self.load_size, self.image_size, top, left)
+            return folders.load_center_crop(path, self.image_size)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: not a readable image ({e})") from None
+
+
+@dataclass
+class DataSpec:
+    name: str  # shown in logs: fashion-mnist, fashion-unpaired(7,9), synthetic, or the directory
+    kind: str  # idx | folder | unpaired | synthetic
+    sources: dict[str, TensorSource | FolderSource]  # {"real": ...} or {"A": ..., "B": ...}
+    channels: int  # of the batches (grey sources are replicated when this is 3)
+    image_size: int  # of the batches (in-memory sources are resized on the device)
+    num_classes: int  # 0 if unlabelled
+    flip: bool  # random horizontal flip
+    crop_range: int  # random crop offsets drawn in [0, crop_range]; 0 = no random crop
+
+    @property
+    def unpaired(self) -> bool:
+        return "A" in self.sources
+
+    @property
+    def in_memory(self) -> bool:
+        return all(isinstance(s, TensorSource) for s in self.sources.values())
+
+    @property
+    def num_images(self) -> int:
+        """Images an epoch serves per domain: the larger domain (the smaller one is cycled)."""
+        return max(len(s) for s in self.sources.values())
+
+
+def find_fashion_mnist() -> str:
+    """The Fashion-MNIST IDX directory: $FASTGAN_DATA/fashion-mnist, $FASTGAN_DATA, then Debian's."""
+    env = os.environ.get("FASTGAN_DATA", "")
+    candidates = [os.path.join(env, "fashion-mnist"), env] if env else []
+    for root in [*candidates, DEFAULT_FASHION_DIR]:
+        if os.path.isdir(root) and is_idx_dir(root):
+            return root
+    raise UserError(
+        f"Fashion-MNIST not found in $FASTGAN_DATA or {DEFAULT_FASHION_DIR}: "
+        "apt-get install dataset-fashion-mnist, or pass --data DIR"
+    )
+
+
+def data_origin(cfg: TrainConfig) -> str:
+    """What cfg.data names (a key of ORIGINS), checking only names and directories, not their files."""
+    cyclegan = cfg.model == "cyclegan"
+    data = cfg.data or ("fashion-unpaired" if cyclegan else "fashion-mnist")
+    if data == "synthetic":
+        return data
+    if data == "fashion-unpaired":
+        if not cyclegan:
+            raise UserError(f"--data fashion-unpaired is a two-domain set for cyclegan, not {cfg.model}")
+        return data
+    if data == "fashion-mnist":
+        if cyclegan:
+            raise UserError(
+                "--data fashion-mnist: cyclegan needs two domains; use fashion-unpaired or synthetic"
+            )
+        return data
+    if not os.path.isdir(data):
+        raise UserError(
+            f"--data {data}: no such directory "
+            "(expected fashion-mnist, fashion-unpaired, synthetic or a directory)"
+        )
+    if cyclegan:
+        return "unpaired-folder"
+    return "idx-dir" if is_idx_dir(data) else "image-folder"
+
+
+def _image_size(cfg: TrainConfig, default: int) -> int:
+    if cfg.image_size < 0:
+        raise UserError(f"--image-size {cfg.image_size}: must be positive")
+    return cfg.image_size or default
+
+
+def _fashion_domains(cfg: TrainConfig) -> tuple[int, int]:
+    try:
+        a, b = (int(k) for k in cfg.domains.split(","))
+    except ValueError:
+        a = b = -1
+    if not (0 <= a < 10 and 0 <= b < 10 and a != b):
+        raise UserError(
+            f"--domains {cfg.domains}: expected two different Fashion-MNIST classes 0-9 as A,B (e.g. 7,9)"
+        )
+    return a, b
+
+
+def _unpaired_folder(cfg: TrainConfig, split: str) -> DataSpec:
+    image_size = _image_size(cfg, UNPAIRED_SIZE)
+    load_size = cfg.load_size or image_size * 286 // 256
+    if load_size < image_size:
+        raise UserError(f"--load-size {load_size} is smaller than --image-size {image_size}")
+    sources = {}
+    for domain in ("A", "B"):
+        root = os.path.join(cfg.data, split + domain)
+        if not os.path.isdir(root):
+            raise UserError(
+                f"{root}: no such directory; an unpaired folder for cyclegan needs "
+                f"{split}A/ and {split}B/ (testA/, testB/ for evaluation)"
+            )
+        paths = folders.check_images(folders.list_images(root), cfg.strict, cfg.workers, load_size)
+        if not paths:
+            raise UserError(f"{root}: no readable images in domain {domain}")
+        sources[domain] = FolderSource(paths, None, image_size, load_size)
+    return DataSpec(cfg.data, "unpaired", sources, 3, image_size, 0, True, load_size - image_size)
+
+
+def _image_folder(cfg: TrainConfig) -> DataSpec:
+    image_size = _image_size(cfg, FOLDER_SIZE)
+    paths = folders.check_images(folders.list_images(cfg.data), cfg.strict, cfg.workers, image_size)
+    if not paths:
+        raise UserError(f"{cfg.data}: no readable images")
+    labels, num_classes = folders.class_labels(cfg.data, paths)
+    source = FolderSource(paths, labels, image_size, 0)
+    return DataSpec(cfg.data, "folder", {"real": source}, 3, image_size, num_classes, False, 0)
+
+
+def _idx(cfg: TrainConfig, root: str, name: str, split: str) -> DataSpec:
+    images, labels = load_idx(root, split)
+    num_classes = int(labels.max()) + 1
+    source = TensorSource(images, labels)
+    return DataSpec(name, "idx", {"real": source}, 1, _image_size(cfg, IDX_SIZE), num_classes, False, 0)
+
+
+def _fashion_unpaired(cfg: TrainConfig, split: str) -> DataSpec:
+    a, b = _fashion_domains(cfg)
+    images, labels = load_idx(find_fashion_mnist(), split)
+    sources = {d: TensorSource(images[labels == k].contiguous(), None) for d, k in (("A", a), ("B", b))}
+    name = f"fashion-unpaired({FASHION_CLASSES[a]},{FASHION_CLASSES[b]})"
+    return DataSpec(name, "unpaired", sources, 3, _image_size(cfg, UNPAIRED_SIZE), 0, True, 0)
+
+
+def _synthetic(cfg: TrainConfig, split: str) -> DataSpec:
+    generator = torch.Generator().manual_seed(cfg.seed * 2 + (split != "train"))
+    if cfg.model == "cyclegan":
+        size = _image_size(cfg, UNPAIRED_SIZE)
+        n = synthetic.synthetic_size(3, size, cfg.batch_size)
+        sources = {d: TensorSource(synthetic.synthetic_domain(n, size, d, generator), None) for d in "AB"}
+        return DataSpec("synthetic", "synthetic", sources, 3, size, 0, True, 0)
+    size = _image_size(cfg, IDX_SIZE)
+    n = synthetic.synthetic_size(1, size, cfg.batch_size)
+    images, labels = synthetic.synthetic_labelled(n, size, generator)
+    source = TensorSource(images, labels)
+    return DataSpec("synthetic", "synthetic", {"real": source}, 1, size, synthetic.NUM_CLASSES, False, 0)
+
+
+def resolve_data(cfg: TrainConfig, split: str = "train") -> DataSpec:
+    """Read (IDX, synthetic) or list and check (folders) the dataset cfg.data names, for `split`."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split {split!r}: expected 'train' or 'test'")
+    origin = data_origin(cfg)
+    if origin == "synthetic":
+        spec = _synthetic(cfg, split)
+    elif origin == "fashion-mnist":
+        spec = _idx(cfg, find_fashion_mnist(), "fashion-mnist", split)
+    elif origin == "idx-dir":
+        spec = _idx(cfg, cfg.data, cfg.data, split)
+    elif origin == "fashion-unpaired":
+        spec = _fashion_unpaired(cfg, split)
+    elif origin == "unpaired-folder":
+        spec = _unpaired_folder(cfg, split)
+    else:
+        spec = _image_folder(cfg)
+    if cfg.model == "cgan" and spec.num_classes == 0:
+        raise UserError(
+            f"--data {spec.name}: cgan needs class labels; use an IDX directory, synthetic, "
+            "or an image folder with one subfolder per class"
+        )
+    if cfg.batch_size < 1 or cfg.batch_size > spec.num_images:
+        raise UserError(
+            f"--batch-size {cfg.batch_size} does not fit the dataset "
+            f"({spec.num_images} images in {spec.name}); use 1 to {spec.num_images}"
+        )
+    return spec

@@ -1,0 +1,218 @@
+"""The loaders behind build_loader: device-resident (in-memory sets) and torch DataLoader (folders).
+
+Both follow one epoch plan, a pure function of (seed, epoch): per domain the image order and the random
+flips and crop offsets of every position in the epoch. A batch is positions [i*B, (i+1)*B) of the plan,
+so `epoch(e, start=k)` is exactly the tail of `epoch(e)` and a resumed run sees the batches an
+uninterrupted one would. The host only delivers uint8 images; conversion, normalisation to [-1, 1],
+resizing of in-memory sets, flips, dtype and memory format happen on the device in `finish_batch`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from fastgan.data.datasets import DataSpec
+
+FIXED_EPOCH = -1  # the plan stream of loader.fixed(n), apart from every training epoch
+_MASK64 = (1 << 64) - 1
+
+
+def _stream_seed(seed: int, epoch: int, stream: int) -> int:
+    """Independent generator seeds per (seed, epoch, domain) via splitmix64 finalisation."""
+    x = (
+        seed * 0x9E3779B97F4A7C15 + (epoch + 2) * 0xBF58476D1CE4E5B9 + (stream + 1) * 0x94D049BB133111EB
+    ) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (x ^ (x >> 31)) >> 1  # torch.Generator.manual_seed takes 63 bits without surprises
+
+
+@dataclass
+class DomainPlan:
+    order: torch.Tensor  # int64 [L]: image index at each epoch position
+    flip: torch.Tensor | None  # bool [L], or None without flips
+    crop: torch.Tensor | None  # int64 [L, 2] (top, left), or None without random crops
+
+
+def epoch_plan(spec: DataSpec, seed: int, epoch: int) -> dict[str, DomainPlan]:
+    """Per domain: a fresh permutation (repeated to the larger domain's length), flips and crop offsets,
+    each domain from its own generator so A and B are drawn independently. On the host (a few ms)."""
+    length = spec.num_images
+    plans = {}
+    for stream, (key, source) in enumerate(spec.sources.items()):
+        g = torch.Generator().manual_seed(_stream_seed(seed, epoch, stream))
+        n = len(source)
+        order = torch.cat([torch.randperm(n, generator=g) for _ in range(math.ceil(length / n))])[:length]
+        flip = torch.rand(length, generator=g) < 0.5 if spec.flip else None
+        crop = torch.randint(0, spec.crop_range + 1, (length, 2), generator=g) if spec.crop_range else None
+        plans[key] = DomainPlan(order, flip, crop)
+    return plans
+
+
+def finish_batch(
+    images: torch.Tensor,  # uint8 [B, C, h, w] on the device
+    flip: torch.Tensor | None,  # bool [B] on the device
+    spec: DataSpec,
+    memory_format: torch.memory_format,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """uint8 -> [-1, 1] in dtype/memory_format: resize to spec.image_size (bilinear), flip, replicate grey."""
+    x = images.to(torch.float32)
+    size = spec.image_size
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(
+            x, size=(size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size
+        )
+    x = x / 127.5 - 1  # 0 -> -1, 255 -> 1 exactly
+    if flip is not None:
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    if x.shape[1] != spec.channels:
+        x = x.expand(-1, spec.channels, -1, -1)
+    return x.to(dtype).contiguous(memory_format=memory_format)
+
+
+class _Loader:
+    impl = ""
+
+    def __init__(
+        self, spec: DataSpec, batch_size: int, seed: int, device: torch.device, memory_format, dtype
+    ):
+        self.spec = spec
+        self.batch_size = batch_size
+        self.seed = seed
+        self.device = device
+        self.memory_format = memory_format
+        self.dtype = dtype
+
+    def __len__(self) -> int:
+        return self.spec.num_images // self.batch_size  # drop_last
+
+    @property
+    def info(self) -> dict:
+        spec = self.spec
+        return {
+            "name": spec.name,
+            "channels": spec.channels,
+            "image_size": spec.image_size,
+            "num_classes": spec.num_classes,
+            "num_images": spec.num_images,
+            "kind": spec.kind,
+            "impl": self.impl,
+        }
+
+    def _check_start(self, start: int) -> None:
+        if not 0 <= start <= len(self):
+            raise ValueError(f"start {start}: expected a batch index in [0, {len(self)}]")
+
+    def _fixed_plan(self, n: int) -> dict[str, torch.Tensor]:
+        """First n positions of a plan kept apart from training epochs, cycled if n exceeds a domain."""
+        plans = epoch_plan(self.spec, self.seed, FIXED_EPOCH)
+        return {key: plan.order[torch.arange(n) % len(plan.order)] for key, plan in plans.items()}
+
+    def _finish(self, images: torch.Tensor, flip: torch.Tensor | None) -> torch.Tensor:
+        return finish_batch(images, flip, self.spec, self.memory_format, self.dtype)
+
+
+class DeviceLoader(_Loader):
+    """The whole uint8 set on the device; per step only device work (gather, normalise, resize, flip)."""
+
+    impl = "device"
+
+    def __init__(self, spec, batch_size, seed, device, memory_format, dtype):
+        super().__init__(spec, batch_size, seed, device, memory_format, dtype)
+        self.images = {k: s.images.to(device) for k, s in spec.sources.items()}
+        self.labels = {k: s.labels.to(device) for k, s in spec.sources.items() if s.labels is not None}
+
+    def _batch(self, indices: dict[str, torch.Tensor], flips: dict[str, torch.Tensor | None]) -> dict:
+        batch = {k: self._finish(self.images[k].index_select(0, idx), flips[k]) for k, idx in indices.items()}
+        for k, labels in self.labels.items():
+            batch["label"] = labels.index_select(0, indices[k])
+        return batch
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        self._check_start(start)
+        plans = epoch_plan(self.spec, self.seed, epoch)
+        # Once per epoch: the plan moves to the device, so a step slices it with no host work.
+        order = {k: p.order.to(self.device) for k, p in plans.items()}
+        flip = {k: None if p.flip is None else p.flip.to(self.device) for k, p in plans.items()}
+        b = self.batch_size
+        for i in range(start, len(self)):
+            sl = slice(i * b, (i + 1) * b)
+            yield self._batch(
+                {k: o[sl] for k, o in order.items()}, {k: f if f is None else f[sl] for k, f in flip.items()}
+            )
+
+    def fixed(self, n: int) -> dict[str, torch.Tensor]:
+        indices = {k: idx.to(self.device) for k, idx in self._fixed_plan(n).items()}
+        return self._batch(indices, dict.fromkeys(indices))
+
+
+class _PlanDataset(torch.utils.data.Dataset):
+    """Item = one epoch position: each domain's image at that position, decoded and cropped on the host."""
+
+    def __init__(self, spec: DataSpec, plans: dict[str, DomainPlan]):
+        self.spec = spec
+        self.plans = plans
+
+    def __len__(self) -> int:
+        return self.spec.num_images
+
+    def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
+        item = {}
+        for key, source in self.spec.sources.items():
+            plan = self.plans[key]
+            index = int(plan.order[position])
+            crop = None if plan.crop is None else tuple(plan.crop[position].tolist())
+            item[key] = source.load(index, crop)
+            if source.labels is not None:
+                item["label"] = source.labels[index]
+        return item
+
+
+class TorchLoader(_Loader):
+    """torch DataLoader over the epoch plan: `workers` processes decode, pinned batches are copied with
+    non_blocking, the device finishes them. Workers draw no random numbers, so their number and
+    scheduling cannot change a batch."""
+
+    impl = "torch"
+
+    def __init__(self, spec, batch_size, seed, device, memory_format, dtype, workers: int):
+        super().__init__(spec, batch_size, seed, device, memory_format, dtype)
+        self.workers = workers
+
+    def _to_device(self, batch: dict[str, torch.Tensor], flips: dict[str, torch.Tensor | None]) -> dict:
+        out = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        for k in flips:
+            out[k] = self._finish(out[k], flips[k])
+        return out
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        self._check_start(start)
+        plans = epoch_plan(self.spec, self.seed, epoch)
+        flip = {k: None if p.flip is None else p.flip.to(self.device) for k, p in plans.items()}
+        b = self.batch_size
+        batches = [range(i * b, (i + 1) * b) for i in range(start, len(self))]
+        if not batches:
+            return
+        data = torch.utils.data.DataLoader(
+            _PlanDataset(self.spec, plans),
+            batch_sampler=batches,
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        for i, batch in zip(range(start, len(self)), data):
+            sl = slice(i * b, (i + 1) * b)
+            yield self._to_device(batch, {k: f if f is None else f[sl] for k, f in flip.items()})
+
+    def fixed(self, n: int) -> dict[str, torch.Tensor]:
+        batch = {}
+        for key, indices in self._fixed_plan(n).items():
+            source = self.spec.sources[key]
+            batch[key] = torch.stack([source.load(int(i), None) for i in indices])
+            if source.labels is not None:
+                batch["label"] = source.labels[indices]
+        return self._to_device(batch, dict.fromkeys(self.spec.sources))
