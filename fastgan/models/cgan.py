@@ -1,0 +1,51 @@
+"""Class-conditional DCGAN (Mirza & Osindero 2014 on the DCGAN backbones of fastgan.models.dcgan).
+
+- G: a learned label embedding (num_classes -> num_classes) is concatenated to z, and the DCGAN
+  generator of the same image_size maps [z, embedding] to an image.
+- D: the label enters as num_classes one-hot maps concatenated to the image channels, so the first
+  convolution sees the class at every position; the rest is the DCGAN discriminator. One-hot maps
+  (rather than a projection discriminator) keep D's conditioning parameter-free and let it reject
+  a well-drawn image of the wrong class from the first layer on.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import dcgan
+
+
+class Generator(nn.Module):
+    """(z [B, z_dim], labels int64 [B]) -> images [B, channels, image_size, image_size] in [-1, 1]."""
+
+    def __init__(self, z_dim: int = 100, num_classes: int = 10, ngf: int = 64, channels: int = 1,
+                 image_size: int = 28):
+        super().__init__()
+        dcgan.check_image_size("cgan", image_size)
+        self.z_dim, self.num_classes, self.image_size = z_dim, num_classes, image_size
+        self.label_embedding = nn.Embedding(num_classes, num_classes)
+        self.dcgan = dcgan.Generator(z_dim + num_classes, ngf, channels, image_size)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([z, self.label_embedding(labels).to(z.dtype)], dim=1)  # state: (z_dim + num_classes)
+        return self.dcgan(h)  # state: channels x image_size x image_size
+
+
+class Discriminator(nn.Module):
+    """(images [B, channels, S, S], labels int64 [B]) -> logits [B]."""
+
+    def __init__(self, ndf: int = 64, num_classes: int = 10, channels: int = 1, image_size: int = 28):
+        super().__init__()
+        dcgan.check_image_size("cgan", image_size)
+        self.num_classes, self.image_size = num_classes, image_size
+        self.dcgan = dcgan.Discriminator(ndf, channels + num_classes, image_size)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        # A comparison rather than F.one_hot, whose range checks would synchronise with the host.
+        classes = torch.arange(self.num_classes, device=labels.device)
+        label_maps = (labels.view(b, 1, 1, 1) == classes.view(1, -1, 1, 1)).to(x.dtype)
+        x = torch.cat([x, label_maps.expand(b, self.num_classes, h, w)], dim=1)
+        # state: (channels + num_classes) x S x S
+        return self.dcgan(x)

@@ -1,0 +1,118 @@
+"""DCGAN (Radford et al. 2015) in two sizes.
+
+- image_size=28, the MNIST-family variant: G projects z to a 7x7 map and doubles it twice with
+  transposed convolutions; D halves 28 -> 14 -> 7 with strided convolutions and ends in a linear layer.
+- image_size=64, the pytorch/examples dcgan layout: G 1x1 -> 4 -> 8 -> 16 -> 32 -> 64, D its mirror
+  image (no BatchNorm on D's first layer, no biases before BatchNorm).
+
+Both D's return logits (the sigmoid belongs to the loss).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import nn as fnn
+from . import ArchitectureError
+
+IMAGE_SIZES = (28, 64)
+
+
+def check_image_size(model: str, image_size: int) -> None:
+    if image_size not in IMAGE_SIZES:
+        raise ArchitectureError(f"{model}: image_size={image_size} is not supported; use 28 (MNIST family) "
+                                f"or 64 (image folders)")
+
+
+class Generator(nn.Module):
+    """z [B, z_dim] -> images [B, channels, image_size, image_size] in [-1, 1]."""
+
+    def __init__(self, z_dim: int = 100, ngf: int = 64, channels: int = 1, image_size: int = 28):
+        super().__init__()
+        check_image_size("dcgan", image_size)
+        self.z_dim, self.image_size = z_dim, image_size
+        if image_size == 28:
+            self.project = nn.Linear(z_dim, ngf * 2 * 7 * 7, bias=False)
+            self.net = nn.Sequential(
+                nn.Unflatten(1, (ngf * 2, 7, 7)),
+                nn.BatchNorm2d(ngf * 2),
+                nn.ReLU(inplace=True),
+                # state: (ngf*2) x 7 x 7
+                nn.ConvTranspose2d(ngf * 2, ngf, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(ngf),
+                nn.ReLU(inplace=True),
+                # state: ngf x 14 x 14
+                nn.ConvTranspose2d(ngf, channels, 4, 2, 1),
+                nn.Tanh(),
+                # state: channels x 28 x 28
+            )
+        else:
+            self.project = nn.Unflatten(1, (z_dim, 1, 1))
+            self.net = nn.Sequential(
+                nn.ConvTranspose2d(z_dim, ngf * 8, 4, 1, 0, bias=False),
+                nn.BatchNorm2d(ngf * 8),
+                nn.ReLU(inplace=True),
+                # state: (ngf*8) x 4 x 4
+                nn.ConvTranspose2d(ngf * 8, ngf * 4, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(ngf * 4),
+                nn.ReLU(inplace=True),
+                # state: (ngf*4) x 8 x 8
+                nn.ConvTranspose2d(ngf * 4, ngf * 2, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(ngf * 2),
+                nn.ReLU(inplace=True),
+                # state: (ngf*2) x 16 x 16
+                nn.ConvTranspose2d(ngf * 2, ngf, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(ngf),
+                nn.ReLU(inplace=True),
+                # state: ngf x 32 x 32
+                nn.ConvTranspose2d(ngf, channels, 4, 2, 1, bias=False),
+                nn.Tanh(),
+                # state: channels x 64 x 64
+            )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(self.project(z))
+
+
+class Discriminator(nn.Module):
+    """images [B, channels, image_size, image_size] -> logits [B]."""
+
+    def __init__(self, ndf: int = 64, channels: int = 1, image_size: int = 28):
+        super().__init__()
+        check_image_size("dcgan", image_size)
+        self.image_size = image_size
+        if image_size == 28:
+            self.net = nn.Sequential(
+                fnn.Conv2dLeakyReLU(channels, ndf, 4, 2, 1, negative_slope=0.2),
+                # state: ndf x 14 x 14
+                nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(ndf * 2),
+                fnn.LeakyReLU(0.2),
+                # state: (ndf*2) x 7 x 7
+                nn.Flatten(),
+                nn.Linear(ndf * 2 * 7 * 7, 1),
+                # state: 1
+            )
+        else:
+            self.net = nn.Sequential(
+                fnn.Conv2dLeakyReLU(channels, ndf, 4, 2, 1, bias=False, negative_slope=0.2),
+                # state: ndf x 32 x 32
+                nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(ndf * 2),
+                fnn.LeakyReLU(0.2),
+                # state: (ndf*2) x 16 x 16
+                nn.Conv2d(ndf * 2, ndf * 4, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(ndf * 4),
+                fnn.LeakyReLU(0.2),
+                # state: (ndf*4) x 8 x 8
+                nn.Conv2d(ndf * 4, ndf * 8, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(ndf * 8),
+                fnn.LeakyReLU(0.2),
+                # state: (ndf*8) x 4 x 4
+                nn.Conv2d(ndf * 8, 1, 4, 1, 0, bias=False),
+                # state: 1 x 1 x 1
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).view(-1)

@@ -1,0 +1,272 @@
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import n_params
+from torch import nn
+
+from fastgan import nn as fnn
+from fastgan.errors import UserError
+from fastgan.models import ArchitectureError, init_weights
+from fastgan.models.cyclegan import ImagePool, PatchDiscriminator, ResnetBlock, ResnetGenerator, Upsample2x
+from fastgan.ops.reflect_pad_conv2d import reflect_pad_conv2d_ref
+
+# instance_norm_act_ref keeps its statistics in fp32 even for float64 inputs.
+FP32_NORM = dict(rtol=1e-4, atol=1e-5)
+
+
+# --- ResnetGenerator --------------------------------------------------------------------------------
+@pytest.mark.parametrize("n_blocks, upsample, expected", [
+    (9, "deconv", 11_378_179),  # the published 9-block generator, 11.378 M
+    (9, "resize", 11_378_179),  # nearest + conv3 has the transposed conv's parameter count
+    (6, "deconv", 7_837_699),  # the 6-block generator for <= 128^2 images, 7.838 M
+])
+def test_generator_parameter_count(n_blocks, upsample, expected):
+    assert n_params(ResnetGenerator(n_blocks=n_blocks, upsample=upsample)) == expected
+
+
+@pytest.mark.parametrize("upsample", ["deconv", "resize"])
+@pytest.mark.parametrize("in_channels, out_channels, size", [
+    (3, 3, (32, 32)),  # square
+    (1, 3, (32, 48)),  # grey to colour, non-square
+    (3, 3, (8, 12)),  # minimal: 2x3 at the bottleneck, the least a 3x3 reflect pad and a norm take
+])
+def test_generator_shape(upsample, in_channels, out_channels, size):
+    g = ResnetGenerator(in_channels, out_channels, ngf=8, n_blocks=2, upsample=upsample)
+    y = g(torch.randn(2, in_channels, *size))
+    assert y.shape == (2, out_channels, *size)
+    assert y.abs().max() <= 1
+
+
+def test_generator_rejects_unknown_upsample():
+    with pytest.raises(ArchitectureError, match="upsample='bilinear'") as err:
+        ResnetGenerator(upsample="bilinear")
+    assert isinstance(err.value, ValueError) and isinstance(err.value, UserError)
+
+
+def test_resize_upsampling_is_nearest_then_reflect_conv():
+    up = Upsample2x(6, 4).double()
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64)
+    expected = reflect_pad_conv2d_ref(x.repeat_interleave(2, 2).repeat_interleave(2, 3), up.conv.weight,
+                                      up.conv.bias, padding=1)
+    torch.testing.assert_close(up(x), expected)
+    g = ResnetGenerator(ngf=8, n_blocks=1, upsample="resize")
+    assert sum(isinstance(m, Upsample2x) for m in g.modules()) == 2
+    assert not any(isinstance(m, nn.ConvTranspose2d) for m in g.modules())
+
+
+def _plain_resnet_generator(ngf, n_blocks, in_c=3, out_c=3):
+    """The authors' ResnetGenerator layout (InstanceNorm, use_bias=True) in plain torch.nn layers, with
+    parameters in the same order as fastgan's."""
+    def block(c):
+        return [nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3), nn.InstanceNorm2d(c), nn.ReLU(),
+                nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3), nn.InstanceNorm2d(c)]
+
+    class Residual(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.body = nn.Sequential(*block(c))
+
+        def forward(self, x):
+            return x + self.body(x)
+
+    layers = [nn.ReflectionPad2d(3), nn.Conv2d(in_c, ngf, 7), nn.InstanceNorm2d(ngf), nn.ReLU(),
+              nn.Conv2d(ngf, ngf * 2, 3, 2, 1), nn.InstanceNorm2d(ngf * 2), nn.ReLU(),
+              nn.Conv2d(ngf * 2, ngf * 4, 3, 2, 1), nn.InstanceNorm2d(ngf * 4), nn.ReLU()]
+    layers += [Residual(ngf * 4) for _ in range(n_blocks)]
+    layers += [nn.ConvTranspose2d(ngf * 4, ngf * 2, 3, 2, 1, output_padding=1), nn.InstanceNorm2d(ngf * 2),
+               nn.ReLU(), nn.ConvTranspose2d(ngf * 2, ngf, 3, 2, 1, output_padding=1), nn.InstanceNorm2d(ngf),
+               nn.ReLU(), nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_c, 7), nn.Tanh()]
+    return nn.Sequential(*layers)
+
+
+def _copy_parameters(src, dst):
+    src_params, dst_params = list(src.parameters()), list(dst.parameters())
+    assert [p.shape for p in src_params] == [p.shape for p in dst_params]
+    with torch.no_grad():
+        for s, d in zip(src_params, dst_params):
+            d.copy_(s)
+
+
+def test_generator_matches_plain_torch_layout():
+    g = init_weights(ResnetGenerator(ngf=4, n_blocks=2).double(), std=0.3)
+    plain = _plain_resnet_generator(4, 2).double()
+    _copy_parameters(g, plain)
+    x = torch.randn(2, 3, 20, 28, dtype=torch.float64)
+    torch.testing.assert_close(g(x), plain(x), **FP32_NORM)
+
+
+def test_resnet_block_adds_its_input():
+    block = ResnetBlock(4).double()
+    x = torch.randn(1, 4, 6, 6, dtype=torch.float64)
+    h = F.relu(F.instance_norm(reflect_pad_conv2d_ref(x, block.conv1.weight, block.conv1.bias)))
+    expected = x + F.instance_norm(reflect_pad_conv2d_ref(h, block.conv2.weight, block.conv2.bias))
+    torch.testing.assert_close(block(x), expected, **FP32_NORM)
+
+
+@pytest.mark.parametrize("upsample, rpc_calls", [("deconv", 6), ("resize", 8)])
+def test_generator_uses_every_fused_layer(check_fused_layers, upsample, rpc_calls):
+    g = ResnetGenerator(ngf=4, n_blocks=2, upsample=upsample)
+    # reflect convs: c7s1 + 2 per block + final c7s1 (+ 2 resize upsamplers); norms: 3 + 2 per block + 2.
+    check_fused_layers(g, torch.randn(1, 3, 16, 16),
+                       expected={"reflect_pad_conv2d": rpc_calls, "instance_norm_act": 9})
+
+
+# --- PatchDiscriminator ------------------------------------------------------------------------------
+def test_patch_discriminator_parameter_count():
+    assert n_params(PatchDiscriminator()) == 2_764_737  # the published 70x70 PatchGAN, 2.765 M
+
+
+@pytest.mark.parametrize("size, out", [
+    (256, 30),  # the paper's 256^2 crops
+    (64, 6),  # small
+    (35, 2),  # odd
+])
+def test_patch_discriminator_shape(size, out):
+    assert PatchDiscriminator(ndf=4)(torch.randn(2, 3, size, size)).shape == (2, 1, out, out)
+
+
+def test_patch_discriminator_receptive_field_is_70():
+    # From the conv geometry: InstanceNorm's global statistics would make a gradient probe see everything.
+    convs = [m for m in PatchDiscriminator().modules() if isinstance(m, (nn.Conv2d, fnn.Conv2dLeakyReLU))]
+    field = 1
+    for conv in reversed(convs):
+        kernel, stride = (conv.kernel_size, conv.stride) if isinstance(conv, fnn.Conv2dLeakyReLU) \
+            else (conv.kernel_size[0], conv.stride[0])
+        field = (field - 1) * stride + kernel
+    assert len(convs) == 5 and field == 70
+
+
+def test_patch_discriminator_matches_plain_torch_layout():
+    d = init_weights(PatchDiscriminator(ndf=4).double(), std=0.3)
+    plain = nn.Sequential(
+        nn.Conv2d(3, 4, 4, 2, 1), nn.LeakyReLU(0.2),
+        nn.Conv2d(4, 8, 4, 2, 1), nn.InstanceNorm2d(8), nn.LeakyReLU(0.2),
+        nn.Conv2d(8, 16, 4, 2, 1), nn.InstanceNorm2d(16), nn.LeakyReLU(0.2),
+        nn.Conv2d(16, 32, 4, 1, 1), nn.InstanceNorm2d(32), nn.LeakyReLU(0.2),
+        nn.Conv2d(32, 1, 4, 1, 1)).double()
+    _copy_parameters(d, plain)
+    x = torch.randn(2, 3, 48, 40, dtype=torch.float64)
+    torch.testing.assert_close(d(x), plain(x), **FP32_NORM)
+
+
+def test_patch_discriminator_uses_every_fused_layer(check_fused_layers):
+    check_fused_layers(PatchDiscriminator(ndf=4), torch.randn(2, 3, 32, 32),
+                       expected={"leaky_relu": 1, "instance_norm_act": 3})
+
+
+# --- ImagePool ---------------------------------------------------------------------------------------
+def _ids(n, start=0):
+    """Images [n, 1, 2, 2] whose every value is their id, so identities survive the pool."""
+    return torch.arange(start, start + n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, 2, 2).clone()
+
+
+def test_pool_size_zero_returns_input():
+    x = torch.randn(4, 3, 8, 8)
+    assert ImagePool(0, (3, 8, 8))(x) is x
+
+
+def test_pool_returns_inputs_while_filling():
+    pool = ImagePool(10, (1, 2, 2))
+    for start in (0, 4):
+        x = _ids(4, start)
+        assert torch.equal(pool(x), x)
+    assert pool.count.dim() == 0 and pool.count == 8
+    assert torch.equal(pool.images[:8], _ids(8))
+    x = _ids(4, 8)  # fills the last 2 slots, then the pool is full for the other 2 images
+    out = pool(x)
+    assert pool.count == 10
+    assert torch.equal(out[:2], x[:2])
+
+
+def test_pool_swaps_about_half_and_loses_no_image():
+    pool = ImagePool(50, (1, 2, 2))
+    returned, swapped, n = [], 0, 2000
+    torch.manual_seed(1)
+    for start in range(0, 50 + n, 4):
+        x = _ids(4, start)
+        out = pool(x)
+        returned.append(out)
+        if start >= 52:  # every image of the batch met a full pool
+            swapped += (out[:, 0, 0, 0] != x[:, 0, 0, 0]).sum().item()
+    assert abs(swapped / (n - 4) - 0.5) < 0.05  # binomial sd 0.011
+    # No image is lost or duplicated: each is returned or kept exactly once, except the first 50,
+    # which were both returned and stored while the pool filled.
+    seen = torch.cat(returned + [pool.images])[:, 0, 0, 0]
+    expected = torch.cat([torch.arange(50 + n + 2), torch.arange(50)]).float()
+    assert torch.equal(seen.sort().values, expected.sort().values)
+    # Stored images are drawn from all slots, not a few.
+    assert (pool.images[:, 0, 0, 0] >= 50).sum() > 40
+
+
+def test_pool_state_dict_round_trip():
+    pool = ImagePool(6, (1, 2, 2))
+    for start in range(0, 16, 4):
+        pool(_ids(4, start))
+    state = pool.state_dict()
+    assert set(state) == {"images", "count"}
+    restored = ImagePool(6, (1, 2, 2))
+    restored.load_state_dict(state)
+    torch.manual_seed(5)
+    expected = pool(_ids(4, 100))
+    torch.manual_seed(5)
+    torch.testing.assert_close(restored(_ids(4, 100)), expected, rtol=0, atol=0)
+    torch.testing.assert_close(restored.images, pool.images, rtol=0, atol=0)
+
+
+def test_pool_uses_only_the_torch_rng():
+    outputs = []
+    for python_seed in (1, 2):
+        random.seed(python_seed)
+        torch.manual_seed(0)
+        pool = ImagePool(2, (1, 2, 2))
+        outputs.append(torch.cat([pool(_ids(2, s)) for s in range(0, 40, 2)]))
+    assert torch.equal(outputs[0], outputs[1])
+
+
+def test_pool_keeps_input_dtype_and_checks_shape():
+    pool = ImagePool(3, (1, 2, 2))
+    for _ in range(3):
+        assert pool(_ids(2).bfloat16()).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="ImagePool"):
+        pool(torch.zeros(2, 3, 2, 2))
+
+
+@pytest.mark.cuda
+def test_pool_never_syncs_and_replays_in_a_cuda_graph():
+    pool = ImagePool(4, (3, 8, 8)).cuda()
+    x = torch.randn(2, 3, 8, 8, device="cuda")
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            pool(x)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        pool(x)  # warm-up outside capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = pool(x)
+    swapped = 0
+    for i in range(200):
+        x.copy_(torch.full_like(x, float(i + 10)))
+        graph.replay()
+        swapped += (out[:, 0, 0, 0] != i + 10).sum().item()
+    assert pool.count.item() == 4
+    assert 120 < swapped < 280  # about half of 400
+
+
+@pytest.mark.cuda
+def test_models_fast_paths_match_reference_on_cuda():
+    from fastgan.nn import set_impl
+
+    for model, x in ((ResnetGenerator(ngf=16, n_blocks=2), torch.randn(2, 3, 64, 64)),
+                     (PatchDiscriminator(ndf=16), torch.randn(2, 3, 64, 64))):
+        model, x = model.cuda(), x.cuda()
+        fast = model(x)
+        ref = set_impl(model, "ref")(x)
+        torch.testing.assert_close(fast, ref, rtol=1e-3, atol=1e-3)

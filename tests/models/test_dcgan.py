@@ -1,0 +1,82 @@
+import pytest
+import torch
+from conftest import n_params
+from torch import nn
+
+from fastgan.errors import UserError
+from fastgan.models import ArchitectureError, dcgan, init_weights
+
+
+@pytest.mark.parametrize("image_size, channels", [
+    (28, 1),  # MNIST family
+    (64, 3),  # image folders
+    (64, 1),  # grey folders
+])
+def test_shapes(image_size, channels):
+    g = dcgan.Generator(z_dim=12, ngf=8, channels=channels, image_size=image_size)
+    d = dcgan.Discriminator(ndf=8, channels=channels, image_size=image_size)
+    x = g(torch.randn(3, 12))
+    assert x.shape == (3, channels, image_size, image_size)
+    assert x.abs().max() <= 1
+    assert d(x).shape == (3,)
+
+
+def test_radford_parameter_counts_match_pytorch_examples():
+    # pytorch/examples dcgan with nc=3, nz=100, ngf=ndf=64
+    assert n_params(dcgan.Generator(100, 64, 3, 64)) == 3_576_704
+    assert n_params(dcgan.Discriminator(64, 3, 64)) == 2_765_568
+
+
+def _pytorch_examples_layout(nz, ngf, ndf, nc):
+    g = nn.Sequential(
+        nn.ConvTranspose2d(nz, ngf * 8, 4, 1, 0, bias=False), nn.BatchNorm2d(ngf * 8), nn.ReLU(),
+        nn.ConvTranspose2d(ngf * 8, ngf * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf * 4), nn.ReLU(),
+        nn.ConvTranspose2d(ngf * 4, ngf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf * 2), nn.ReLU(),
+        nn.ConvTranspose2d(ngf * 2, ngf, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf), nn.ReLU(),
+        nn.ConvTranspose2d(ngf, nc, 4, 2, 1, bias=False), nn.Tanh())
+    d = nn.Sequential(
+        nn.Conv2d(nc, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2),
+        nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 2), nn.LeakyReLU(0.2),
+        nn.Conv2d(ndf * 2, ndf * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 4), nn.LeakyReLU(0.2),
+        nn.Conv2d(ndf * 4, ndf * 8, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 8), nn.LeakyReLU(0.2),
+        nn.Conv2d(ndf * 8, 1, 4, 1, 0, bias=False))
+    return g, d
+
+
+def test_radford_variant_matches_pytorch_examples_layout():
+    g, d = dcgan.Generator(10, 4, 3, 64).double(), dcgan.Discriminator(4, 3, 64).double()
+    init_weights(g, std=0.3), init_weights(d, std=0.3)
+    plain_g, plain_d = (m.double() for m in _pytorch_examples_layout(10, 4, 4, 3))
+    for ours, plain in ((g, plain_g), (d, plain_d)):
+        with torch.no_grad():
+            for p, q in zip(ours.parameters(), plain.parameters(), strict=True):
+                q.copy_(p)
+    z = torch.randn(4, 10, dtype=torch.float64)
+    x = g(z)
+    torch.testing.assert_close(x, plain_g(z.view(4, 10, 1, 1)))
+    torch.testing.assert_close(d(x), plain_d(x).view(-1))
+
+
+def test_mnist_variant_layout():
+    g, d = dcgan.Generator(100, 64, 1, 28), dcgan.Discriminator(64, 1, 28)
+    # G: linear to (ngf*2) x 7 x 7 (no bias: BatchNorm follows), two transposed convs; D: two convs + linear.
+    assert isinstance(g.project, nn.Linear) and g.project.out_features == 128 * 7 * 7
+    assert [type(m) for m in g.net if isinstance(m, (nn.ConvTranspose2d, nn.BatchNorm2d))] == \
+        [nn.BatchNorm2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.ConvTranspose2d]
+    assert n_params(g) == 100 * 6272 + 2 * 128 + 128 * 64 * 16 + 2 * 64 + 64 * 16 + 1
+    assert n_params(d) == 16 * 64 + 64 + 64 * 128 * 16 + 2 * 128 + 128 * 49 + 1
+
+
+@pytest.mark.parametrize("image_size", [32, 0, 256])
+def test_rejects_unsupported_image_size(image_size):
+    builders = (lambda: dcgan.Generator(100, 8, 1, image_size), lambda: dcgan.Discriminator(8, 1, image_size))
+    for build in builders:
+        with pytest.raises(ArchitectureError, match=f"dcgan: image_size={image_size} .* 28 .* 64") as err:
+            build()
+        assert isinstance(err.value, ValueError) and isinstance(err.value, UserError)
+
+
+@pytest.mark.parametrize("image_size, leaky_relus", [(28, 2), (64, 4)])
+def test_discriminator_uses_every_fused_layer(check_fused_layers, image_size, leaky_relus):
+    d = dcgan.Discriminator(8, 3, image_size)
+    check_fused_layers(d, torch.randn(2, 3, image_size, image_size), expected={"leaky_relu": leaky_relus})
