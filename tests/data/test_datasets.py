@@ -1,0 +1,193 @@
+import dataclasses
+import os
+
+import pytest
+import torch
+
+from fastgan.data import datasets
+from fastgan.data.datasets import FolderSource, TensorSource, data_origin, find_fashion_mnist, resolve_data
+from fastgan.data.idx import load_idx
+from fastgan.errors import UserError
+
+
+def _cfg(cfg, **changes):
+    return dataclasses.replace(cfg, **changes)
+
+
+def _one_line_error(fn, *words):
+    with pytest.raises(UserError) as e:
+        fn()
+    message = str(e.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message, message
+    return message
+
+
+@pytest.mark.parametrize(
+    "model,data,origin",
+    [
+        ("gan", "", "fashion-mnist"),
+        ("dcgan", "", "fashion-mnist"),
+        ("cgan", "", "fashion-mnist"),
+        ("cyclegan", "", "fashion-unpaired"),
+        ("dcgan", "synthetic", "synthetic"),
+        ("cyclegan", "synthetic", "synthetic"),
+    ],
+)
+def test_default_and_named_origins(cfg, model, data, origin):
+    assert data_origin(_cfg(cfg, model=model, data=data)) == origin
+
+
+def test_directory_origins(cfg, idx_dir, unpaired_dir):
+    assert data_origin(_cfg(cfg, data=idx_dir)) == "idx-dir"
+    assert data_origin(_cfg(cfg, data=unpaired_dir)) == "image-folder"  # dcgan takes all images below
+    assert data_origin(_cfg(cfg, model="cyclegan", data=unpaired_dir)) == "unpaired-folder"
+
+
+def test_fashion_mnist_from_env(cfg, tmp_path, monkeypatch, datagen):
+    monkeypatch.setattr(datasets, "DEFAULT_FASHION_DIR", str(tmp_path / "absent"))
+    root = datagen.make_idx_dir(tmp_path / "direct")
+    monkeypatch.setenv("FASTGAN_DATA", root)
+    assert find_fashion_mnist() == root
+    nested = datagen.make_idx_dir(tmp_path / "parent" / "fashion-mnist")
+    monkeypatch.setenv("FASTGAN_DATA", str(tmp_path / "parent"))
+    assert find_fashion_mnist() == nested
+    spec = resolve_data(_cfg(cfg, data="fashion-mnist"))
+    assert spec.kind == "idx" and spec.num_images == 20 and spec.image_size == 28 and spec.num_classes == 10
+
+
+def test_fashion_mnist_missing_says_how_to_install(cfg, tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets, "DEFAULT_FASHION_DIR", str(tmp_path / "absent"))
+    monkeypatch.setenv("FASTGAN_DATA", str(tmp_path / "empty"))
+    _one_line_error(lambda: resolve_data(cfg), "apt-get install dataset-fashion-mnist", "--data DIR")
+    _one_line_error(
+        lambda: resolve_data(_cfg(cfg, model="cyclegan")), "apt-get install dataset-fashion-mnist"
+    )
+
+
+def test_missing_directory(cfg, tmp_path):
+    _one_line_error(lambda: resolve_data(_cfg(cfg, data=str(tmp_path / "nope"))), "nope", "no such directory")
+
+
+@pytest.mark.parametrize("model", ["dcgan", "cyclegan"])
+def test_empty_directory(cfg, tmp_path, model):
+    _one_line_error(lambda: resolve_data(_cfg(cfg, model=model, data=str(tmp_path))), str(tmp_path))
+
+
+def test_unpaired_needs_both_domains(cfg, tmp_path, datagen):
+    datagen.save_image(tmp_path / "trainA" / "a.png", 8, 8)
+    _one_line_error(lambda: resolve_data(_cfg(cfg, model="cyclegan", data=str(tmp_path))), "trainB")
+
+
+def test_empty_domain(cfg, tmp_path, datagen):
+    datagen.save_image(tmp_path / "trainA" / "a.png", 8, 8)
+    os.makedirs(tmp_path / "trainB")
+    (tmp_path / "trainB" / "notes.txt").write_text("x")
+    _one_line_error(
+        lambda: resolve_data(_cfg(cfg, model="cyclegan", data=str(tmp_path))), "trainB", "no images"
+    )
+
+
+def test_domain_of_only_corrupt_images(cfg, tmp_path, datagen):
+    datagen.save_image(tmp_path / "trainA" / "a.png", 8, 8)
+    os.makedirs(tmp_path / "trainB")
+    (tmp_path / "trainB" / "b.png").write_text("not a png")
+    c = _cfg(cfg, model="cyclegan", data=str(tmp_path), batch_size=1)
+    with pytest.warns(UserWarning, match="b.png"):
+        _one_line_error(lambda: resolve_data(c), "trainB", "no readable images")
+
+
+def test_corrupt_image_skipped_or_strict(cfg, unpaired_dir):
+    bad = os.path.join(unpaired_dir, "trainA", "zzz.jpg")
+    with open(bad, "w") as f:
+        f.write("not a jpeg")
+    c = _cfg(cfg, model="cyclegan", data=unpaired_dir, image_size=16, batch_size=2)
+    with pytest.warns(UserWarning, match="zzz.jpg") as record:
+        spec = resolve_data(c)
+    assert len(record) == 1 and len(spec.sources["A"]) == 5 and bad not in spec.sources["A"].paths
+    _one_line_error(lambda: resolve_data(_cfg(c, strict=True)), bad, "--strict")
+
+
+@pytest.mark.parametrize("batch_size", [0, 21])
+def test_batch_size_must_fit_the_dataset(cfg, idx_dir, batch_size):
+    _one_line_error(
+        lambda: resolve_data(_cfg(cfg, data=idx_dir, batch_size=batch_size)), "--batch-size", "20 images"
+    )
+
+
+def test_batch_size_larger_than_unpaired_domains(cfg, unpaired_dir):
+    c = _cfg(cfg, model="cyclegan", data=unpaired_dir, image_size=16, batch_size=6)
+    _one_line_error(lambda: resolve_data(c), "--batch-size 6", "5 images")  # the larger domain has 5
+
+
+@pytest.mark.parametrize(
+    "model,data,words",
+    [
+        ("cyclegan", "fashion-mnist", ["two domains"]),
+        ("dcgan", "fashion-unpaired", ["cyclegan"]),
+        ("dcgan", "mnist", ["--data mnist", "no such directory"]),
+    ],
+)
+def test_wrong_data_for_model(cfg, model, data, words):
+    _one_line_error(lambda: resolve_data(_cfg(cfg, model=model, data=data)), *words)
+
+
+@pytest.mark.parametrize("domains", ["7,7", "7", "a,b", "3,10"])
+def test_bad_domains(cfg, domains):
+    _one_line_error(
+        lambda: resolve_data(_cfg(cfg, model="cyclegan", domains=domains)), f"--domains {domains}"
+    )
+
+
+def test_load_size_below_image_size(cfg, unpaired_dir):
+    c = _cfg(cfg, model="cyclegan", data=unpaired_dir, image_size=32, load_size=16)
+    _one_line_error(lambda: resolve_data(c), "--load-size 16", "--image-size 32")
+
+
+def test_cgan_needs_labels(cfg, tmp_path, datagen):
+    for i in range(4):
+        datagen.save_image(tmp_path / "flat" / f"{i}.png", 8, 8)
+        datagen.save_image(tmp_path / "classes" / ("cat" if i % 2 else "dog") / f"{i}.png", 8, 8)
+    _one_line_error(
+        lambda: resolve_data(_cfg(cfg, model="cgan", data=str(tmp_path / "flat"))), "class labels"
+    )
+    spec = resolve_data(_cfg(cfg, model="cgan", data=str(tmp_path / "classes"), batch_size=2))
+    assert spec.num_classes == 2 and spec.sources["real"].labels.tolist() == [
+        0,
+        0,
+        1,
+        1,
+    ]  # cat/1 cat/3 dog/0 dog/2
+
+
+def test_image_folder_spec(cfg, unpaired_dir):
+    spec = resolve_data(_cfg(cfg, data=unpaired_dir))
+    source = spec.sources["real"]
+    assert (spec.kind, spec.channels, spec.image_size, spec.flip, spec.crop_range) == (
+        "folder",
+        3,
+        64,
+        False,
+        0,
+    )
+    assert isinstance(source, FolderSource) and len(source) == 12 and not spec.in_memory
+
+
+def test_unpaired_folder_spec(cfg, unpaired_dir):
+    spec = resolve_data(_cfg(cfg, model="cyclegan", data=unpaired_dir))
+    assert (spec.kind, spec.image_size, spec.flip, spec.crop_range) == ("unpaired", 256, True, 286 - 256)
+    assert [len(s) for s in spec.sources.values()] == [5, 3] and spec.num_images == 5
+    test = resolve_data(_cfg(cfg, model="cyclegan", data=unpaired_dir, batch_size=2), "test")
+    assert all(os.sep + "test" in p for s in test.sources.values() for p in s.paths)
+
+
+def test_fashion_unpaired_picks_two_classes(cfg, tmp_path, monkeypatch, datagen):
+    monkeypatch.setenv("FASTGAN_DATA", datagen.make_idx_dir(tmp_path / "fm", n=40))
+    spec = resolve_data(_cfg(cfg, model="cyclegan", domains="7,9", image_size=32))
+    a, b = spec.sources["A"], spec.sources["B"]
+    assert isinstance(a, TensorSource) and spec.in_memory
+    assert spec.name == "fashion-unpaired(sneaker,ankle-boot)" and spec.channels == 3
+    assert len(a) == len(b) == 4  # labels cycle 0..9 over 40 images
+    images, labels = load_idx(str(tmp_path / "fm"))
+    assert torch.equal(a.images, images[labels == 7]) and torch.equal(b.images, images[labels == 9])
