@@ -1,0 +1,303 @@
+"""NVIDIA DALI input pipelines behind the loader protocol of fastgan.data (`len`, `epoch`, `info`, `fixed`).
+
+Image folders are read by one `fn.readers.file` per domain and decoded on the GPU (`device="mixed"`; with
+a CPU device the same pipeline runs on CPU operators with `device_id=None`): grey and RGBA become RGB,
+then resize (to --load-size, bicubic, for CycleGAN; shorter side to --image-size, bilinear, centre crop
+for DCGAN folders), crop, horizontal flip and normalisation to [-1, 1] happen in one
+`fn.crop_mirror_normalize` that writes the requested layout (CHW, or HWC for channels_last) and dtype
+(fp32/fp16; DALI has no bf16, so bf16 batches are converted while being copied out). In-memory sets
+(IDX, fashion-unpaired, synthetic) enter through `fn.external_source` one gathered uint8 batch at a time
+and are resized, flipped and normalised in the pipeline.
+
+Determinism and resume: a batch is a pure function of (seed, epoch). Every epoch uses the epoch plan of
+the other loaders (fastgan.data.loaders.epoch_plan: per domain its own permutation, repeated to the larger
+domain's length, plus the flips and crop offsets of every position), so DALI serves the batches the torch
+loader serves, up to decoder and resampling differences. `epoch(epoch, start)` builds a fresh pipeline
+whose file lists are that plan's order from position start * batch_size on and whose crops and flips are
+fed per batch from the same plan; nothing before `start` is decoded. DALI's own `random_shuffle` is not
+used: it shuffles within a buffer rather than drawing a permutation, and it cannot start mid-epoch.
+
+Sharding: shard k of n serves plan positions [k * m, (k + 1) * m) with m = num_images // n, so shards
+cover disjoint images in an epoch and all have the same number of batches (a multi-GPU step needs that).
+
+Unreadable files are found before training by the PIL check of fastgan.data.folders (DALI stops a
+pipeline at a corrupt image instead of skipping it): skipped with a warning naming the file, or a
+UserError under --strict; an empty domain folder is a UserError."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from nvidia.dali import fn, pipeline_def, types
+
+from fastgan.data.datasets import DataSpec, FolderSource, resolve_data
+from fastgan.data.loaders import _Loader, epoch_plan
+from fastgan.errors import UserError
+
+if TYPE_CHECKING:  # data sits below train in the import graph
+    from fastgan.train.config import TrainConfig
+
+# Output dtypes DALI writes itself; others are written as fp32 and converted during the copy out.
+_DALI_DTYPES = {torch.float32: types.FLOAT, torch.float16: types.FLOAT16}
+_MAX_THREADS = 8  # DALI CPU threads (JPEG parsing, Huffman decoding on the mixed decoder, CPU operators)
+
+
+class DaliLoader(_Loader):
+    """The loader protocol over DALI pipelines; one pipeline per epoch, batches on `device`."""
+
+    impl = "dali"
+
+    def __init__(
+        self,
+        spec: DataSpec,
+        batch_size: int,
+        seed: int,
+        device: torch.device,
+        memory_format: torch.memory_format,
+        dtype: torch.dtype,
+        shard_id: int = 0,
+        num_shards: int = 1,
+    ):
+        super().__init__(spec, batch_size, seed, device, memory_format, dtype)
+        if not 0 <= shard_id < num_shards:
+            raise ValueError(f"shard_id {shard_id}: expected 0 <= shard_id < num_shards ({num_shards})")
+        self.shard_id = shard_id
+        self.num_shards = num_shards
+        self.shard_size = spec.num_images // num_shards
+        if self.shard_size < batch_size:
+            raise UserError(
+                f"--batch-size {batch_size}: a shard of {spec.name} holds {self.shard_size} images "
+                f"({spec.num_images} over {num_shards} shards); use a batch size up to {self.shard_size}"
+            )
+        if device.type == "cuda":
+            self.device_id = device.index if device.index is not None else torch.cuda.current_device()
+        else:
+            self.device_id = None  # DALI's CPU-only mode: no CUDA context, CPU operators only
+        self.threads = max(1, min(_MAX_THREADS, len(os.sched_getaffinity(0))))
+        self.channels_last = memory_format == torch.channels_last
+        # In-memory sets once in DALI's image layout, uint8 [N, h, w, C] on the host.
+        self.images_hwc = {
+            key: np.ascontiguousarray(source.images.numpy().transpose(0, 2, 3, 1))
+            for key, source in spec.sources.items()
+            if not isinstance(source, FolderSource)
+        }
+
+    def __len__(self) -> int:
+        return self.shard_size // self.batch_size  # drop_last
+
+    # --- the pipeline ---
+
+    def _build(self, feeds: dict[str, dict[str, np.ndarray]], batch_size: int, batches: int):
+        """A pipeline serving `batches` batches; feeds[key] holds per-position host arrays of domain key:
+        "files" (folders) or "images" (indices into images_hwc), "label", "crop_x", "crop_y", "mirror"."""
+        spec = self.spec
+        gpu = self.device_id is not None
+        keys = list(spec.sources)
+        names = [(key, name) for key in keys for name in feeds[key] if name != "files"]
+
+        def source(info):
+            # Prefetching asks for batches past the end; those are never copied out.
+            i = min(info.iteration, batches - 1) * batch_size
+            fed = []
+            for key, name in names:
+                if name == "images":  # gathered per batch: an epoch's copy of the set would cost its size
+                    fed.append(self.images_hwc[key][feeds[key]["images"][i : i + batch_size]])
+                else:
+                    fed.append(feeds[key][name][i : i + batch_size])
+            return tuple(fed)
+
+        @pipeline_def(
+            batch_size=batch_size,
+            num_threads=self.threads,
+            device_id=self.device_id,
+            prefetch_queue_depth=2,
+            seed=self.seed,  # unused by the graph (all randomness comes from the plan); fixed for safety
+        )
+        def pipeline():
+            inputs = {}
+            if names:
+                fed = fn.external_source(source=source, num_outputs=len(names), batch=True, batch_info=True)
+                inputs = dict(zip(names, fed))
+            outputs = []
+            for key in keys:
+                outputs.append(self._domain(spec.sources[key], feeds[key], inputs, key, gpu))
+                if (key, "label") in inputs:
+                    label = inputs[key, "label"]
+                    outputs.append(label.gpu() if gpu else label)
+            return tuple(outputs)
+
+        pipe = pipeline()
+        pipe.build()
+        return pipe
+
+    def _domain(self, source, feed: dict, inputs: dict, key: str, gpu: bool):
+        spec = self.spec
+        size = spec.image_size
+        if isinstance(source, FolderSource):
+            encoded, _ = fn.readers.file(files=list(feed["files"]), random_shuffle=False, name=f"reader{key}")
+            # output_type RGB converts grey (replicated) and RGBA (alpha dropped), as PIL's convert("RGB").
+            images = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.RGB)
+            if source.load_size:  # CycleGAN: square resize, then the plan's crop
+                images = fn.resize(
+                    images, resize_x=source.load_size, resize_y=source.load_size,
+                    interp_type=types.INTERP_CUBIC, antialias=True,
+                )  # fmt: skip
+            else:  # DCGAN folders: shorter side to image_size, centre crop
+                images = fn.resize(
+                    images, resize_shorter=size, interp_type=types.INTERP_LINEAR, antialias=True
+                )
+            channels = 3
+        else:
+            images = fn.reshape(inputs[key, "images"], layout="HWC")
+            if gpu:
+                images = images.gpu()
+            channels = source.images.shape[1]
+            if source.images.shape[-1] != size:
+                # float output: the device loader resizes in fp32 too, with no rounding to uint8 between
+                images = fn.resize(
+                    images, resize_x=size, resize_y=size, interp_type=types.INTERP_LINEAR,
+                    antialias=True, dtype=types.FLOAT,
+                )  # fmt: skip
+            if channels != spec.channels:
+                images = fn.cat(*([images] * spec.channels), axis=2)
+                channels = spec.channels
+        args = {}
+        if (key, "crop_x") in inputs:
+            args.update(crop_pos_x=inputs[key, "crop_x"], crop_pos_y=inputs[key, "crop_y"])
+        if (key, "mirror") in inputs:
+            args["mirror"] = inputs[key, "mirror"]
+        return fn.crop_mirror_normalize(
+            images,
+            crop=(size, size),
+            mean=[127.5] * channels,
+            std=[127.5] * channels,  # 0 -> -1, 255 -> 1
+            dtype=_DALI_DTYPES.get(self.dtype, types.FLOAT),
+            output_layout="HWC" if self.channels_last else "CHW",
+            **args,
+        )
+
+    def _feeds(self, positions: dict[str, np.ndarray], flips: dict, crops: dict) -> dict:
+        """Host arrays per position of each domain: what the reader or external source needs."""
+        spec = self.spec
+        feeds = {}
+        for key, source in spec.sources.items():
+            order = positions[key]
+            feed = {}
+            if isinstance(source, FolderSource):
+                feed["files"] = np.array(source.paths, dtype=object)[order]
+                if source.load_size:
+                    crop_range = source.load_size - spec.image_size
+                    crop = crops[key]
+                    if crop is None:  # the centre, as FolderSource.load without an offset
+                        crop = np.full((len(order), 2), crop_range // 2)
+                    # crop_pos is normalised: DALI's offset is crop_pos * crop_range, exact for these ratios
+                    pos = (crop / max(crop_range, 1)).astype(np.float32)
+                    feed["crop_y"], feed["crop_x"] = np.ascontiguousarray(pos.T)  # DALI takes dense arrays
+            else:
+                feed["images"] = order  # indices into self.images_hwc[key]
+            if source.labels is not None:
+                feed["label"] = source.labels.numpy()[order]
+            if flips[key] is not None:
+                feed["mirror"] = flips[key].astype(np.int32)
+            feeds[key] = feed
+        return feeds
+
+    # --- copying out ---
+
+    def _empty(self, batch_size: int) -> torch.Tensor:
+        c, s = self.spec.channels, self.spec.image_size
+        if self.channels_last:
+            return torch.empty(batch_size, s, s, c, dtype=self.dtype, device=self.device).permute(0, 3, 1, 2)
+        return torch.empty(batch_size, c, s, s, dtype=self.dtype, device=self.device)
+
+    def _empty_labels(self, batch_size: int) -> torch.Tensor:
+        return torch.empty(batch_size, dtype=torch.int64, device=self.device)
+
+    def _copy_out(self, dali_output, dest: torch.Tensor) -> torch.Tensor:
+        """DALI's output into `dest` (NCHW shape, either memory format). On the GPU the copy is queued on
+        the current stream with no host sync; on the CPU it goes through a numpy view."""
+        view = dest.permute(0, 2, 3, 1) if self.channels_last and dest.dim() == 4 else dest  # DALI's layout
+        if self.device_id is None:
+            view.copy_(torch.from_numpy(np.asarray(dali_output.as_tensor())))
+            return dest
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        stream = torch.cuda.current_stream(self.device)
+        if dest.dim() == 4 and self.dtype not in _DALI_DTYPES:
+            staging = torch.empty(view.shape, dtype=torch.float32, device=self.device)
+            feed_ndarray(dali_output.as_tensor(), staging, cuda_stream=stream)
+            view.copy_(staging)
+        else:
+            feed_ndarray(dali_output.as_tensor(), view, cuda_stream=stream)
+        return dest
+
+    def _run(self, pipe, batch_size: int, out: dict | None) -> dict[str, torch.Tensor]:
+        outputs = iter(pipe.run())
+        batch = {}
+        for key in self.spec.sources:
+            batch[key] = self._copy_out(next(outputs), out[key] if out else self._empty(batch_size))
+            if self.spec.sources[key].labels is not None:
+                labels = out["label"] if out else self._empty_labels(batch_size)
+                batch["label"] = self._copy_out(next(outputs), labels)
+        return batch
+
+    # --- the protocol ---
+
+    def epoch(self, epoch: int, start: int = 0, out: dict | None = None) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches `start`, ..., len - 1 of `epoch`. With `out` (a dict of tensors shaped like a batch, e.g.
+        the static inputs of captured CUDA graphs) every batch is written into those tensors instead."""
+        self._check_start(start)
+        batches = len(self) - start
+        if batches == 0:
+            return
+        b = self.batch_size
+        first = self.shard_id * self.shard_size + start * b
+        window = slice(first, first + batches * b)
+        plans = epoch_plan(self.spec, self.seed, epoch)
+        positions = {k: p.order.numpy()[window] for k, p in plans.items()}
+        flips = {k: None if p.flip is None else p.flip.numpy()[window] for k, p in plans.items()}
+        crops = {k: None if p.crop is None else p.crop.numpy()[window] for k, p in plans.items()}
+        pipe = self._build(self._feeds(positions, flips, crops), b, batches)
+        for _ in range(batches):
+            yield self._run(pipe, b, out)
+
+    def fixed(self, n: int) -> dict[str, torch.Tensor]:
+        positions = {k: idx.numpy() for k, idx in self._fixed_plan(n).items()}
+        none = dict.fromkeys(positions)
+        pipe = self._build(self._feeds(positions, none, none), n, 1)
+        return self._run(pipe, n, None)
+
+
+def build_dali_loader(
+    cfg: TrainConfig,
+    device: torch.device | str,
+    split: str = "train",
+    memory_format: torch.memory_format = torch.contiguous_format,
+    dtype: torch.dtype = torch.float32,
+    shard_id: int = 0,
+    num_shards: int = 1,
+) -> DaliLoader:
+    """The DALI loader of cfg.data for `split`, serving shard `shard_id` of `num_shards` on `device`.
+
+    Args:
+        cfg: the training config (data, image_size, load_size, batch_size, seed, strict).
+        device: where batches land; "cpu" runs DALI's CPU operators (device_id=None).
+        split: "train" or "test" (trainA/trainB or testA/testB for unpaired folders).
+        memory_format: torch.contiguous_format (DALI writes CHW) or torch.channels_last (HWC).
+        dtype: torch.float32, float16 (written by DALI) or bfloat16 (converted on the copy out).
+        shard_id, num_shards: this process's part of every epoch, for data-parallel training.
+    """
+    device = torch.device(device)
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {device}: DALI serves cpu or cuda devices")
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"dtype {dtype}: expected torch.float32, float16 or bfloat16")
+    spec = resolve_data(cfg, split)
+    return DaliLoader(spec, cfg.batch_size, cfg.seed, device, memory_format, dtype, shard_id, num_shards)
+
+
+__all__ = ["DaliLoader", "build_dali_loader"]
