@@ -11,7 +11,7 @@ from PIL import Image
 
 pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install 'fastgan[dali]')")
 
-from fastgan.data import build_loader  # noqa: E402
+from fastgan.data import build_loader, choose_loader  # noqa: E402
 from fastgan.data.dali import build_dali_loader  # noqa: E402
 from fastgan.errors import UserError  # noqa: E402
 from fastgan.train.config import TrainConfig  # noqa: E402
@@ -264,6 +264,15 @@ def test_empty_domain_is_a_user_error(solid_folder):
         os.remove(os.path.join(solid_folder, "trainB", name))
     with pytest.raises(UserError, match="trainB"):
         build_dali_loader(_cyclegan(solid_folder), torch.device("cpu"))
+
+
+def test_auto_chooses_dali_for_folders_on_cuda(solid_folder, idx_dir):
+    # choose_loader looks at the device type only, so a CUDA device object needs no GPU here
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert choose_loader(_cyclegan(solid_folder), cuda) == "dali"
+    assert choose_loader(_cyclegan(solid_folder), cpu) == "torch"
+    assert choose_loader(TrainConfig(model="dcgan", data=idx_dir), cuda) == "device"
+    assert choose_loader(TrainConfig(model="cyclegan", data="synthetic"), cuda) == "device"
 
 
 @pytest.mark.cuda
