@@ -6,6 +6,7 @@ then the data in row-major order. Only type 0x08 (unsigned byte) is used by the 
 
 from __future__ import annotations
 
+import functools
 import gzip
 import math
 import os
@@ -105,8 +106,17 @@ def find_idx_files(root: str, split: str = "train") -> tuple[str, str]:
 
 
 def load_idx(root: str, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-    """Images uint8 [N, 1, H, W] and labels int64 [N] of one split of an IDX directory."""
+    """Images uint8 [N, 1, H, W] and labels int64 [N] of one split of an IDX directory.
+
+    The tensors are shared between calls on unchanged files (treat them as read-only): a process that
+    builds several loaders (train and test split, tests, the CLI) decompresses Fashion-MNIST once."""
     images_path, labels_path = find_idx_files(root, split)
+    stamps = tuple((os.stat(p).st_mtime_ns, os.stat(p).st_size) for p in (images_path, labels_path))
+    return _load_idx_files(images_path, labels_path, stamps)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_idx_files(images_path: str, labels_path: str, stamps: tuple) -> tuple[torch.Tensor, torch.Tensor]:
     images = read_idx(images_path, IMAGES_NDIM)
     labels = read_idx(labels_path, LABELS_NDIM)
     if labels.shape[0] != images.shape[0]:

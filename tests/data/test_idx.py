@@ -139,3 +139,11 @@ def test_real_fashion_mnist():
     assert labels[0] == 9 and 0.1 < images.float().mean() / 255 < 0.5
     test_images, test_labels = load_idx(FASHION_DIR, "test")
     assert test_images.shape == (10000, 1, 28, 28) and torch.bincount(test_labels).tolist() == [1000] * 10
+
+
+def test_unchanged_files_are_read_once(tmp_path, datagen):
+    root = datagen.make_idx_dir(tmp_path, n=20)
+    first = load_idx(root)
+    assert load_idx(root)[0] is first[0]
+    datagen.make_idx_dir(tmp_path, n=30)  # rewritten: read again
+    assert load_idx(root)[0].shape[0] == 30
