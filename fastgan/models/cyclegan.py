@@ -128,7 +128,8 @@ class ImagePool(nn.Module):
     new one, otherwise the new image is returned. The pool is buffers (``images``, and ``count``, the
     number filled, a 0-dim int64 tensor), so it follows ``.to(device)`` and is saved in state_dict.
     Every choice is a device tensor drawn from the torch RNG and applied with where/index_copy: no
-    Python random, no host sync, so a CUDA graph can capture it.
+    Python random, no host sync, so a CUDA graph can capture it. Returned images carry no autograd
+    history (D trains on them) and keep the input's dtype and memory layout.
 
     Args:
         pool_size: images kept; 0 disables the pool (inputs are returned as they are).

@@ -113,6 +113,21 @@ def test_generator_uses_every_fused_layer(check_fused_layers, upsample, rpc_call
                        expected={"reflect_pad_conv2d": rpc_calls, "instance_norm_act": 9})
 
 
+def test_channels_last_under_bf16_autocast():
+    g = ResnetGenerator(ngf=8, n_blocks=1).to(memory_format=torch.channels_last)
+    d = PatchDiscriminator(ndf=8).to(memory_format=torch.channels_last)
+    pool = ImagePool(2, (3, 32, 32)).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 32, 32).to(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fake = g(x)
+        logits = d(pool(fake.detach()))
+        g_logits = d(fake)
+    assert fake.dtype == torch.bfloat16 and fake.is_contiguous(memory_format=torch.channels_last)
+    assert logits.shape == (2, 1, 2, 2)
+    g_logits.float().mean().backward()
+    assert g.net[0].weight.grad.abs().sum() > 0
+
+
 # --- PatchDiscriminator ------------------------------------------------------------------------------
 def test_patch_discriminator_parameter_count():
     assert n_params(PatchDiscriminator()) == 2_764_737  # the published 70x70 PatchGAN, 2.765 M
