@@ -226,6 +226,8 @@ class DaliLoader(_Loader):
             return dest
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
+        if not view.is_contiguous():  # feed_ndarray writes DALI's dense layout from data_ptr() on
+            raise ValueError(f"out tensor of shape {list(dest.shape)} is not in the loader's memory format")
         stream = torch.cuda.current_stream(self.device)
         if dest.dim() == 4 and self.dtype not in _DALI_DTYPES:
             staging = torch.empty(view.shape, dtype=torch.float32, device=self.device)
