@@ -13,14 +13,12 @@ from . import _dispatch
 _FAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-@functools.lru_cache(None)
-def _triton_importable() -> bool:
-    return importlib.util.find_spec("triton") is not None
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
 def check(device: torch.device) -> str | None:
     """The dispatch capability check: None where Triton kernels can run on ``device``, else why not."""
-    if not _triton_importable():
+    if not _HAS_TRITON:
         return "triton is not installed (pip install triton)"
     if device.type == "cuda":
         return None

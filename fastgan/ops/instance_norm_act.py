@@ -27,8 +27,13 @@ from ._triton_util import kernel
 
 try:
     import triton.language as tl
+
+    # The kernels use only triton.language builtins: its @jit helpers (tl.sum, tl.zeros) are compiled-only
+    # when TRITON_INTERPRET=1 is set after triton's import, as a test does. tl.sum's combine function
+    # passed to tl.reduce is the exception that works both ways: the interpreter sums it with numpy.
+    _add = tl.standard._sum_combine
 except ImportError:  # the reference path still works; _triton_util.check says why Triton cannot run
-    tl = None
+    tl = _add = None
 
 _ACTS = ("relu", "leaky_relu", "none")
 _ACT_CODE = {"none": 0, "relu": 1, "leaky_relu": 2}
@@ -38,15 +43,17 @@ _MAX_SPLIT = 64
 # 1. Reference ------------------------------------------------------------------------------------
 def instance_norm_act_ref(x, weight=None, bias=None, *, act="relu", negative_slope=0.2, eps=1e-5,
                           residual=None):
-    """Plain PyTorch reference: statistics in fp32 over H*W (biased variance), output in x's dtype."""
-    y = F.instance_norm(x.float(), weight=None if weight is None else weight.float(),
-                        bias=None if bias is None else bias.float(), eps=eps)
+    """Plain PyTorch reference: statistics in fp32 (fp64 for fp64 x) over H*W (biased variance), output
+    in x's dtype."""
+    compute = torch.promote_types(x.dtype, torch.float32)
+    y = F.instance_norm(x.to(compute), weight=None if weight is None else weight.to(compute),
+                        bias=None if bias is None else bias.to(compute), eps=eps)
     if act == "relu":
         y = F.relu(y)
     elif act == "leaky_relu":
         y = F.leaky_relu(y, negative_slope)
     if residual is not None:
-        y = y + residual.float()
+        y = y + residual.to(compute)
     return y.to(x.dtype)
 
 
@@ -83,8 +90,8 @@ def _instance_norm_act_stats_kernel(
     c_mask = c < C
     row = X + n.to(tl.int64) * stride_n + c * stride_c  # [BLOCK_C] pointers to x[n, c, 0]
     shift = tl.load(row, mask=c_mask, other=0.0).to(tl.float32)
-    acc = tl.zeros([BLOCK_C, BLOCK_S], dtype=tl.float32)
-    acc_sq = tl.zeros([BLOCK_C, BLOCK_S], dtype=tl.float32)
+    acc = tl.full([BLOCK_C, BLOCK_S], 0.0, tl.float32)
+    acc_sq = tl.full([BLOCK_C, BLOCK_S], 0.0, tl.float32)
     start = pid_split * split_len
     end = tl.minimum(start + split_len, S)
     for s0 in range(start, end, BLOCK_S):
@@ -95,8 +102,8 @@ def _instance_norm_act_stats_kernel(
         acc += d
         acc_sq += d * d
     out = (n * C + c) * SPLIT + pid_split
-    tl.store(PSUM + out, tl.sum(acc, axis=1), mask=c_mask)
-    tl.store(PSQ + out, tl.sum(acc_sq, axis=1), mask=c_mask)
+    tl.store(PSUM + out, tl.reduce(acc, 1, _add), mask=c_mask)
+    tl.store(PSQ + out, tl.reduce(acc_sq, 1, _add), mask=c_mask)
 
 
 @kernel
@@ -122,8 +129,8 @@ def _instance_norm_act_fwd_kernel(
     pieces = tl.arange(0, SPLIT_P2)
     p = (n * C + c[:, None]) * SPLIT + pieces[None, :]
     p_mask = c_mask[:, None] & (pieces < SPLIT)[None, :]
-    mean_d = tl.sum(tl.load(PSUM + p, mask=p_mask, other=0.0), axis=1) / S
-    var = tl.maximum(tl.sum(tl.load(PSQ + p, mask=p_mask, other=0.0), axis=1) / S - mean_d * mean_d, 0.0)
+    mean_d = tl.reduce(tl.load(PSUM + p, mask=p_mask, other=0.0), 1, _add) / S
+    var = tl.maximum(tl.reduce(tl.load(PSQ + p, mask=p_mask, other=0.0), 1, _add) / S - mean_d * mean_d, 0.0)
     mean = shift + mean_d
     rstd = 1.0 / tl.sqrt(var + eps)
     if pid_split == 0:
@@ -172,12 +179,12 @@ def _instance_norm_act_bwd_stats_kernel(
     mean = tl.load(MEAN + n * C + c, mask=c_mask, other=0.0)
     rstd = tl.load(RSTD + n * C + c, mask=c_mask, other=0.0)
     w = tl.full([BLOCK_C], 1.0, tl.float32)
-    b = tl.zeros([BLOCK_C], dtype=tl.float32)
+    b = tl.full([BLOCK_C], 0.0, tl.float32)
     if HAS_AFFINE:
         w = tl.load(W + c, mask=c_mask, other=0.0).to(tl.float32)
         b = tl.load(B + c, mask=c_mask, other=0.0).to(tl.float32)
-    acc_g = tl.zeros([BLOCK_C, BLOCK_S], dtype=tl.float32)
-    acc_gx = tl.zeros([BLOCK_C, BLOCK_S], dtype=tl.float32)
+    acc_g = tl.full([BLOCK_C, BLOCK_S], 0.0, tl.float32)
+    acc_gx = tl.full([BLOCK_C, BLOCK_S], 0.0, tl.float32)
     start = pid_split * split_len
     end = tl.minimum(start + split_len, S)
     for s0 in range(start, end, BLOCK_S):
@@ -195,8 +202,8 @@ def _instance_norm_act_bwd_stats_kernel(
         acc_g += g
         acc_gx += g * xhat
     out = (n * C + c) * SPLIT + pid_split
-    tl.store(PG + out, tl.sum(acc_g, axis=1), mask=c_mask)
-    tl.store(PGX + out, tl.sum(acc_gx, axis=1), mask=c_mask)
+    tl.store(PG + out, tl.reduce(acc_g, 1, _add), mask=c_mask)
+    tl.store(PGX + out, tl.reduce(acc_gx, 1, _add), mask=c_mask)
 
 
 @kernel
@@ -221,15 +228,15 @@ def _instance_norm_act_bwd_kernel(
     mean = tl.load(MEAN + n * C + c, mask=c_mask, other=0.0)
     rstd = tl.load(RSTD + n * C + c, mask=c_mask, other=0.0)
     w = tl.full([BLOCK_C], 1.0, tl.float32)
-    b = tl.zeros([BLOCK_C], dtype=tl.float32)
+    b = tl.full([BLOCK_C], 0.0, tl.float32)
     if HAS_AFFINE:
         w = tl.load(W + c, mask=c_mask, other=0.0).to(tl.float32)
         b = tl.load(B + c, mask=c_mask, other=0.0).to(tl.float32)
     pieces = tl.arange(0, SPLIT_P2)
     p = (n * C + c[:, None]) * SPLIT + pieces[None, :]
     p_mask = c_mask[:, None] & (pieces < SPLIT)[None, :]
-    mean_dxhat = w * tl.sum(tl.load(PG + p, mask=p_mask, other=0.0), axis=1) / S
-    mean_dxhat_xhat = w * tl.sum(tl.load(PGX + p, mask=p_mask, other=0.0), axis=1) / S
+    mean_dxhat = w * tl.reduce(tl.load(PG + p, mask=p_mask, other=0.0), 1, _add) / S
+    mean_dxhat_xhat = w * tl.reduce(tl.load(PGX + p, mask=p_mask, other=0.0), 1, _add) / S
     start = pid_split * split_len
     end = tl.minimum(start + split_len, S)
     for s0 in range(start, end, BLOCK_S):

@@ -19,8 +19,13 @@ from ._triton_util import kernel
 
 try:
     import triton.language as tl
+
+    # The kernels use only triton.language builtins: its @jit helpers (tl.sum, tl.zeros) are compiled-only
+    # when TRITON_INTERPRET=1 is set after triton's import, as a test does. tl.sum's combine function
+    # passed to tl.reduce is the exception that works both ways: the interpreter sums it with numpy.
+    _add = tl.standard._sum_combine
 except ImportError:  # the reference path still works; _triton_util.check says why Triton cannot run
-    tl = None
+    tl = _add = None
 
 _OP = "leaky_relu"
 _MAX_SPLIT = 256
@@ -67,7 +72,7 @@ def _leaky_relu_bwd_kernel(
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
     offset = n.to(tl.int64) * stride_n + c.to(tl.int64) * stride_c
-    acc = tl.zeros([BLOCK_C, BLOCK_S], dtype=tl.float32)
+    acc = tl.full([BLOCK_C, BLOCK_S], 0.0, tl.float32)
     start = pid_split.to(tl.int64) * split_len
     end = tl.minimum(start + split_len, S)
     for s0 in range(start, end, BLOCK_S):
@@ -81,7 +86,7 @@ def _leaky_relu_bwd_kernel(
         if HAS_BIAS:
             acc += dx
     if HAS_BIAS:
-        tl.store(PDB + (n * C + c) * SPLIT + pid_split, tl.sum(acc, axis=1), mask=c_mask)
+        tl.store(PDB + (n * C + c) * SPLIT + pid_split, tl.reduce(acc, 1, _add), mask=c_mask)
 
 
 # 3. Launchers ------------------------------------------------------------------------------------

@@ -1,0 +1,254 @@
+"""instance_norm_act: the Triton path against the float64 reference, outputs and every gradient.
+
+On CPU the kernels run under TRITON_INTERPRET=1 at small shapes; the CUDA cases use the real
+CycleGAN shapes and are skipped without a GPU.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastgan import ops
+from fastgan.ops import _triton_util, instance_norm_act, instance_norm_act_ref
+
+pytest.importorskip("triton")
+
+_ULP = {torch.float32: 2.0**-23, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+
+
+@pytest.fixture
+def triton_cpu(monkeypatch):
+    """Runs Triton kernels through the interpreter, with every output buffer poisoned with NaN."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(_triton_util, "empty_like", _nan_like)
+    monkeypatch.setattr(_triton_util, "empty", _nan)
+
+
+def _nan_like(x, dtype=None):
+    return torch.full_like(x, float("nan"), dtype=dtype)
+
+
+def _nan(shape, dtype, device):
+    return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+
+def _inputs(shape, dtype, device, channels_last, affine, residual):
+    """x, weight, bias, residual (or None) rounded to dtype, and dy; x has a large mean to test the shift."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = (torch.randn(shape, dtype=torch.float64) * 2 + 3).to(device, dtype).contiguous(memory_format=fmt)
+    w = torch.randn(shape[1], dtype=torch.float64).to(device, dtype) if affine else None
+    b = torch.randn(shape[1], dtype=torch.float64).to(device, dtype) if affine else None
+    dy = torch.randn(shape, dtype=torch.float64).to(device, dtype).contiguous(memory_format=fmt)
+    r = torch.randn_like(dy) if residual else None
+    return [x, w, b, r], dy
+
+
+def _run(fn, tensors, dy, cast=None):
+    """fn(x, w, b, r) and the gradients of sum(y * dy) for every tensor given, optionally cast first."""
+    leaves = [None if t is None else (t if cast is None else t.to(cast)).detach().requires_grad_(True)
+              for t in tensors]
+    y = fn(*leaves)
+    given = [t for t in leaves if t is not None]
+    grads = torch.autograd.grad(y, given, dy.to(y.dtype))
+    return y, list(grads)
+
+
+def _torch_native(act, slope):
+    """PyTorch's own computation entirely in the input's dtype (the yardstick for bf16/fp16 error)."""
+    def fn(x, w, b, r):
+        y = F.instance_norm(x, weight=w, bias=b, eps=1e-5)
+        y = F.relu(y) if act == "relu" else F.leaky_relu(y, slope) if act == "leaky_relu" else y
+        return y if r is None else y + r
+    return fn
+
+
+def _check_against_reference(shape, dtype, device, channels_last, affine, act, residual):
+    slope = 0.2
+    tensors, dy = _inputs(shape, dtype, device, channels_last, affine, residual)
+    y, grads = _run(lambda x, w, b, r: instance_norm_act(x, w, b, act=act, negative_slope=slope, residual=r,
+                                                         impl="triton"), tensors, dy)
+    assert ops.last_impl("instance_norm_act") == "triton"
+    y_ref, grads_ref = _run(lambda x, w, b, r: instance_norm_act_ref(x, w, b, act=act, negative_slope=slope,
+                                                                     residual=r), tensors, dy, torch.float64)
+    assert y.dtype == dtype and y.shape == tensors[0].shape
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if dtype != torch.float32:
+        y_pt, grads_pt = _run(_torch_native(act, slope), tensors, dy)
+    names = ["y", "dx", "dweight", "dbias", "dresidual"]
+    names = [n for n, t in zip(names, [tensors[0], *tensors]) if t is not None]
+    for i, (name, got, ref) in enumerate(zip(names, [y, *grads], [y_ref, *grads_ref])):
+        assert got.dtype == dtype, name
+        err = (got.double() - ref).abs().max().item()
+        scale = 1 + ref.abs().max().item()
+        if dtype == torch.float32:
+            tol = 1e-5 * scale
+        else:
+            pt = [y_pt, *grads_pt][i]
+            tol = 2 * (pt.double() - ref).abs().max().item() + 2 * _ULP[dtype] * scale
+        assert err <= tol, f"{name}: max error {err:.3g} > {tol:.3g}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("affine", [False, True], ids=["plain", "affine"])
+@pytest.mark.parametrize("act", ["relu", "leaky_relu", "none"])
+@pytest.mark.parametrize("residual", [False, True], ids=["", "residual"])
+def test_matches_reference_small(triton_cpu, dtype, channels_last, affine, act, residual):
+    _check_against_reference((2, 3, 5, 7), dtype, "cpu", channels_last, affine, act, residual)
+
+
+@pytest.mark.parametrize("shape", [
+    (1, 4, 9, 11),  # odd sizes, one sample
+    (2, 3, 37, 53),  # odd sizes from the issue
+    (1, 2, 48, 48),  # 2304 > one 2048 tile: rows split over two programs, the second partial
+    (1, 70, 3, 4),  # channels beyond one channels_last block of 64
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_matches_reference_odd_shapes(triton_cpu, shape, dtype, channels_last):
+    _check_against_reference(shape, dtype, "cpu", channels_last, True, "relu", True)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape", [
+    (1, 64, 256, 256), (4, 64, 256, 256),  # CycleGAN generator, first block
+    (1, 128, 128, 128), (4, 128, 128, 128),  # downsampled
+    (1, 256, 64, 64), (4, 256, 64, 64),  # residual blocks
+    (4, 128, 64, 64), (4, 512, 31, 31),  # PatchGAN-like
+    (2, 3, 37, 53),  # odd
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("act,affine,residual", [("relu", False, False), ("none", True, True),
+                                                 ("leaky_relu", True, False)])
+def test_matches_reference_cuda(shape, dtype, channels_last, act, affine, residual, monkeypatch):
+    monkeypatch.setattr(_triton_util, "empty_like", _nan_like)
+    monkeypatch.setattr(_triton_util, "empty", _nan)
+    _check_against_reference(shape, dtype, "cuda", channels_last, affine, act, residual)
+
+
+def test_mixed_layouts_and_dtypes(triton_cpu):
+    """A residual in another layout and an NCHW dy for a channels_last x still give the reference."""
+    x = torch.randn(2, 3, 6, 5).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    r = torch.randn(2, 3, 6, 5, dtype=torch.float64)
+    y = instance_norm_act(x, residual=r.float(), impl="triton")
+    y_ref = instance_norm_act_ref(x.double(), residual=r)
+    torch.testing.assert_close(y.double(), y_ref, atol=1e-5, rtol=1e-5)
+    dy = torch.randn(2, 3, 6, 5)
+    (dx,) = torch.autograd.grad(y, x, dy)
+    (dx_ref,) = torch.autograd.grad(instance_norm_act_ref(x.double()), x, dy.double())
+    torch.testing.assert_close(dx, dx_ref.float(), atol=1e-5, rtol=1e-5)
+
+
+def test_deterministic(triton_cpu):
+    tensors, dy = _inputs((2, 3, 48, 48), torch.float32, "cpu", True, True, False)
+
+    def grads():
+        return _run(lambda x, w, b, r: instance_norm_act(x, w, b, impl="triton"), tensors, dy)[1]
+
+    for a, b in zip(grads(), grads()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("impl", ["ref", "triton"])
+def test_rejects_bad_input(triton_cpu, impl):
+    with pytest.raises(ValueError, match="more than one spatial element"):
+        instance_norm_act(torch.randn(1, 1, 1, 1), impl=impl)
+    with pytest.raises(ValueError, match="x must be 4-D"):
+        instance_norm_act(torch.randn(2, 3, 4), impl=impl)
+    with pytest.raises(ValueError, match="weight must have shape"):
+        instance_norm_act(torch.randn(1, 3, 4, 4), torch.ones(4), torch.zeros(3), impl=impl)
+    with pytest.raises(ValueError, match="both"):
+        instance_norm_act(torch.randn(1, 3, 4, 4), torch.ones(3), impl=impl)
+    with pytest.raises(ValueError, match="act="):
+        instance_norm_act(torch.randn(1, 3, 4, 4), act="gelu", impl=impl)
+    with pytest.raises(ValueError, match="residual shape"):
+        instance_norm_act(torch.randn(1, 3, 4, 4), residual=torch.randn(1, 3, 4, 5), impl=impl)
+
+
+def test_triton_rejects_what_it_cannot_take(triton_cpu):
+    with pytest.raises(ValueError, match="x has dtype torch.float64"):
+        instance_norm_act(torch.randn(1, 3, 4, 4, dtype=torch.float64), impl="triton")
+    with pytest.raises(ValueError, match="x with shape .* neither contiguous nor channels_last"):
+        instance_norm_act(torch.randn(1, 3, 4, 8)[..., ::2], impl="triton")
+
+
+def test_reference_gradcheck():
+    x = torch.randn(2, 2, 3, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    r = torch.randn(2, 2, 3, 4, dtype=torch.float64, requires_grad=True)
+    for act in ("relu", "leaky_relu", "none"):
+        def fn(x, w, b, r, act=act):
+            return instance_norm_act_ref(x, w, b, act=act, residual=r)
+
+        assert torch.autograd.gradcheck(fn, (x, w, b, r), fast_mode=True)
+
+
+def test_reference_matches_torch_modules():
+    x = torch.randn(2, 3, 6, 7, dtype=torch.float64)
+    norm = torch.nn.InstanceNorm2d(3, affine=True).double()
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    torch.testing.assert_close(instance_norm_act_ref(x, norm.weight, norm.bias, act="leaky_relu"),
+                               F.leaky_relu(norm(x), 0.2))
+
+
+class _Block(torch.nn.Module):
+    def __init__(self, impl):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.weight = torch.nn.Parameter(torch.randn(4))
+        self.bias = torch.nn.Parameter(torch.randn(4))
+        self.impl = impl
+
+    def forward(self, x):
+        h = self.conv(x)
+        return instance_norm_act(h, self.weight, self.bias, act="leaky_relu", residual=h, impl=self.impl)
+
+
+def _compile_matches_eager(block, x, **compile_kwargs):
+    compiled = torch.compile(block, fullgraph=True, **compile_kwargs)
+    y = compiled(x)
+    y.square().sum().backward()
+    got = [y.detach()] + [p.grad.clone() for p in block.parameters()]
+    block.zero_grad()
+    y = block(x)
+    y.square().sum().backward()
+    want = [y.detach()] + [p.grad.clone() for p in block.parameters()]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["ref", "triton"])
+def test_compile_cpu(triton_cpu, impl):
+    """The custom op's fake implementation and autograd trace (aot_eager: no C++ compiler needed)."""
+    torch._dynamo.reset()
+    _compile_matches_eager(_Block(impl), torch.randn(2, 3, 5, 6), backend="aot_eager")
+
+
+@pytest.mark.cuda
+def test_compile_cuda():
+    torch._dynamo.reset()
+    x = torch.randn(2, 3, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
+    _compile_matches_eager(_Block("triton").cuda(), x)
+    assert ops.last_impl("instance_norm_act") == "triton"
+
+
+@pytest.mark.cuda
+def test_cuda_graph_capture():
+    x = torch.randn(2, 8, 32, 32, device="cuda", requires_grad=True)
+    w = torch.randn(8, device="cuda", requires_grad=True)
+    b = torch.randn(8, device="cuda", requires_grad=True)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        instance_norm_act(x, w, b, impl="triton").sum().backward()  # warm-up compiles the kernels
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = instance_norm_act(x, w, b, impl="triton")
+    x.data.copy_(torch.randn_like(x))
+    graph.replay()
+    y_ref = instance_norm_act_ref(x.detach(), w.detach(), b.detach())
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
