@@ -1,14 +1,29 @@
 """reflect_pad_conv2d: reflection padding fused into a 2-D convolution.
 
-The fast path is the compiled extension fastgan._C (csrc/reflect_pad_conv2d/); the reference is
-F.pad(mode="reflect") followed by F.conv2d with no padding.
+The fast path is the compiled extension fastgan._C (csrc/reflect_pad_conv2d/), reached as
+``torch.ops.fastgan.reflect_pad_conv2d``: on CUDA the pad is written by one vectorised kernel straight
+into the convolution's input, the convolution runs through cuDNN, and backward folds the padded
+gradient back onto dx with a gather (no atomics). The reference is F.pad(mode="reflect") + F.conv2d.
+
+Dispatch (fastgan.ops._dispatch): under ``impl="auto"`` CUDA tensors take the extension and CPU tensors
+the reference. An explicit ``impl="cuda"`` runs the extension on any device it has a kernel for,
+including its C++ CPU kernel on CPU tensors (what the CPU tests exercise), and raises if it cannot.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
 from . import _dispatch
+
+try:
+    from .. import _C  # noqa: F401  (importing it registers torch.ops.fastgan.*)
+
+    _EXT_ERROR = None
+except ImportError as e:  # a pure-Python install (FASTGAN_NO_EXT=1) or an unbuilt checkout
+    _EXT_ERROR = f"the compiled extension fastgan._C is not importable ({e}); build it with " \
+                 "`pip install --no-build-isolation -e .`"
 
 
 # 1. Reference ------------------------------------------------------------------------------------
@@ -19,17 +34,61 @@ def reflect_pad_conv2d_ref(x, weight, bias=None, padding=1, stride=1):
     return F.conv2d(x, weight, bias, stride=stride)
 
 
+def extension_check(device: torch.device) -> str | None:
+    """None when fastgan._C can run reflect_pad_conv2d on ``device``, else why not."""
+    if _EXT_ERROR is not None:
+        return _EXT_ERROR
+    if device.type not in _EXT_DEVICE_TYPES:
+        return f"fastgan._C has no {device.type.upper()} kernel (built without a CUDA toolkit?)"
+    return None
+
+
+# Queried once: the dispatcher query is not traceable by torch.compile, and builds do not change at run time.
+_EXT_DEVICE_TYPES = frozenset() if _EXT_ERROR is not None else frozenset(
+    t for t in ("cpu", "cuda")
+    if torch._C._dispatch_has_kernel_for_dispatch_key("fastgan::reflect_pad_conv2d", t.upper()))
+
+
+_dispatch.register("reflect_pad_conv2d", "cuda", extension_check)
+
+
+# 4. Autograd -------------------------------------------------------------------------------------
+# y = conv(pad(x), weight) + bias; backward: dpad, dweight, dbias = conv_backward(dy, pad(x), weight) and
+# dx = fold(dpad), all in the extension's reflect_pad_conv2d_backward (the pad is recomputed, not saved).
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, padding, stride = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.padding, ctx.stride, ctx.has_bias = padding, stride, bias is not None
+
+
+def _backward(ctx, grad_out):
+    x, weight = ctx.saved_tensors
+    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+    dx, dweight, dbias = torch.ops.fastgan.reflect_pad_conv2d_backward(
+        grad_out, x, weight, ctx.padding, ctx.stride, mask)
+    return dx, dweight, dbias if ctx.has_bias else None, None, None
+
+
+if _EXT_ERROR is None:
+    torch.library.register_autograd("fastgan::reflect_pad_conv2d", _backward, setup_context=_setup_context)
+
+
 # 5. Public function ------------------------------------------------------------------------------
 def reflect_pad_conv2d(x, weight, bias=None, padding=1, stride=1, impl="auto"):
-    """Reflection-padded convolution.
+    """Reflection-padded convolution: reflection pad by ``padding``, then a convolution with no padding.
 
     Args:
-        x: [N, C_in, H, W], NCHW or channels_last, fp32/bf16/fp16.
-        weight: [C_out, C_in, K, K], K in 1..7.
+        x: [N, C_in, H, W], NCHW or channels_last, fp32/bf16/fp16 (fp64 too, for tests).
+        weight: [C_out, C_in, K, K], K in 1..7 (no groups, no dilation).
         bias: optional [C_out].
         padding: reflection padding on each side, < H and < W.
         stride: 1 or 2.
-        impl: "auto", "ref" or "cuda" (the compiled extension).
+        impl: "auto", "ref" or "cuda" (the compiled extension; on a CPU tensor its C++ kernel).
+
+    Returns:
+        [N, C_out, (H + 2*padding - K) // stride + 1, (W + 2*padding - K) // stride + 1], in x's layout
+        on the extension path.
     """
-    _dispatch.resolve("reflect_pad_conv2d", impl, x.device)
+    if _dispatch.resolve("reflect_pad_conv2d", impl, x.device) == "cuda":
+        return torch.ops.fastgan.reflect_pad_conv2d(x, weight, bias, padding, stride)
     return reflect_pad_conv2d_ref(x, weight, bias, padding, stride)
