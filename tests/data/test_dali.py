@@ -3,6 +3,7 @@
 
 import os
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -230,6 +231,43 @@ def test_idx_matches_device_loader(idx_dir, image_size):
     fixed = dali.fixed(7)
     torch.testing.assert_close(fixed["real"], ref.fixed(7)["real"], rtol=0, atol=1e-5)
     assert torch.equal(fixed["label"], ref.fixed(7)["label"])
+
+
+@pytest.mark.parametrize(
+    ("data", "image_size"),
+    [
+        ("synthetic", 24),  # RGB in memory, no resize
+        ("fashion-unpaired", 32),  # grey 28^2 -> RGB, upscaled
+        ("fashion-unpaired", 20),  # downscaled: DALI's and torch's antialiasing filters differ slightly
+    ],
+)
+def test_in_memory_unpaired_matches_device_loader(data, image_size):
+    cfg = TrainConfig(model="cyclegan", data=data, batch_size=4, image_size=image_size, seed=2)
+    try:
+        ref = build_loader(cfg, torch.device("cpu"), "train", torch.channels_last, torch.float16)
+    except UserError as e:  # Fashion-MNIST not installed
+        pytest.skip(str(e))
+    dali = build_dali_loader(cfg, torch.device("cpu"), "train", torch.channels_last, torch.float16)
+    assert dali.info == {**ref.info, "impl": "dali"}
+    last = len(ref) - 2  # the end of the epoch, where the smaller domain has been cycled
+    for ours, theirs in zip(dali.epoch(1, last), ref.epoch(1, last), strict=True):
+        for key in ("A", "B"):
+            x = ours[key]
+            assert x.shape == (4, 3, image_size, image_size) and x.dtype == torch.float16
+            assert x.is_contiguous(memory_format=torch.channels_last)
+            diff = (x.float() - theirs[key].float()).abs()
+            if image_size >= 24:
+                assert diff.max() <= 1e-3  # fp16 rounding only
+            else:
+                assert diff.max() <= 10 * ONE_LEVEL and diff.mean() <= ONE_LEVEL
+
+
+def test_missing_dali_is_a_user_error_naming_the_install(monkeypatch, solid_folder):
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # import nvidia.dali now raises ImportError
+    monkeypatch.delitem(sys.modules, "fastgan.data.dali")
+    with pytest.raises(UserError, match=r"pip install 'fastgan\[dali\]'"):
+        build_loader(_cyclegan(solid_folder, loader="dali"), torch.device("cpu"))
+    assert choose_loader(_cyclegan(solid_folder), torch.device("cuda")) == "torch"
 
 
 def test_image_folder_with_classes(tmp_path):
