@@ -276,12 +276,30 @@ def test_pool_never_syncs_and_replays_in_a_cuda_graph():
 
 
 @pytest.mark.cuda
-def test_models_fast_paths_match_reference_on_cuda():
-    from fastgan.nn import set_impl
+@pytest.mark.parametrize("build, impl, ops", [
+    # Triton norms and the CUDA reflect conv together
+    (lambda: ResnetGenerator(ngf=16, n_blocks=2), "auto", ("instance_norm_act", "reflect_pad_conv2d")),
+    # every fused layer of D has a Triton path
+    (lambda: PatchDiscriminator(ndf=16), "triton", ("instance_norm_act", "leaky_relu")),
+])
+def test_fast_paths_match_reference_on_cuda(build, impl, ops):
+    import copy
 
-    for model, x in ((ResnetGenerator(ngf=16, n_blocks=2), torch.randn(2, 3, 64, 64)),
-                     (PatchDiscriminator(ndf=16), torch.randn(2, 3, 64, 64))):
-        model, x = model.cuda(), x.cuda()
-        fast = model(x)
-        ref = set_impl(model, "ref")(x)
-        torch.testing.assert_close(fast, ref, rtol=1e-3, atol=1e-3)
+    from fastgan.nn import set_impl
+    from fastgan.ops import _dispatch
+
+    fast_model = set_impl(build().cuda(), impl)
+    ref_model = set_impl(copy.deepcopy(fast_model), "ref")
+    x = torch.randn(2, 3, 64, 64, device="cuda")
+    outputs = []
+    for model in (fast_model, ref_model):
+        y = model(x)
+        if model is fast_model:
+            ran = {op: _dispatch.last_impl(op) for op in ops}
+            assert "ref" not in ran.values(), ran
+        (y.square().mean()).backward()
+        outputs.append((y, [p.grad for p in model.parameters()]))
+    (y_fast, g_fast), (y_ref, g_ref) = outputs
+    torch.testing.assert_close(y_fast, y_ref, rtol=1e-3, atol=1e-3)
+    for a, b in zip(g_fast, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
