@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from fastgan.data import build_loader
 from fastgan.data.datasets import DataSpec, TensorSource, resolve_data
 from fastgan.data.folders import load_resized_crop
-from fastgan.data.loaders import DeviceLoader, TorchLoader, epoch_plan, finish_batch
+from fastgan.data.loaders import FIXED_EPOCH, DeviceLoader, TorchLoader, epoch_plan, finish_batch
 
 
 def _cfg(cfg, **changes):
@@ -239,3 +239,15 @@ def test_torch_loader_on_cuda_pins_and_matches_cpu(cfg, unpaired_dir):
         [{k: v.cpu() for k, v in b.items()} for b in build_loader(c, "cuda").epoch(0)],
         list(build_loader(c, "cpu").epoch(0)),
     )
+
+
+def test_folder_fixed_is_the_centre_crop(cfg, unpaired_dir):
+    c = _cfg(cfg, model="cyclegan", data=unpaired_dir, image_size=8, load_size=12, batch_size=2)
+    loader = build_loader(c, "cpu")
+    fixed = loader.fixed(3)
+    for key in ("A", "B"):
+        order = epoch_plan(loader.spec, c.seed, FIXED_EPOCH)[key].order
+        for k in range(3):
+            path = loader.spec.sources[key].paths[order[k]]
+            x = load_resized_crop(path, 12, 8, 2, 2).double() / 127.5 - 1  # (12 - 8) // 2: centred, unflipped
+            torch.testing.assert_close(fixed[key][k].double(), x, rtol=0, atol=1e-6)
