@@ -11,7 +11,6 @@ from torch import nn
 from fastgan import accelerate
 from fastgan.nn import Conv2dLeakyReLU, InstanceNormAct, LeakyReLU, ReflectPadConv2d
 
-
 TOL = 1e-10  # relative, float64: the rewrites change no arithmetic beyond summation order
 
 
