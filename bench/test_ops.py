@@ -1,0 +1,170 @@
+"""instance_norm_act and leaky_relu: reference vs Triton, forward and forward+backward.
+
+Run with `pytest bench --benchmark-only -k ops`. On CUDA: the CycleGAN generator shapes (instance norm)
+and PatchGAN discriminator shapes (LeakyReLU with the conv bias), bf16 and fp32, NHWC and NCHW. On
+CPU: small shapes, reference only (the Triton interpreter is a correctness tool, not a speed one).
+
+extra_info per case: impl (the implementation that really ran), ms (CUDA-event median), GB/s counted
+from the minimal bytes (each input read once, each output written once), ref_ms and speedup over the
+reference path timed in the same run, and for instance norm torch_ms / speedup_vs_torch against eager
+nn.InstanceNorm2d + activation on the same input (the issue's bar). test_copy_bandwidth measures the
+device's copy bandwidth, the yardstick for the GB/s figures (pct_of_copy).
+"""
+
+import functools
+import statistics
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import synchronize
+
+from fastgan import ops
+from fastgan.ops import instance_norm_act, instance_norm_act_ref, leaky_relu, leaky_relu_ref
+
+_CUDA = torch.cuda.is_available()
+
+# (N, C, H, W)
+IN_SHAPES = [
+    (1, 64, 256, 256), (4, 64, 256, 256),  # CycleGAN generator: stem and last up block at 256^2
+    (1, 128, 128, 128), (4, 128, 128, 128),  # first down / up block
+    (1, 256, 64, 64), (4, 256, 64, 64), (16, 256, 64, 64),  # the nine residual blocks
+] if _CUDA else [(2, 8, 32, 32)]
+LEAKY_SHAPES = [
+    (4, 64, 128, 128), (4, 128, 64, 64), (4, 256, 32, 32), (4, 512, 31, 31),  # PatchGAN on 256^2 inputs
+] if _CUDA else [(2, 16, 32, 32)]
+IMPLS = ["ref", "triton"] if _CUDA else ["ref"]
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def _median_ms(fn, device, reps=20, warmup=5):
+    """Median time of fn() in ms: CUDA events on a GPU, perf_counter on the CPU."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()  # sync: timing only
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+@functools.lru_cache(None)
+def _copy_gbps(device_type: str) -> float:
+    """Device-to-device copy bandwidth in GB/s (bytes read + bytes written)."""
+    device = torch.device(device_type)
+    src = torch.empty(2**28 if device_type == "cuda" else 2**22, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    ms = _median_ms(lambda: dst.copy_(src), device)
+    return 2 * src.numel() / ms / 1e6
+
+
+def _timed_case(benchmark, record, device, op, impl, run, baseline, nbytes, **fields):
+    """Benchmarks run() (synchronised inside), then records ms, GB/s and the speed-up over baseline()."""
+    def call():
+        run()
+        synchronize(device)
+
+    benchmark.pedantic(call, rounds=10 if device.type == "cuda" else 3, warmup_rounds=2, iterations=1)
+    ran = ops.last_impl(op)
+    assert ran == impl, f"asked for {impl}, {ran} ran"
+    ms = _median_ms(run, device)
+    ref_ms = _median_ms(baseline["ref"], device)
+    gbps = nbytes / ms / 1e6
+    extra = {}
+    if "torch" in baseline:
+        torch_ms = _median_ms(baseline["torch"], device)
+        extra = dict(torch_ms=round(torch_ms, 4), speedup_vs_torch=round(torch_ms / ms, 3))
+    record(op=op, impl=ran, ms=round(ms, 4), gbps=round(gbps, 1),
+           pct_of_copy=round(100 * gbps / _copy_gbps(device.type), 1), ref_ms=round(ref_ms, 4),
+           speedup=round(ref_ms / ms, 3), minimal_bytes=nbytes, **extra, **fields)
+
+
+def _grad_fn(y_fn, inputs, dy):
+    return lambda: torch.autograd.grad(y_fn(), inputs, dy)
+
+
+@pytest.mark.parametrize("shape", IN_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("passes", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_instance_norm_act(benchmark, record, bench_device, shape, layout, dtype, passes, impl):
+    fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    x = torch.randn(shape, device=bench_device, dtype=DTYPES[dtype]).contiguous(memory_format=fmt)
+    x.requires_grad_(passes == "fwd+bwd")
+    dy = torch.randn_like(x)
+
+    def fused():
+        return instance_norm_act(x, act="relu", impl=impl)
+
+    def reference():
+        return instance_norm_act_ref(x, act="relu")
+
+    def torch_eager():  # nn.InstanceNorm2d + nn.ReLU in the input's dtype, as a model would run
+        return F.relu(F.instance_norm(x))
+
+    if passes == "fwd":
+        run, baseline = fused, {"ref": reference, "torch": torch_eager}
+        reads_writes = 2  # x, y
+    else:
+        run = _grad_fn(fused, [x], dy)
+        baseline = {"ref": _grad_fn(reference, [x], dy), "torch": _grad_fn(torch_eager, [x], dy)}
+        reads_writes = 5  # x, y; then x, dy, dx
+    _timed_case(benchmark, record, bench_device, "instance_norm_act", impl, run, baseline,
+                reads_writes * x.numel() * x.element_size(), shape=list(shape), layout=layout, dtype=dtype,
+                passes=passes, act="relu")
+
+
+@pytest.mark.parametrize("shape", LEAKY_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("passes", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_leaky_relu(benchmark, record, bench_device, shape, layout, dtype, passes, impl):
+    fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    x = torch.randn(shape, device=bench_device, dtype=DTYPES[dtype]).contiguous(memory_format=fmt)
+    bias = torch.randn(shape[1], device=bench_device, dtype=DTYPES[dtype])
+    grad = passes == "fwd+bwd"
+    x.requires_grad_(grad)
+    bias.requires_grad_(grad)
+    dy = torch.randn_like(x)
+
+    def fused():
+        return leaky_relu(x, 0.2, bias=bias, impl=impl)
+
+    def reference():
+        return leaky_relu_ref(x, 0.2, bias=bias)
+
+    if passes == "fwd":
+        run, baseline, reads_writes = fused, {"ref": reference}, 2  # x, y
+    else:
+        run = _grad_fn(fused, [x, bias], dy)
+        baseline = {"ref": _grad_fn(reference, [x, bias], dy)}
+        reads_writes = 5  # x, y; then y, dy, dx
+    _timed_case(benchmark, record, bench_device, "leaky_relu", impl, run, baseline,
+                reads_writes * x.numel() * x.element_size(), shape=list(shape), layout=layout, dtype=dtype,
+                passes=passes, bias=True)
+
+
+def test_ops_copy_bandwidth(benchmark, record, bench_device):
+    """The yardstick for pct_of_copy: a plain device-to-device copy."""
+    n = 2**28 if bench_device.type == "cuda" else 2**22
+    src = torch.empty(n, dtype=torch.uint8, device=bench_device)
+    dst = torch.empty_like(src)
+
+    def call():
+        dst.copy_(src)
+        synchronize(bench_device)
+
+    benchmark.pedantic(call, rounds=10, warmup_rounds=2, iterations=1)
+    record(op="copy", impl="torch", bytes=2 * n, gbps=round(_copy_gbps(bench_device.type), 1))
