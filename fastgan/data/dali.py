@@ -219,7 +219,8 @@ class DaliLoader(_Loader):
 
     def _copy_out(self, dali_output, dest: torch.Tensor) -> torch.Tensor:
         """DALI's output into `dest` (NCHW shape, either memory format). On the GPU the copy is queued on
-        the current stream with no host sync; on the CPU it goes through a numpy view."""
+        the current stream with no host sync (DALI orders it after the producing work and keeps the
+        buffer from being reused until it is done, NVIDIA/DALI#3953); on the CPU via a numpy view."""
         view = dest.permute(0, 2, 3, 1) if self.channels_last and dest.dim() == 4 else dest  # DALI's layout
         if self.device_id is None:
             view.copy_(torch.from_numpy(np.asarray(dali_output.as_tensor())))
