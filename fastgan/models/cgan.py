@@ -4,8 +4,8 @@
   generator of the same image_size maps [z, embedding] to an image.
 - D: the label enters as num_classes one-hot maps concatenated to the image channels, so the first
   convolution sees the class at every position; the rest is the DCGAN discriminator. One-hot maps
-  (rather than a projection discriminator) keep D's conditioning parameter-free and let it reject
-  a well-drawn image of the wrong class from the first layer on.
+  (rather than a projection discriminator) add no parameters beyond the first conv's extra input
+  channels and let every layer relate image features to the class.
 """
 
 from __future__ import annotations

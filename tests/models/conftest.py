@@ -12,8 +12,10 @@ FUSED = (fnn.ReflectPadConv2d, fnn.InstanceNormAct, fnn.LeakyReLU, fnn.Conv2dLea
 BYPASSES = (nn.ReflectionPad2d, nn.InstanceNorm2d, nn.LeakyReLU)
 
 
-def n_params(model):
-    return sum(p.numel() for p in model.parameters())
+@pytest.fixture
+def n_params():
+    """Returns the function counting a model's parameters."""
+    return lambda model: sum(p.numel() for p in model.parameters())
 
 
 @pytest.fixture

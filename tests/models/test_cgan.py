@@ -1,6 +1,5 @@
 import pytest
 import torch
-from conftest import n_params
 
 from fastgan.models import ArchitectureError, cgan, dcgan
 
@@ -23,7 +22,7 @@ def test_generator_output_depends_on_the_label():
     assert (x[1:] - x[:1]).abs().amax((1, 2, 3)).min() > 1e-3
 
 
-def test_discriminator_sees_one_hot_label_maps():
+def test_discriminator_sees_one_hot_label_maps(n_params):
     d = cgan.Discriminator(8, 4, 1, 28).eval()
     # The conditioning lives in the first conv's extra input channels: one per class.
     assert d.dcgan.net[0].weight.shape[1] == 1 + 4

@@ -3,7 +3,6 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import n_params
 from torch import nn
 
 from fastgan import nn as fnn
@@ -22,7 +21,7 @@ FP32_NORM = dict(rtol=1e-4, atol=1e-5)
     (9, "resize", 11_378_179),  # nearest + conv3 has the transposed conv's parameter count
     (6, "deconv", 7_837_699),  # the 6-block generator for <= 128^2 images, 7.838 M
 ])
-def test_generator_parameter_count(n_blocks, upsample, expected):
+def test_generator_parameter_count(n_blocks, upsample, expected, n_params):
     assert n_params(ResnetGenerator(n_blocks=n_blocks, upsample=upsample)) == expected
 
 
@@ -129,7 +128,7 @@ def test_channels_last_under_bf16_autocast():
 
 
 # --- PatchDiscriminator ------------------------------------------------------------------------------
-def test_patch_discriminator_parameter_count():
+def test_patch_discriminator_parameter_count(n_params):
     assert n_params(PatchDiscriminator()) == 2_764_737  # the published 70x70 PatchGAN, 2.765 M
 
 

@@ -1,6 +1,5 @@
 import pytest
 import torch
-from conftest import n_params
 from torch import nn
 
 from fastgan.errors import UserError
@@ -21,7 +20,7 @@ def test_shapes(image_size, channels):
     assert d(x).shape == (3,)
 
 
-def test_radford_parameter_counts_match_pytorch_examples():
+def test_radford_parameter_counts_match_pytorch_examples(n_params):
     # pytorch/examples dcgan with nc=3, nz=100, ngf=ndf=64
     assert n_params(dcgan.Generator(100, 64, 3, 64)) == 3_576_704
     assert n_params(dcgan.Discriminator(64, 3, 64)) == 2_765_568
@@ -57,7 +56,7 @@ def test_radford_variant_matches_pytorch_examples_layout():
     torch.testing.assert_close(d(x), plain_d(x).view(-1))
 
 
-def test_mnist_variant_layout():
+def test_mnist_variant_layout(n_params):
     g, d = dcgan.Generator(100, 64, 1, 28), dcgan.Discriminator(64, 1, 28)
     # G: linear to (ngf*2) x 7 x 7 (no bias: BatchNorm follows), two transposed convs; D: two convs + linear.
     assert isinstance(g.project, nn.Linear) and g.project.out_features == 128 * 7 * 7

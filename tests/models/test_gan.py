@@ -1,11 +1,10 @@
 import pytest
 import torch
-from conftest import n_params
 
 from fastgan.models import ArchitectureError, gan
 
 
-def test_default_sizes_and_shapes():
+def test_default_sizes_and_shapes(n_params):
     g, d = gan.Generator(), gan.Discriminator()
     # z=100 -> 256 -> 256 -> 784 and 784 -> 256 -> 256 -> 1
     assert n_params(g) == (100 * 256 + 256) + (256 * 256 + 256) + (256 * 784 + 784)
