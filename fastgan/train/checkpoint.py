@@ -1,0 +1,119 @@
+"""Checkpoints: the whole training state in one file, written atomically (temp file + os.replace), the
+previous one removed only after the new one and the ``latest`` pointer are in place."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from .steps import Task
+
+FORMAT_VERSION = 1  # bump when the layout changes; older readers refuse newer files
+LATEST = "latest"  # pointer file in the run directory: the name of the newest checkpoint
+
+
+def checkpoint_name(step: int) -> str:
+    return f"checkpoint-{step:08d}.pt"
+
+
+def existing_checkpoints(out: Path) -> list[Path]:
+    return sorted(out.glob("checkpoint-*.pt"))
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def task_state(task: Task) -> dict:
+    return {
+        "nets": {k: v.state_dict() for k, v in task.nets.items()},
+        "optimizers": {k: v.state_dict() for k, v in task.optimizers.items()},
+        "schedulers": {k: v.state_dict() for k, v in task.schedulers.items()},
+        "scalers": {k: v.state_dict() for k, v in task.scalers.items()},
+        "state": {k: v.state_dict() for k, v in task.state.items()},
+    }
+
+
+def load_task_state(task: Task, ckpt: dict) -> None:
+    for group in ("nets", "optimizers", "schedulers", "scalers", "state"):
+        for key, obj in getattr(task, group).items():
+            saved = ckpt[group].get(key)
+            if saved is None:
+                raise UserError(f"checkpoint has no {group[:-1]} {key!r}; it was written by another model")
+            if group == "scalers" and not saved:
+                continue  # a disabled scaler saves an empty dict
+            obj.load_state_dict(saved)
+
+
+def save_checkpoint(out: Path, task: Task, *, step: int, epoch: int, config: dict, info: dict) -> Path:
+    """Writes out/checkpoint-<step>.pt and the ``latest`` pointer; removes older checkpoints."""
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "model": config["model"],
+        "step": step,
+        "epoch": epoch,
+        "config": config,
+        "info": info,
+        "rng": rng_state(task.device),
+        **task_state(task),
+    }
+    path = out / checkpoint_name(step)
+    _atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    _atomic_write(out / LATEST, lambda tmp: tmp.write_text(path.name + "\n"))
+    for old in existing_checkpoints(out):
+        if old != path:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The checkpoint named by out/latest (else the newest checkpoint file), or None."""
+    pointer = out / LATEST
+    if pointer.is_file():
+        path = out / pointer.read_text().strip()
+        if path.is_file():
+            return path
+    found = existing_checkpoints(out)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: str | os.PathLike, model: str | None = None, map_location="cpu") -> dict:
+    """Reads and validates a checkpoint; ``model`` (if given) must match. Bad files raise UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path}: no such file; pass a checkpoint-*.pt written by fastgan.train")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"checkpoint {path}: not a readable fastgan checkpoint ({reason[:120]})") from None
+    if not isinstance(ckpt, dict) or "format_version" not in ckpt or "model" not in ckpt:
+        raise UserError(f"checkpoint {path}: not a fastgan checkpoint (no format_version/model)")
+    if ckpt["format_version"] > FORMAT_VERSION:
+        raise UserError(f"checkpoint {path}: format version {ckpt['format_version']} is newer than this "
+                        f"fastgan reads ({FORMAT_VERSION}); upgrade fastgan")
+    if model is not None and ckpt["model"] != model:
+        raise UserError(f"checkpoint {path}: holds a {ckpt['model']} model, not {model}")
+    return ckpt

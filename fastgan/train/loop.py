@@ -1,0 +1,315 @@
+"""The training loop: resolve the config, build data and task, run the phases, and write the outputs.
+
+Run directory (--out, default runs/<model>):
+    config.json                the resolved config of the latest start or resume
+    losses.jsonl               one record per log interval: step, epoch, lr, mean losses since the last one
+    samples/step-XXXXXXXX.png  sample grids from fixed noise (every --sample-every and at the end)
+    checkpoint-XXXXXXXX.pt     the full training state (every --save-every and at the end; newest kept)
+    latest                     the newest checkpoint's file name
+    tensorboard/               scalars, with --tensorboard
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..errors import UserError
+from .checkpoint import (
+    existing_checkpoints,
+    latest_checkpoint,
+    load_checkpoint,
+    load_task_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from .config import MODELS, TrainConfig
+from .images import save_image
+from .steps import train_step
+from .tasks import build_task
+
+CHOICES = {
+    "model": MODELS,
+    "loader": ("auto", "device", "torch", "dali"),
+    "upsample": ("deconv", "resize"),
+    "gan_loss": ("lsgan", "vanilla"),
+    "amp_dtype": ("bf16", "fp16"),
+    "impl": ("auto", "ref"),
+}
+POSITIVE = ("batch_size", "d_steps", "g_steps", "z_dim", "hidden", "ngf", "ndf", "num_classes", "log_every")
+NON_NEGATIVE = ("epochs", "epochs_decay", "iters", "workers", "n_blocks", "load_size", "image_size",
+                "pool_size", "sample_every", "save_every", "lambda_cycle", "lambda_identity")
+# Fields that shape the networks or the data stream: a resumed run must use the checkpoint's values.
+RESUME_FIXED = ("model", "data", "domains", "image_size", "load_size", "batch_size", "z_dim", "hidden", "ngf",
+                "ndf", "num_classes", "n_blocks", "upsample", "gan_loss", "pool_size", "seed")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _is_idx_dir(data: str) -> bool:
+    path = Path(data)
+    return path.is_dir() and any(path.glob("*-idx3-ubyte*"))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name!r}: use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: no CUDA GPU is visible; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible")
+    return device
+
+
+def resolve_config(cfg: TrainConfig) -> TrainConfig:
+    """Validates the config and fills the model defaults (image_size, gan_loss, n_blocks, load_size, out,
+    device). Returns a new config; the input is left as it was."""
+    cfg = dataclasses.replace(cfg)
+    for name, choices in CHOICES.items():
+        value = getattr(cfg, name)
+        if value and value not in choices:
+            raise UserError(f"{_flag(name)} {value!r}: choose from {', '.join(choices)}")
+    for name in POSITIVE:
+        if getattr(cfg, name) < 1:
+            raise UserError(f"{_flag(name)} {getattr(cfg, name)}: must be at least 1")
+    for name in NON_NEGATIVE:
+        if getattr(cfg, name) < 0:
+            raise UserError(f"{_flag(name)} {getattr(cfg, name)}: must not be negative")
+    if not cfg.lr > 0:
+        raise UserError(f"--lr {cfg.lr}: must be positive")
+    for name in ("beta1", "beta2"):
+        if not 0 <= getattr(cfg, name) < 1:
+            raise UserError(f"{_flag(name)} {getattr(cfg, name)}: must be in [0, 1)")
+    if cfg.epochs + cfg.epochs_decay == 0:
+        raise UserError("--epochs 0 --epochs-decay 0: nothing to train; give at least one epoch")
+    if cfg.amp and cfg.amp_dtype == "fp16" and cfg.device == "cpu":
+        raise UserError("--amp-dtype fp16 needs --device cuda; use --amp-dtype bf16 on the CPU")
+    if cfg.tensorboard:
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError:
+            raise UserError("--tensorboard: the tensorboard package is not installed; "
+                            "pip install tensorboard, or drop the flag") from None
+    device = resolve_device(cfg.device)
+    cfg.device = str(device)
+    if not cfg.image_size:
+        if cfg.model == "cyclegan":
+            cfg.image_size = 256
+        elif cfg.data in ("", "fashion-mnist", "synthetic") or _is_idx_dir(cfg.data):
+            cfg.image_size = 28
+        else:
+            cfg.image_size = 64  # image folders: the Radford et al. DCGAN
+    if not cfg.gan_loss:
+        cfg.gan_loss = "lsgan" if cfg.model == "cyclegan" else "vanilla"
+    if cfg.model == "cyclegan":
+        cfg.n_blocks = cfg.n_blocks or (9 if cfg.image_size >= 256 else 6)
+        cfg.load_size = cfg.load_size or cfg.image_size * 286 // 256
+        if cfg.load_size < cfg.image_size:
+            raise UserError(f"--load-size {cfg.load_size}: must be at least --image-size {cfg.image_size}")
+    if not cfg.out:
+        # Resuming from a file continues in that file's run directory.
+        resume_file = cfg.resume not in ("", "auto")
+        cfg.out = str(Path(cfg.resume).parent) if resume_file else str(Path("runs") / cfg.model)
+    return cfg
+
+
+def _find_resume(cfg: TrainConfig, out: Path) -> Path | None:
+    if cfg.resume == "auto":
+        return latest_checkpoint(out) if out.is_dir() else None
+    if cfg.resume:
+        path = Path(cfg.resume)
+        if out.is_dir() and existing_checkpoints(out) and path.resolve().parent != out.resolve():
+            raise UserError(f"--out {out}: already holds checkpoints of another run; choose another --out "
+                            f"for the run resumed from {path}")
+        return path
+    if out.is_dir() and existing_checkpoints(out):
+        raise UserError(f"--out {out}: already holds checkpoints; pass --resume auto to continue that run "
+                        "or choose another --out")
+    return None
+
+
+def _check_resume_config(cfg: TrainConfig, saved: dict, path: Path) -> None:
+    for name in RESUME_FIXED:
+        if name in saved and saved[name] != getattr(cfg, name):
+            raise UserError(f"{_flag(name)} {getattr(cfg, name)!r} differs from {saved[name]!r} in "
+                            f"checkpoint {path}; resume with the same value")
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _trim_log(log: Path, step: int) -> None:
+    """Drops records after ``step`` (written by the interrupted run after its last checkpoint)."""
+    if not log.is_file():
+        return
+    kept = [line for line in log.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    tmp = log.with_name(f".{log.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, log)
+
+
+def _epoch_batches(loader, epoch: int, start: int):
+    """loader.epoch(), with any draws the loader makes from the global CPU RNG (torch DataLoader takes a
+    base seed from it for each new iterator) undone, so a resumed run's training RNG stays in step."""
+    batches = loader.epoch(epoch, start=start)
+    while True:
+        state = torch.get_rng_state()
+        batch = next(batches, None)
+        torch.set_rng_state(state)
+        if batch is None:
+            return
+        yield batch
+
+
+def _setup_determinism(cfg: TrainConfig, device: torch.device) -> None:
+    if cfg.deterministic:
+        # cuBLAS needs a fixed workspace for deterministic GEMMs.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(cfg.deterministic)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not cfg.deterministic
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Trains cfg.model; returns a summary (step, epoch, last logged losses, paths, it/s)."""
+    from ..data import build_loader
+
+    cfg = resolve_config(cfg)
+    device = torch.device(cfg.device)
+    out = Path(cfg.out)
+    resume_path = _find_resume(cfg, out)
+    ckpt = None
+    if resume_path is not None:
+        ckpt = load_checkpoint(resume_path, cfg.model, map_location=device)
+        _check_resume_config(cfg, ckpt["config"], resume_path)
+
+    _setup_determinism(cfg, device)
+    torch.manual_seed(cfg.seed)
+    loader = build_loader(cfg, device)
+    batches_per_epoch = len(loader)
+    if batches_per_epoch == 0:
+        raise UserError(f"--batch-size {cfg.batch_size}: larger than the dataset "
+                        f"({loader.info.get('num_images', 0)} images); use a smaller batch")
+    info = dict(loader.info)
+    task = build_task(cfg, info, device, batches_per_epoch)
+    fixed = loader.fixed(task.fixed_size)
+    step = 0
+    if ckpt is not None:
+        load_task_state(task, ckpt)
+        set_rng_state(ckpt["rng"], device)
+        step = ckpt["step"]
+
+    config = cfg.to_dict()
+    print("fastgan.train: " + json.dumps(config), flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "samples").mkdir(exist_ok=True)
+    _write_json(out / "config.json", config)
+    log_path = out / "losses.jsonl"
+    if ckpt is not None:
+        _trim_log(log_path, step)
+    else:
+        log_path.unlink(missing_ok=True)
+
+    total = (cfg.epochs + cfg.epochs_decay) * batches_per_epoch
+    if cfg.iters:
+        total = min(total, cfg.iters)
+    if cfg.dry_run:
+        total = min(total, step + 1)
+
+    writer = None
+    if cfg.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1)
+
+    repeats = {phase.name: phase.repeats for phase in task.phases}
+    accum: dict[str, torch.Tensor] = {}
+    pending = 0  # iterations accumulated in accum since the last read
+    latest: dict[str, float] = {}
+    start_step, start_time = step, time.perf_counter()
+    bar = tqdm(total=total, initial=step, unit="it", dynamic_ncols=True, disable=None, file=sys.stderr)
+
+    def read_losses() -> None:
+        nonlocal accum, pending, latest
+        keys = sorted(accum)
+        # sync: the loop's only read of the losses, every --log-every iterations.
+        values = torch.stack([accum[k].float() for k in keys]).tolist()
+        latest = {k: v / (pending * repeats[k.split("/")[0]]) for k, v in zip(keys, values)}
+        accum, pending = {}, 0
+        lr = next(iter(task.optimizers.values())).param_groups[0]["lr"]
+        record = {"step": step, "epoch": step // batches_per_epoch, "lr": lr} | latest
+        with open(log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if writer is not None:
+            for k, v in latest.items():
+                writer.add_scalar(k, v, step)
+            writer.add_scalar("lr", lr, step)
+        short = {k: f"{v:.3g}" for k, v in latest.items() if k.endswith("total") or "cycle" in k}
+        if bar.disable:
+            print(f"step {step}/{total} " + " ".join(f"{k}={v}" for k, v in short.items()), flush=True)
+        else:
+            bar.set_postfix(short, refresh=False)
+
+    def write_sample() -> Path:
+        path = out / "samples" / f"step-{step:08d}.png"
+        save_image(task.sample(fixed), path)
+        return path
+
+    sample_path = checkpoint_path = None
+    task.train()
+    try:
+        while step < total:
+            epoch, position = divmod(step, batches_per_epoch)
+            for batch in _epoch_batches(loader, epoch, position):
+                train_step(task, batch, accum)
+                for scheduler in task.schedulers.values():
+                    scheduler.step()
+                step += 1
+                pending += 1
+                bar.update(1)
+                if step % cfg.log_every == 0:
+                    read_losses()
+                if cfg.sample_every and step % cfg.sample_every == 0:
+                    sample_path = write_sample()
+                if cfg.save_every and step % cfg.save_every == 0:
+                    checkpoint_path = save_checkpoint(out, task, step=step, epoch=step // batches_per_epoch,
+                                                      config=config, info=info)
+                if step >= total:
+                    break
+        if pending:
+            read_losses()
+        if step > start_step or ckpt is None:
+            if sample_path is None or not sample_path.name.endswith(f"{step:08d}.png"):
+                sample_path = write_sample()
+            if checkpoint_path is None or not checkpoint_path.name.endswith(f"{step:08d}.pt"):
+                checkpoint_path = save_checkpoint(out, task, step=step, epoch=step // batches_per_epoch,
+                                                  config=config, info=info)
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    seconds = time.perf_counter() - start_time
+    iterations = step - start_step
+    return {"model": cfg.model, "step": step, "epoch": step // batches_per_epoch, "losses": latest,
+            "out": str(out), "checkpoint": str(checkpoint_path or latest_checkpoint(out)),
+            "sample": str(sample_path) if sample_path else None,
+            "it_per_s": iterations / seconds if seconds > 0 else 0.0,
+            "images_per_s": iterations * cfg.batch_size / seconds if seconds > 0 else 0.0}

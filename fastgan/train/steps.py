@@ -1,0 +1,82 @@
+"""A training step as data: a Task holds the networks, optimisers and a list of Phases (D, G), and the
+eager ``train_step`` runs them. ENGINE (fastgan/train/graphs.py) captures the same phases in CUDA graphs."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Phase:
+    name: str  # "D" or "G"
+    optimizer: str  # key in Task.optimizers
+    repeats: int  # cfg.d_steps or cfg.g_steps
+    loss: Callable[[dict], dict[str, Tensor]]  # batch -> named fp32 scalars; "total" is backpropagated
+    trains: list[str]  # Task.nets keys this phase updates (requires_grad on, all others off)
+
+
+@dataclass
+class Task:
+    nets: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler]  # stepped once per iteration
+    scalers: dict[str, torch.amp.GradScaler]  # one per optimiser; disabled unless amp_dtype is fp16
+    phases: list[Phase]
+    state: dict[str, nn.Module] = field(default_factory=dict)  # e.g. image pools, saved in checkpoints
+    sampler: Callable[[dict], Tensor] | None = None  # fixed batch -> [3, H, W] grid in [0, 1]
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    amp_dtype: torch.dtype | None = None  # autocast dtype, None = full precision
+    fixed_size: int = 64  # images per domain that sample() needs from loader.fixed(n)
+
+    def sample(self, fixed: dict) -> Tensor:
+        """The sample grid for a fixed batch, computed in eval mode without touching any RNG."""
+        modes = {name: net.training for name, net in self.nets.items()}
+        for net in self.nets.values():
+            net.eval()
+        try:
+            with torch.no_grad(), self.autocast():
+                return self.sampler(fixed).float().clamp(0, 1)
+        finally:
+            for name, net in self.nets.items():
+                net.train(modes[name])
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def train(self):
+        for net in self.nets.values():
+            net.train()
+
+
+def train_step(task: Task, batch: dict, accum: dict[str, Tensor]) -> None:
+    """Runs every phase ``repeats`` times on ``batch``; adds each detached loss to ``accum[phase/name]``
+    on the device (read by the loop at log intervals only, so nothing here waits for the GPU)."""
+    for phase in task.phases:
+        trains = set(phase.trains)
+        for name, net in task.nets.items():
+            net.requires_grad_(name in trains)
+        optimizer = task.optimizers[phase.optimizer]
+        scaler = task.scalers[phase.optimizer]
+        for _ in range(phase.repeats):
+            optimizer.zero_grad(set_to_none=True)
+            with task.autocast():
+                losses = phase.loss(batch)
+            scaler.scale(losses["total"]).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            for name, value in losses.items():
+                key = f"{phase.name}/{name}"
+                value = value.detach()
+                if key in accum:
+                    accum[key] += value
+                else:
+                    accum[key] = value.clone()
+    for net in task.nets.values():
+        net.requires_grad_(True)
