@@ -5,12 +5,12 @@ Sections (../STYLE.md): 1. reference  2. Triton kernels  3. launchers  4. autogr
 The Triton path views x as [N, C, S] (S = H*W) with strides, so NCHW (stride_s = 1) and channels_last
 (stride_c = 1) share the kernels and the output keeps x's layout without a copy. Each (sample, channel
 block) row is cut into SPLIT pieces so that a small N*C still fills the GPU; every reduction is
-deterministic (per-program fp32 partials, then a fixed-order sum, no atomics).
+deterministic (per-piece fp32 partials, then torch's fixed-order sum over the pieces, no atomics).
 
 Forward, two passes over x:
   stats:     per piece, sums of d = x - x[n, c, 0] and of d^2 (the shift keeps E[d^2] - E[d]^2 from
-             cancelling when |mean| >> std)
-  normalise: mean, rstd from the pieces' sums; y = act(xhat * w + b) + residual, xhat = (x - mean) * rstd
+             cancelling when |mean| >> std); the pieces are then summed into [2, N, C]
+  normalise: mean, rstd from those sums; y = act(xhat * w + b) + residual, xhat = (x - mean) * rstd
 Backward, with z = xhat * w + b, g = dy * act'(z) and S = H*W:
   dweight = sum_{n,s} g * xhat        dbias = sum_{n,s} g        dresidual = dy
   dx = rstd * (g * w - w * sum_s(g) / S - xhat * w * sum_s(g * xhat) / S)
@@ -37,7 +37,7 @@ except ImportError:  # the reference path still works; _triton_util.check says w
 
 _ACTS = ("relu", "leaky_relu", "none")
 _ACT_CODE = {"none": 0, "relu": 1, "leaky_relu": 2}
-_MAX_SPLIT = 64
+_MAX_SPLIT = 1024
 
 
 # 1. Reference ------------------------------------------------------------------------------------
@@ -80,9 +80,8 @@ def _check_args(x, weight, bias, act, residual):
 @kernel
 def _instance_norm_act_stats_kernel(
     X,  # input, [N, C, S] with strides (stride_n, stride_c, stride_s)
-    PSUM,  # fp32 out, [N, C, SPLIT]: per piece, sum of x - x[n, c, 0]
-    PSQ,  # fp32 out, [N, C, SPLIT]: per piece, sum of (x - x[n, c, 0])^2
-    C, S, stride_n, stride_c, stride_s, split_len, SPLIT,
+    PARTS,  # fp32 out, [2, N, C, SPLIT]: per piece, sums of x - x[n, c, 0] and of its square
+    C, S, stride_n, stride_c, stride_s, split_len, SPLIT, NC,
     BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     pid_split, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -102,8 +101,8 @@ def _instance_norm_act_stats_kernel(
         acc += d
         acc_sq += d * d
     out = (n * C + c) * SPLIT + pid_split
-    tl.store(PSUM + out, tl.reduce(acc, 1, _add), mask=c_mask)
-    tl.store(PSQ + out, tl.reduce(acc_sq, 1, _add), mask=c_mask)
+    tl.store(PARTS + out, tl.reduce(acc, 1, _add), mask=c_mask)
+    tl.store(PARTS + NC * SPLIT + out, tl.reduce(acc_sq, 1, _add), mask=c_mask)
 
 
 @kernel
@@ -113,12 +112,11 @@ def _instance_norm_act_fwd_kernel(
     Y,  # output, like X
     W,  # weight, [C] (unused unless HAS_AFFINE)
     B,  # bias, [C] (unused unless HAS_AFFINE)
-    PSUM,  # fp32, [N, C, SPLIT], from the stats kernel
-    PSQ,  # fp32, [N, C, SPLIT], from the stats kernel
+    SUMS,  # fp32, [2, N, C]: sums of x - x[n, c, 0] and of its square, from the stats pass
     MEAN,  # fp32 out, [N, C]
     RSTD,  # fp32 out, [N, C]
-    C, S, stride_n, stride_c, stride_s, split_len, SPLIT, eps, negative_slope,
-    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, SPLIT_P2: tl.constexpr,
+    C, S, stride_n, stride_c, stride_s, split_len, NC, eps, negative_slope,
+    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
     HAS_AFFINE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACT: tl.constexpr,
 ):
     pid_split, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -126,11 +124,8 @@ def _instance_norm_act_fwd_kernel(
     c_mask = c < C
     offset = n.to(tl.int64) * stride_n + c * stride_c  # [BLOCK_C] offsets of x[n, c, 0]
     shift = tl.load(X + offset, mask=c_mask, other=0.0).to(tl.float32)
-    pieces = tl.arange(0, SPLIT_P2)
-    p = (n * C + c[:, None]) * SPLIT + pieces[None, :]
-    p_mask = c_mask[:, None] & (pieces < SPLIT)[None, :]
-    mean_d = tl.reduce(tl.load(PSUM + p, mask=p_mask, other=0.0), 1, _add) / S
-    var = tl.maximum(tl.reduce(tl.load(PSQ + p, mask=p_mask, other=0.0), 1, _add) / S - mean_d * mean_d, 0.0)
+    mean_d = tl.load(SUMS + n * C + c, mask=c_mask, other=0.0) / S
+    var = tl.maximum(tl.load(SUMS + NC + n * C + c, mask=c_mask, other=0.0) / S - mean_d * mean_d, 0.0)
     mean = shift + mean_d
     rstd = 1.0 / tl.sqrt(var + eps)
     if pid_split == 0:
@@ -167,9 +162,8 @@ def _instance_norm_act_bwd_stats_kernel(
     B,  # bias, [C] (unused unless HAS_AFFINE)
     MEAN,  # fp32, [N, C]
     RSTD,  # fp32, [N, C]
-    PG,  # fp32 out, [N, C, SPLIT]: per piece, sum of g
-    PGX,  # fp32 out, [N, C, SPLIT]: per piece, sum of g * xhat
-    C, S, stride_n, stride_c, stride_s, split_len, SPLIT, negative_slope,
+    PARTS,  # fp32 out, [2, N, C, SPLIT]: per piece, sums of g and of g * xhat
+    C, S, stride_n, stride_c, stride_s, split_len, SPLIT, NC, negative_slope,
     BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, HAS_AFFINE: tl.constexpr, ACT: tl.constexpr,
 ):
     pid_split, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -202,8 +196,8 @@ def _instance_norm_act_bwd_stats_kernel(
         acc_g += g
         acc_gx += g * xhat
     out = (n * C + c) * SPLIT + pid_split
-    tl.store(PG + out, tl.reduce(acc_g, 1, _add), mask=c_mask)
-    tl.store(PGX + out, tl.reduce(acc_gx, 1, _add), mask=c_mask)
+    tl.store(PARTS + out, tl.reduce(acc_g, 1, _add), mask=c_mask)
+    tl.store(PARTS + NC * SPLIT + out, tl.reduce(acc_gx, 1, _add), mask=c_mask)
 
 
 @kernel
@@ -215,10 +209,9 @@ def _instance_norm_act_bwd_kernel(
     B,  # bias, [C] (unused unless HAS_AFFINE)
     MEAN,  # fp32, [N, C]
     RSTD,  # fp32, [N, C]
-    PG,  # fp32, [N, C, SPLIT], from the backward stats kernel
-    PGX,  # fp32, [N, C, SPLIT], from the backward stats kernel
-    C, S, stride_n, stride_c, stride_s, split_len, SPLIT, negative_slope,
-    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, SPLIT_P2: tl.constexpr,
+    SUMS,  # fp32, [2, N, C]: sums over s of g and of g * xhat, from the backward stats pass
+    C, S, stride_n, stride_c, stride_s, split_len, NC, negative_slope,
+    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
     HAS_AFFINE: tl.constexpr, ACT: tl.constexpr,
 ):
     pid_split, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -232,11 +225,8 @@ def _instance_norm_act_bwd_kernel(
     if HAS_AFFINE:
         w = tl.load(W + c, mask=c_mask, other=0.0).to(tl.float32)
         b = tl.load(B + c, mask=c_mask, other=0.0).to(tl.float32)
-    pieces = tl.arange(0, SPLIT_P2)
-    p = (n * C + c[:, None]) * SPLIT + pieces[None, :]
-    p_mask = c_mask[:, None] & (pieces < SPLIT)[None, :]
-    mean_dxhat = w * tl.reduce(tl.load(PG + p, mask=p_mask, other=0.0), 1, _add) / S
-    mean_dxhat_xhat = w * tl.reduce(tl.load(PGX + p, mask=p_mask, other=0.0), 1, _add) / S
+    mean_dxhat = w * tl.load(SUMS + n * C + c, mask=c_mask, other=0.0) / S
+    mean_dxhat_xhat = w * tl.load(SUMS + NC + n * C + c, mask=c_mask, other=0.0) / S
     start = pid_split * split_len
     end = tl.minimum(start + split_len, S)
     for s0 in range(start, end, BLOCK_S):
@@ -264,30 +254,27 @@ def _plan(x):
     n, c, s, stride_n, stride_c, stride_s = _triton_util.channels_view(_OP, "x", x)
     block_c, block_s = _triton_util.tile(c, s, stride_c)
     c_blocks = -(-c // block_c)
-    max_split = max(1, min(_MAX_SPLIT, 4096 // block_c))  # bounds the [BLOCK_C, SPLIT_P2] partials tile
-    split, split_len = _triton_util.split(n, c_blocks, s, block_s, max_split)
-    return dict(n=n, c=c, s=s, strides=(stride_n, stride_c, stride_s), block_c=block_c, block_s=block_s,
-                grid=(split, c_blocks, n), split=split, split_len=split_len)
+    split, split_len = _triton_util.split(n, c_blocks, s, block_s, _MAX_SPLIT)
+    args = (c, s, stride_n, stride_c, stride_s, split_len)
+    return dict(grid=(split, c_blocks, n), n=n, c=c, split=split, args=args,
+                blocks=dict(BLOCK_C=block_c, BLOCK_S=block_s))
 
 
 def _instance_norm_act_fwd(x, weight, bias, residual, act, negative_slope, eps):
     """Returns y (x's layout and dtype) and the fp32 [N, C] mean and rstd that backward needs."""
     plan = _plan(x)
-    n, c, s, split = plan["n"], plan["c"], plan["s"], plan["split"]
-    psum = _triton_util.empty((n, c, split), torch.float32, x.device)
-    psq = _triton_util.empty((n, c, split), torch.float32, x.device)
+    n, c, split = plan["n"], plan["c"], plan["split"]
+    parts = _triton_util.empty((2, n, c, split), torch.float32, x.device)
     mean = _triton_util.empty((n, c), torch.float32, x.device)
     rstd = _triton_util.empty((n, c), torch.float32, x.device)
     y = _triton_util.empty_like(x)
-    common = (c, s, *plan["strides"], plan["split_len"], split)
     with _triton_util.device_guard(x):
-        _instance_norm_act_stats_kernel[plan["grid"]](x, psum, psq, *common,
-                                                      BLOCK_C=plan["block_c"], BLOCK_S=plan["block_s"])
+        _instance_norm_act_stats_kernel[plan["grid"]](x, parts, *plan["args"], split, n * c, **plan["blocks"])
+        sums = parts.sum(dim=-1)  # [2, N, C], a fixed-order sum over the pieces
         _instance_norm_act_fwd_kernel[plan["grid"]](
             x, x if residual is None else residual, y,
             x if weight is None else weight, x if bias is None else bias,
-            psum, psq, mean, rstd, *common, eps, negative_slope,
-            BLOCK_C=plan["block_c"], BLOCK_S=plan["block_s"], SPLIT_P2=_triton_util.next_pow2(split),
+            sums, mean, rstd, *plan["args"], n * c, eps, negative_slope, **plan["blocks"],
             HAS_AFFINE=weight is not None, HAS_RESIDUAL=residual is not None, ACT=_ACT_CODE[act])
     return y, mean, rstd
 
@@ -295,24 +282,20 @@ def _instance_norm_act_fwd(x, weight, bias, residual, act, negative_slope, eps):
 def _instance_norm_act_bwd(dy, x, weight, bias, mean, rstd, act, negative_slope):
     """Returns dx (x's layout and dtype) and fp32 [C] dweight, dbias (for weight 1, bias 0 if not affine)."""
     plan = _plan(x)
-    n, c, s, split = plan["n"], plan["c"], plan["s"], plan["split"]
+    n, c, split = plan["n"], plan["c"], plan["split"]
     dy = _triton_util.same_layout(dy, x)
-    pg = _triton_util.empty((n, c, split), torch.float32, x.device)
-    pgx = _triton_util.empty((n, c, split), torch.float32, x.device)
+    parts = _triton_util.empty((2, n, c, split), torch.float32, x.device)
     dx = _triton_util.empty_like(x)
-    common = (c, s, *plan["strides"], plan["split_len"], split, negative_slope)
-    affine = dict(HAS_AFFINE=weight is not None, ACT=_ACT_CODE[act])
+    options = dict(**plan["blocks"], HAS_AFFINE=weight is not None, ACT=_ACT_CODE[act])
     w, b = (x, x) if weight is None else (weight, bias)
     with _triton_util.device_guard(x):
-        _instance_norm_act_bwd_stats_kernel[plan["grid"]](
-            x, dy, w, b, mean, rstd, pg, pgx, *common,
-            BLOCK_C=plan["block_c"], BLOCK_S=plan["block_s"], **affine)
-        _instance_norm_act_bwd_kernel[plan["grid"]](
-            x, dy, dx, w, b, mean, rstd, pg, pgx, *common,
-            BLOCK_C=plan["block_c"], BLOCK_S=plan["block_s"], SPLIT_P2=_triton_util.next_pow2(split),
-            **affine)
-    # A fixed-order sum over samples and pieces: deterministic, unlike atomics.
-    return dx, pgx.sum(dim=(0, 2)), pg.sum(dim=(0, 2))
+        _instance_norm_act_bwd_stats_kernel[plan["grid"]](x, dy, w, b, mean, rstd, parts, *plan["args"],
+                                                          split, n * c, negative_slope, **options)
+        sums = parts.sum(dim=-1)  # [2, N, C], a fixed-order sum over the pieces
+        _instance_norm_act_bwd_kernel[plan["grid"]](x, dy, dx, w, b, mean, rstd, sums, *plan["args"], n * c,
+                                                    negative_slope, **options)
+    # Sums over samples: deterministic, unlike atomics; two tensors, as a custom op's outputs may not alias.
+    return dx, sums[1].sum(dim=0), sums[0].sum(dim=0)
 
 
 # 4. Autograd (torch.library custom ops, so torch.compile and CUDA graphs see opaque kernels) ------
