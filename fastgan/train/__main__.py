@@ -9,26 +9,14 @@ import inspect
 import re
 import sys
 
-from ..errors import EXIT_USAGE, UserError
 from . import config as config_module
+from .cli import OneLineParser, run
 from .config import MODELS, TrainConfig, config_fields
 from .loop import CHOICES, train
 
 PROG = "fastgan.train"
 # Fields that ENGINE wires to the CLI once they work; TrainConfig keeps their defaults until then.
 NOT_FLAGS = ("model", "impl", "channels_last", "cuda_graphs", "compile")
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports an error as one line (no usage block) with exit code 2."""
-
-    def error(self, message):
-        fail(message)
-
-
-def fail(message: str):
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    sys.exit(EXIT_USAGE)
 
 
 def field_help() -> dict[str, str]:
@@ -43,7 +31,7 @@ def field_help() -> dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog=f"python -m {PROG}", description="Train a GAN (fastgan).",
+    parser = OneLineParser(PROG, description="Train a GAN (fastgan).",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("model", choices=MODELS, help="which GAN to train")
     helps = field_help()
@@ -69,15 +57,15 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in args.items() if k in names})
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(argv)
-    try:
-        summary = train(cfg)
-    except UserError as e:
-        fail(str(e))
+def _train(argv: list[str] | None) -> int:
+    summary = train(parse_config(argv))
     print(f"{PROG}: step {summary['step']} (epoch {summary['epoch']}), {summary['it_per_s']:.2f} it/s; "
           f"checkpoint {summary['checkpoint']}; samples {summary['sample']}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(PROG, _train, argv)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ previous one removed only after the new one and the ``latest`` pointer are in pl
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 
 import torch
@@ -100,15 +99,22 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 
 def load_checkpoint(path: str | os.PathLike, model: str | None = None, map_location="cpu") -> dict:
-    """Reads and validates a checkpoint; ``model`` (if given) must match. Bad files raise UserError."""
+    """Reads and validates a checkpoint (a file, a run directory or its ``latest`` pointer); ``model``
+    (if given) must match. Bad files raise UserError."""
     path = Path(path)
+    if path.is_dir() or path.name == LATEST:
+        run_dir = path if path.is_dir() else path.parent
+        found = latest_checkpoint(run_dir)
+        if found is None:
+            raise UserError(f"{path}: no checkpoint-*.pt in {run_dir}; pass one written by fastgan.train")
+        path = found
     if not path.is_file():
         raise UserError(f"checkpoint {path}: no such file; pass a checkpoint-*.pt written by fastgan.train")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"checkpoint {path}: not a readable fastgan checkpoint ({reason[:120]})") from None
+    except Exception as e:  # torch.load fails on foreign or truncated files in many different ways
+        raise UserError(f"checkpoint {path}: not a readable fastgan checkpoint ({type(e).__name__}); "
+                        "pass a checkpoint-*.pt written by fastgan.train") from None
     if not isinstance(ckpt, dict) or "format_version" not in ckpt or "model" not in ckpt:
         raise UserError(f"checkpoint {path}: not a fastgan checkpoint (no format_version/model)")
     if ckpt["format_version"] > FORMAT_VERSION:

@@ -235,3 +235,14 @@ def _cyclegan_sampler(nets: dict):
         return make_grid(to_unit(columns.flatten(0, 1)), 6)
 
     return sample
+
+
+def nets_from_checkpoint(ckpt: dict, names: list[str], device: torch.device) -> dict[str, torch.nn.Module]:
+    """The named networks of a loaded checkpoint, with its weights, in eval mode on ``device``."""
+    cfg = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in TrainConfig.__dataclass_fields__})
+    nets = build_nets(cfg, ckpt["info"])
+    out = {}
+    for name in names:
+        nets[name].load_state_dict(ckpt["nets"][name])
+        out[name] = nets[name].to(device).eval()
+    return out

@@ -1,0 +1,88 @@
+"""``python -m fastgan.generate CHECKPOINT --n 64 [--label K] --out grid.png [--seed S]``: images from a
+gan/dcgan/cgan checkpoint, as one grid (--out FILE.png) or one file per image (--out DIR)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .train.checkpoint import load_checkpoint
+from .train.cli import OneLineParser, run
+from .train.images import make_grid, save_image, to_unit
+from .train.loop import resolve_device
+from .train.tasks import GRID_COLUMNS, nets_from_checkpoint
+
+PROG = "fastgan.generate"
+
+
+def parse_args(argv):
+    parser = OneLineParser(PROG, description="Generate images from a gan/dcgan/cgan checkpoint.")
+    parser.add_argument("checkpoint", help="checkpoint-*.pt written by fastgan.train")
+    parser.add_argument("--n", type=int, default=64, help="number of images")
+    parser.add_argument("--label", type=int, default=None,
+                        help="cgan: class of every image (default: one row per class)")
+    parser.add_argument("--out", default="generated.png",
+                        help="a .png/.jpg file for one grid, or a directory for one PNG per image")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed")
+    parser.add_argument("--columns", type=int, default=GRID_COLUMNS, help="images per grid row")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    return parser.parse_args(argv)
+
+
+def generate(checkpoint, n: int = 64, label: int | None = None, seed: int = 0, columns: int = GRID_COLUMNS,
+             device="cpu") -> torch.Tensor:
+    """n images [n, C, H, W] in [-1, 1] from a gan/dcgan/cgan checkpoint file."""
+    if n < 1:
+        raise UserError(f"--n {n}: must be at least 1")
+    if columns < 1:
+        raise UserError(f"--columns {columns}: must be at least 1")
+    device = torch.device(device)
+    ckpt = load_checkpoint(checkpoint, map_location=device)
+    model = ckpt["model"]
+    if model == "cyclegan":
+        raise UserError(f"checkpoint {checkpoint}: holds a cyclegan model; use python -m fastgan.translate")
+    G = nets_from_checkpoint(ckpt, ["G"], device)["G"]
+    z_dim = ckpt["config"]["z_dim"]
+    z = torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed)).to(device)
+    with torch.no_grad():
+        if model != "cgan":
+            if label is not None:
+                raise UserError(f"--label {label}: only cgan checkpoints take a class; this is {model}")
+            return G(z)
+        classes = ckpt["info"]["num_classes"]
+        if label is not None and not 0 <= label < classes:
+            raise UserError(f"--label {label}: this cgan has classes 0 to {classes - 1}")
+        if label is None:
+            labels = (torch.arange(n, device=device) // columns) % classes  # one row per class
+        else:
+            labels = torch.full((n,), label, device=device, dtype=torch.long)
+        return G(z, labels)
+
+
+def _main(argv) -> int:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    images = generate(args.checkpoint, args.n, args.label, args.seed, args.columns, device)
+    out = Path(args.out)
+    if out.is_dir() or not out.suffix:
+        out.mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(to_unit(images)):
+            save_image(image, out / f"{i:06d}.png")
+        print(f"{PROG}: wrote {len(images)} images to {out}/")
+    else:
+        if not out.parent.is_dir():
+            raise UserError(f"--out {out}: directory {out.parent} does not exist")
+        save_image(make_grid(to_unit(images), args.columns), out)
+        print(f"{PROG}: wrote a grid of {len(images)} images to {out}")
+    return 0
+
+
+def main(argv=None) -> int:
+    return run(PROG, _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

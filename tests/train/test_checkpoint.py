@@ -1,0 +1,80 @@
+import pytest
+import torch
+
+from fastgan.errors import UserError
+from fastgan.train import checkpoint
+from fastgan.train.checkpoint import FORMAT_VERSION, LATEST, latest_checkpoint, load_checkpoint, save_checkpoint
+from fastgan.train.loop import resolve_config, train
+from fastgan.train.tasks import build_task
+
+INFO = {"channels": 1, "num_classes": 10, "num_images": 64, "name": "test"}
+
+
+@pytest.fixture
+def task_and_config(tiny, tmp_path):
+    cfg = resolve_config(tiny("dcgan", tmp_path))
+    return build_task(cfg, INFO, "cpu"), cfg.to_dict()
+
+
+def test_keeps_only_the_newest_and_points_at_it(tmp_path, task_and_config):
+    task, config = task_and_config
+    first = save_checkpoint(tmp_path, task, step=1, epoch=0, config=config, info=INFO)
+    second = save_checkpoint(tmp_path, task, step=2, epoch=0, config=config, info=INFO)
+    assert not first.exists() and second.exists()
+    assert (tmp_path / LATEST).read_text().strip() == second.name
+    assert latest_checkpoint(tmp_path) == second
+    ckpt = load_checkpoint(tmp_path, "dcgan")
+    assert ckpt["step"] == 2 and ckpt["format_version"] == FORMAT_VERSION and ckpt["info"] == INFO
+    assert sorted(p.name for p in tmp_path.iterdir()) == [second.name, LATEST]
+
+
+def test_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, task_and_config, monkeypatch):
+    task, config = task_and_config
+    good = save_checkpoint(tmp_path, task, step=1, epoch=0, config=config, info=INFO)
+    before = good.read_bytes()
+
+    def crash(obj, path):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", crash)
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path, task, step=2, epoch=0, config=config, info=INFO)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [good.name, LATEST]
+    assert good.read_bytes() == before
+    assert latest_checkpoint(tmp_path) == good
+
+
+def test_load_rejects_bad_files(tmp_path, task_and_config):
+    task, config = task_and_config
+    with pytest.raises(UserError, match="no such file"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="not a readable fastgan checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "foreign.pt")
+    with pytest.raises(UserError, match="not a fastgan checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    path = save_checkpoint(tmp_path, task, step=1, epoch=0, config=config, info=INFO)
+    with pytest.raises(UserError, match="holds a dcgan model, not cyclegan"):
+        load_checkpoint(path, "cyclegan")
+    newer = torch.load(path, weights_only=True) | {"format_version": FORMAT_VERSION + 1}
+    torch.save(newer, tmp_path / "newer.pt")
+    with pytest.raises(UserError, match="newer than this fastgan reads"):
+        load_checkpoint(tmp_path / "newer.pt")
+    with pytest.raises(UserError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "empty_run" / LATEST)
+
+
+def test_fresh_start_never_overwrites_a_run(tiny, tmp_path, idx_dir):
+    train(tiny("dcgan", tmp_path, data=str(idx_dir), iters=1))
+    path = latest_checkpoint(tmp_path)
+    before = path.read_bytes()
+    with pytest.raises(UserError, match="already holds checkpoints; pass --resume auto"):
+        train(tiny("dcgan", tmp_path, data=str(idx_dir), iters=2))
+    with pytest.raises(UserError, match="--ngf 8 differs from 4"):
+        train(tiny("dcgan", tmp_path, data=str(idx_dir), iters=2, ngf=8, resume="auto"))
+    with pytest.raises(UserError, match="holds a dcgan model, not cgan"):
+        train(tiny("cgan", tmp_path / "other", data=str(idx_dir), iters=2, resume=str(path)))
+    assert latest_checkpoint(tmp_path) == path and path.read_bytes() == before
