@@ -31,8 +31,8 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import MODELS, TrainConfig
+from .graphs import check_cuda_graphs, configure_engine, make_train_step, memory_format
 from .images import save_image
-from .steps import train_step
 from .tasks import build_task
 
 CHOICES = {
@@ -195,6 +195,7 @@ def train(cfg: TrainConfig) -> dict:
 
     cfg = resolve_config(cfg)
     device = torch.device(cfg.device)
+    check_cuda_graphs(cfg, device)
     out = Path(cfg.out)
     resume_path = _find_resume(cfg, out)
     ckpt = None
@@ -204,13 +205,13 @@ def train(cfg: TrainConfig) -> dict:
 
     _setup_determinism(cfg, device)
     torch.manual_seed(cfg.seed)
-    loader = build_loader(cfg, device)
+    loader = build_loader(cfg, device, memory_format=memory_format(cfg, device))
     batches_per_epoch = len(loader)
     if batches_per_epoch == 0:
         raise UserError(f"--batch-size {cfg.batch_size}: larger than the dataset "
                         f"({loader.info.get('num_images', 0)} images); use a smaller batch")
     info = dict(loader.info)
-    task = build_task(cfg, info, device, batches_per_epoch)
+    task = configure_engine(build_task(cfg, info, device, batches_per_epoch), cfg)
     fixed = loader.fixed(task.fixed_size)
     step = 0
     if ckpt is not None:
@@ -254,7 +255,7 @@ def train(cfg: TrainConfig) -> dict:
         values = torch.stack([accum[k].float() for k in keys]).tolist()
         latest = {k: v / (pending * repeats[k.split("/")[0]]) for k, v in zip(keys, values)}
         accum, pending = {}, 0
-        lr = next(iter(task.optimizers.values())).param_groups[0]["lr"]
+        lr = float(next(iter(task.optimizers.values())).param_groups[0]["lr"])  # a tensor under --cuda-graphs
         record = {"step": step, "epoch": step // batches_per_epoch, "lr": lr} | latest
         with open(log_path, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -273,13 +274,15 @@ def train(cfg: TrainConfig) -> dict:
         save_image(task.sample(fixed), path)
         return path
 
-    sample_path = checkpoint_path = None
+    sample_path = checkpoint_path = step_fn = None
     task.train()
     try:
         while step < total:
             epoch, position = divmod(step, batches_per_epoch)
             for batch in _epoch_batches(loader, epoch, position):
-                train_step(task, batch, accum)
+                if step_fn is None:  # graphs are captured for the first batch's shapes
+                    step_fn = make_train_step(task, batch, cfg.cuda_graphs)
+                step_fn(batch, accum)
                 for scheduler in task.schedulers.values():
                     scheduler.step()
                 step += 1
