@@ -17,6 +17,8 @@ import pytest
 import torch
 
 from fastgan.errors import UserError
+from fastgan.nn import Conv2dLeakyReLU, InstanceNormAct, LeakyReLU
+from fastgan.ops import last_impl
 from fastgan.train.config import TrainConfig
 from fastgan.train.graphs import (
     GraphedTrainStep,
@@ -168,6 +170,25 @@ def test_fast_path_equals_reference_few_steps(model):
         assert all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
     fast = run_steps(fast_task, eager(fast_task), make_batches(model, cfg, 3, "cpu"))
     ref = run_steps(ref_task, eager(ref_task), make_batches(model, ref_cfg, 3, "cpu"))
+    assert_same_run(ref, fast, loss_rtol=1e-4, loss_atol=1e-6, weight_atol=1e-5)
+
+
+@pytest.mark.parametrize("model,steps", [("dcgan", 2), ("cyclegan", 1)])  # the interpreter is slow
+def test_triton_kernels_interpreted_equal_reference_few_steps(model, steps, monkeypatch):
+    """The Triton kernels themselves (run by Triton's interpreter on the CPU) inside real training steps."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    fast_task, cfg = make_task(model, "cpu", **REF)
+    triton_layers = [m for net in fast_task.nets.values() for m in net.modules()
+                     if isinstance(m, (InstanceNormAct, LeakyReLU, Conv2dLeakyReLU))]
+    assert triton_layers
+    for m in triton_layers:
+        m.impl = "triton"  # explicit: fails instead of falling back if the kernel cannot run
+    ref_task, _ = make_task(model, "cpu", **REF)
+    batches = make_batches(model, cfg, steps, "cpu")
+    fast = run_steps(fast_task, eager(fast_task), batches)
+    ops = ["leaky_relu"] if model == "dcgan" else ["leaky_relu", "instance_norm_act"]
+    assert all(last_impl(op) == "triton" for op in ops)
+    ref = run_steps(ref_task, eager(ref_task), batches)
     assert_same_run(ref, fast, loss_rtol=1e-4, loss_atol=1e-6, weight_atol=1e-5)
 
 
