@@ -3,7 +3,13 @@ import torch
 
 from fastgan.errors import UserError
 from fastgan.train import checkpoint
-from fastgan.train.checkpoint import FORMAT_VERSION, LATEST, latest_checkpoint, load_checkpoint, save_checkpoint
+from fastgan.train.checkpoint import (
+    FORMAT_VERSION,
+    LATEST,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from fastgan.train.loop import resolve_config, train
 from fastgan.train.tasks import build_task
 
