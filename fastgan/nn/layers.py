@@ -56,7 +56,8 @@ class ReflectPadConv2d(nn.Module):
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"padding={self.padding} (reflect), stride={self.stride}, bias={self.bias is not None}, impl={self.impl}")
+                f"padding={self.padding} (reflect), stride={self.stride}, bias={self.bias is not None}, "
+                f"impl={self.impl}")
 
 
 class InstanceNormAct(nn.Module):
@@ -125,7 +126,8 @@ class Conv2dLeakyReLU(nn.Module):
 
 
 def set_impl(module: nn.Module, impl: str) -> nn.Module:
-    """Sets ``impl`` on every fastgan layer inside ``module`` (e.g. "ref" to force the reference paths)."""
+    """Sets ``impl`` on every fastgan layer inside ``module``: "auto", "ref" (force the reference paths) or
+    "fast" (each layer's own fast path, Triton or the extension, raising where it cannot run)."""
     for m in module.modules():
         if isinstance(m, (ReflectPadConv2d, InstanceNormAct, LeakyReLU, Conv2dLeakyReLU)):
             m.impl = impl

@@ -5,8 +5,8 @@ Rules (../STYLE.md, "One place decides the implementation"):
 - ``impl="auto"`` (or ``FASTGAN_IMPL=auto``) picks the op's fast path where it can run. CPU tensors
   use the reference. If a CUDA tensor cannot take the fast path, warn once naming the reason and fall
   back to the reference.
-- An explicit fast impl (``impl="triton"`` / ``impl="cuda"``, or ``FASTGAN_IMPL=triton|cuda|fast``)
-  that cannot run raises; it never falls back silently.
+- An explicit fast impl (``impl="triton"`` / ``impl="cuda"`` / ``impl="fast"``, the latter meaning the op's
+  own fast path, or ``FASTGAN_IMPL=triton|cuda|fast``) that cannot run raises; it never falls back silently.
 - With ``TRITON_INTERPRET=1`` an explicit ``impl="triton"`` runs the Triton kernels on CPU tensors.
 
 Each op module registers its fast path with :func:`register`, giving a capability check that
@@ -76,8 +76,9 @@ def resolve(op: str, impl: str, device: torch.device) -> str:
             elif (op, reason) not in _WARNED:
                 _WARNED.add((op, reason))
                 warnings.warn(f"fastgan: {op} falls back to the reference path: {reason}", stacklevel=3)
-    elif requested == fast_name or (impl == "auto" and requested in _ENV_FORCE_FAST):
-        # An explicit impl= naming this op's fast path, or FASTGAN_IMPL asking for fast paths everywhere.
+    elif requested in (fast_name, "fast") or (impl == "auto" and requested in _ENV_FORCE_FAST):
+        # An explicit impl= naming this op's fast path (or "fast": whichever fast path the op has, so one
+        # setting covers a model mixing Triton and extension layers), or FASTGAN_IMPL asking for fast paths.
         if fast is None:
             raise RuntimeError(f"{op}: FASTGAN_IMPL={requested!r} requested but {op} has no fast path")
         reason = fast.check(device)
@@ -85,7 +86,7 @@ def resolve(op: str, impl: str, device: torch.device) -> str:
             raise RuntimeError(f"{op}: impl={fast.name!r} cannot run on {device}: {reason}")
         chosen = fast.name
     else:
-        names = ", ".join(repr(n) for n in ("auto", "ref", fast_name) if n)
+        names = ", ".join(repr(n) for n in ("auto", "ref", "fast", fast_name) if n)
         raise ValueError(f"{op}: unknown impl={impl!r}; expected one of {names}")
     _LAST[op] = chosen
     return chosen

@@ -76,8 +76,16 @@ def test_fastgan_impl_env_runs_triton_under_interpreter(monkeypatch):
 
 
 def test_unknown_impl_raises():
-    with pytest.raises(ValueError, match="unknown impl='cuda'; expected one of 'auto', 'ref', 'triton'"):
+    with pytest.raises(ValueError, match="unknown impl='cuda'; expected one of 'auto', 'ref', 'fast', 'triton'"):
         leaky_relu(torch.randn(2, 3), impl="cuda")
+
+
+def test_fast_means_the_ops_own_fast_path(fake_op):
+    # "fast" reaches whichever fast path an op has, and raises (never falls back) where it cannot run.
+    _dispatch.register("runs_everywhere", "cuda", lambda device: None)
+    assert _dispatch.resolve("runs_everywhere", "fast", torch.device("cpu")) == "cuda"
+    with pytest.raises(RuntimeError, match="impl='triton' cannot run on cuda: no GPU kernels"):
+        _dispatch.resolve(fake_op, "fast", torch.device("cuda"))
 
 
 def test_fallback_warns_once_naming_the_reason(fake_op):
