@@ -3,6 +3,7 @@
 - C++ sources always; the CUDA sources too when a CUDA toolkit (CUDA_HOME / nvcc) and a CUDA-enabled
   torch are both present. Architectures come from TORCH_CUDA_ARCH_LIST (default "8.0;9.0": A100, H100/H200).
 - FASTGAN_NO_EXT=1 gives a pure-Python install that runs every op on its reference path.
+- FASTGAN_REQUIRE_CUDA=1 fails the build instead of building C++ only (CI: the .cu must compile).
 - torch must be importable at build time: install with `pip install --no-build-isolation -e .`.
 """
 
@@ -39,6 +40,11 @@ def _extensions():
     sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
     sources = [s for s in sources if not s.startswith("csrc/test/")]
     with_cuda = cpp_extension.CUDA_HOME is not None and torch.version.cuda is not None
+    if not with_cuda and os.environ.get("FASTGAN_REQUIRE_CUDA", "0") == "1":
+        raise RuntimeError(
+            f"setup.py: FASTGAN_REQUIRE_CUDA=1 but no CUDA build is possible (CUDA_HOME={cpp_extension.CUDA_HOME}, "
+            f"torch.version.cuda={torch.version.cuda}); set CUDA_HOME to a CUDA toolkit"
+        )
     cxx_flags = ["-O3"]
     define_macros = []
     include_dirs = [os.path.join(ROOT, "csrc")]
