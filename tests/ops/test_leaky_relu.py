@@ -225,3 +225,20 @@ def test_kernels_compile_for_h100(unit_stride):
         ptx = _ptx_for_sm90(k, dict(block, HAS_BIAS=True), unit_stride)
         # 128-bit loads and stores along the contiguous dim (channels for NHWC), as a copy kernel would issue.
         assert "ld.global.v4" in ptx and "st.global.v4" in ptx, k.__name__
+
+
+@pytest.mark.cuda
+def test_cuda_graph_capture():
+    x = torch.randn(4, 64, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
+    bias = torch.randn(64, device="cuda", requires_grad=True)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        leaky_relu(x, bias=bias, impl="triton").sum().backward()  # warm-up compiles the kernels
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = leaky_relu(x, bias=bias, impl="triton")
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.testing.assert_close(y, leaky_relu_ref(x, bias=bias.detach()), atol=1e-6, rtol=1e-6)
