@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -98,8 +99,6 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
             raise UserError(f"{_flag(name)} {getattr(cfg, name)}: must be in [0, 1)")
     if cfg.epochs + cfg.epochs_decay == 0:
         raise UserError("--epochs 0 --epochs-decay 0: nothing to train; give at least one epoch")
-    if cfg.amp and cfg.amp_dtype == "fp16" and cfg.device == "cpu":
-        raise UserError("--amp-dtype fp16 needs --device cuda; use --amp-dtype bf16 on the CPU")
     if cfg.tensorboard:
         try:
             import torch.utils.tensorboard  # noqa: F401
@@ -283,8 +282,12 @@ def train(cfg: TrainConfig) -> dict:
                 if step_fn is None:  # graphs are captured for the first batch's shapes
                     step_fn = make_train_step(task, batch, cfg.cuda_graphs)
                 step_fn(batch, accum)
-                for scheduler in task.schedulers.values():
-                    scheduler.step()
+                with warnings.catch_warnings():
+                    # fp16: the schedule follows iterations even where a GradScaler skipped an overflowing
+                    # optimiser step, which LambdaLR would otherwise warn about.
+                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+                    for scheduler in task.schedulers.values():
+                        scheduler.step()
                 step += 1
                 pending += 1
                 bar.update(1)
