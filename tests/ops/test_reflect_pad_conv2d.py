@@ -4,6 +4,7 @@ On CPU the extension is reached with impl="cuda" (its C++ CPU kernel); under imp
 the reference. Tests of the extension skip, saying why, when it is not built.
 """
 
+import contextlib
 import subprocess
 import sys
 
@@ -28,16 +29,25 @@ def _one_cpu_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture
-def poisoned_empty():
+@contextlib.contextmanager
+def _poisoned():
     """Every at::empty (outputs, the pad workspace, dx) comes back filled with NaN, so an element a
-    kernel forgets to write fails the comparison."""
+    kernel forgets to write fails the comparison. Only around the extension: on CUDA the reference's
+    reflection_pad2d_backward refuses to run in deterministic mode."""
     old = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
     torch.use_deterministic_algorithms(True)
     torch.utils.deterministic.fill_uninitialized_memory = True
-    yield
-    torch.use_deterministic_algorithms(old[0])
-    torch.utils.deterministic.fill_uninitialized_memory = old[1]
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old[0])
+        torch.utils.deterministic.fill_uninitialized_memory = old[1]
+
+
+@pytest.fixture
+def poisoned_empty():
+    with _poisoned():
+        yield
 
 
 def _inputs(n, c_in, c_out, k, h, w, bias, dtype=torch.float32, device="cpu", channels_last=False):
@@ -292,11 +302,12 @@ def _max_err(a, ref):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
 @pytest.mark.parametrize("n, c_in, c_out, k, h, w, padding", CYCLEGAN_SHAPES)
-def test_cuda_low_precision(n, c_in, c_out, k, h, w, padding, channels_last, dtype, poisoned_empty):
+def test_cuda_low_precision(n, c_in, c_out, k, h, w, padding, channels_last, dtype):
     x, weight, b = _inputs(n, c_in, c_out, k, h, w, True, device="cuda", channels_last=channels_last)
     grad_out = torch.randn(reflect_pad_conv2d_ref(x, weight, b, padding).shape, device="cuda")
     low = [t.to(dtype) for t in (x, weight, b)]
-    got = _run(reflect_pad_conv2d, *low, grad_out.to(dtype), padding=padding, impl="cuda")
+    with _poisoned():
+        got = _run(reflect_pad_conv2d, *low, grad_out.to(dtype), padding=padding, impl="cuda")
     assert fastgan.ops.last_impl(OP) == "cuda"
     torch_low = _run(reflect_pad_conv2d_ref, *low, grad_out.to(dtype), padding=padding)
     want = _reference64(*low, grad_out.to(dtype), padding, 1)
@@ -310,10 +321,10 @@ def test_cuda_low_precision(n, c_in, c_out, k, h, w, padding, channels_last, dty
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
 @pytest.mark.parametrize("n, c_in, c_out, k, h, w, padding", CYCLEGAN_SHAPES[1:])
-def test_cuda_fp32(n, c_in, c_out, k, h, w, padding, channels_last, stride, poisoned_empty):
+def test_cuda_fp32(n, c_in, c_out, k, h, w, padding, channels_last, stride):
     x, weight, b = _inputs(n, c_in, c_out, k, h, w, True, device="cuda", channels_last=channels_last)
     grad_out = torch.randn(reflect_pad_conv2d_ref(x, weight, b, padding, stride).shape, device="cuda")
-    with torch.backends.cudnn.flags(allow_tf32=False):
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False), _poisoned():
         got = _run(reflect_pad_conv2d, x, weight, b, grad_out, padding=padding, stride=stride, impl="cuda")
     want = _reference64(x, weight, b, grad_out, padding, stride)
     for g, r in zip(got, want):
@@ -343,3 +354,12 @@ def test_cuda_backward_is_deterministic_and_graph_capturable():
     graph.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(captured, first, rtol=0, atol=0)
+
+
+def test_dispatch_extension_without_cuda_kernels(monkeypatch):
+    """A C++-only build (no CUDA toolkit at build time) refuses an explicit impl="cuda" on a GPU."""
+    monkeypatch.setattr(rpc, "_EXT_ERROR", None)
+    monkeypatch.setattr(rpc, "_EXT_DEVICE_TYPES", frozenset({"cpu"}))
+    with pytest.raises(RuntimeError, match="fastgan._C has no CUDA kernel"):
+        _dispatch.resolve(OP, "cuda", torch.device("cuda"))
+    assert _dispatch.resolve(OP, "cuda", torch.device("cpu")) == "cuda"
