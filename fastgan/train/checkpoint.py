@@ -63,7 +63,23 @@ def load_task_state(task: Task, ckpt: dict) -> None:
                 raise UserError(f"checkpoint has no {group[:-1]} {key!r}; it was written by another model")
             if group == "scalers" and not saved:
                 continue  # a disabled scaler saves an empty dict
-            obj.load_state_dict(saved)
+            if group == "schedulers":
+                _load_scheduler(obj, saved)
+            else:
+                obj.load_state_dict(saved)
+
+
+def _load_scheduler(scheduler, saved: dict) -> None:
+    """Restores the position (iteration) but keeps this run's schedule, so a run resumed with more
+    --epochs or --epochs-decay follows the new curve (with the same flags: exactly the old one)."""
+    scheduler.load_state_dict(dict(saved, lr_lambdas=[None] * len(saved["lr_lambdas"])))
+    for group, base_lr, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        lr = base_lr * factor(scheduler.last_epoch)
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)  # a tensor lr (captured in CUDA graphs) must keep its storage
+        else:
+            group["lr"] = lr
+    scheduler._last_lr = [float(group["lr"]) for group in scheduler.optimizer.param_groups]
 
 
 def save_checkpoint(out: Path, task: Task, *, step: int, epoch: int, config: dict, info: dict) -> Path:

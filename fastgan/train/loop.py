@@ -48,8 +48,10 @@ POSITIVE = ("batch_size", "d_steps", "g_steps", "z_dim", "hidden", "ngf", "ndf",
 NON_NEGATIVE = ("epochs", "epochs_decay", "iters", "workers", "n_blocks", "load_size", "image_size",
                 "pool_size", "sample_every", "save_every", "lambda_cycle", "lambda_identity")
 # Fields that shape the networks or the data stream: a resumed run must use the checkpoint's values.
+# The schedule (--epochs, --epochs-decay, --iters) may change; Adam's settings live in the optimiser state.
 RESUME_FIXED = ("model", "data", "domains", "image_size", "load_size", "batch_size", "z_dim", "hidden", "ngf",
-                "ndf", "num_classes", "n_blocks", "upsample", "gan_loss", "pool_size", "seed")
+                "ndf", "num_classes", "n_blocks", "upsample", "gan_loss", "pool_size", "seed", "lr", "beta1",
+                "beta2")
 
 
 def _flag(name: str) -> str:

@@ -76,3 +76,10 @@ def test_resume_continues_from_a_given_checkpoint_file(tiny, tmp_path, idx_dir):
     again = train(tiny("dcgan", "", data=str(idx_dir), iters=3, resume=first["checkpoint"]))
     assert again["step"] == 3 and again["out"] == str(tmp_path / "a")
     assert [r["step"] for r in read_log(tmp_path / "a")] == [1, 2, 3]
+
+
+def test_resume_with_a_longer_schedule_follows_the_new_one(tiny, tmp_path, idx_dir):
+    run(tiny, tmp_path, "dcgan", idx_dir, iters=2, epochs=2, lr=1e-3)
+    run(tiny, tmp_path, "dcgan", idx_dir, iters=4, epochs=0, epochs_decay=2, lr=1e-3, resume="auto")
+    # 5 batches per epoch: the decay now starts at iteration 0 and reaches zero at iteration 10.
+    assert [r["lr"] for r in read_log(tmp_path)] == pytest.approx([1e-3, 1e-3, 7e-4, 6e-4])
