@@ -15,8 +15,7 @@ from .config import MODELS, TrainConfig, config_fields
 from .loop import CHOICES, train
 
 PROG = "fastgan.train"
-# Fields that ENGINE wires to the CLI once they work; TrainConfig keeps their defaults until then.
-NOT_FLAGS = ("model", "impl", "channels_last", "cuda_graphs", "compile")
+NOT_FLAGS = ("model",)  # the positional argument
 
 
 def field_help() -> dict[str, str]:
@@ -40,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         flag = "--" + f.name.replace("_", "-")
         help_text = helps.get(f.name, "")
-        if f.type in ("bool", bool):
+        if f.type in ("bool", bool, "bool | None"):  # bool | None: unset means "the default for the device"
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
                                 help=help_text)
             continue

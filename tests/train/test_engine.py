@@ -13,6 +13,9 @@ Tolerances (stated once, used below):
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -151,6 +154,24 @@ def test_cuda_graphs_refuse_cpu():
     with pytest.raises(UserError, match="--compile"):
         check_cuda_graphs(TrainConfig(cuda_graphs=True, compile=True), torch.device("cuda"))
     check_cuda_graphs(TrainConfig(cuda_graphs=False), torch.device("cpu"))
+
+
+def test_cli_cuda_graphs_on_cpu_exits_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "fastgan.train", "dcgan", "--data", "synthetic",
+                           "--device", "cpu", "--cuda-graphs", "--dry-run", "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--cuda-graphs needs a CUDA device" in lines[0], proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_engine_flags_run_on_cpu(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "fastgan.train", "dcgan", "--data", "synthetic", "--device", "cpu",
+                           "--channels-last", "--impl", "ref", "--ngf", "4", "--ndf", "4", "--dry-run",
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "run" / "latest").is_file()
 
 
 # The fast configuration (fused layers at impl=auto, channels_last) against the reference one (impl=ref,
