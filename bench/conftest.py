@@ -1,7 +1,9 @@
 """Shared helpers for `pytest bench --benchmark-only`: run metadata and synchronised timing."""
 
 import functools
+import statistics
 import subprocess
+import time
 
 import pytest
 import torch
@@ -42,3 +44,23 @@ def record(benchmark):
         benchmark.extra_info.update(fields)
 
     return _record
+
+
+def median_ms(fn, device, reps=20, warmup=5):
+    """Median time of fn() in ms: CUDA events on a GPU, perf_counter on the CPU."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()  # sync: timing only
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)

@@ -12,12 +12,11 @@ device's copy bandwidth, the yardstick for the GB/s figures (pct_of_copy).
 """
 
 import functools
-import statistics
-import time
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import median_ms as _median_ms
 from conftest import synchronize
 
 from fastgan import ops
@@ -36,26 +35,6 @@ LEAKY_SHAPES = [
 ] if _CUDA else [(2, 16, 32, 32)]
 IMPLS = ["ref", "triton"] if _CUDA else ["ref"]
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-
-
-def _median_ms(fn, device, reps=20, warmup=5):
-    """Median time of fn() in ms: CUDA events on a GPU, perf_counter on the CPU."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()  # sync: timing only
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 @functools.lru_cache(None)

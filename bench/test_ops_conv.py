@@ -10,12 +10,11 @@ timed in the same run) and speedup = ref_ms / ms; test_generator_total adds up a
 reflection-padded convolutions (each shape times its count) for both paths.
 """
 
-import statistics
 import sys
-import time
 
 import pytest
 import torch
+from conftest import median_ms as _median_ms
 from conftest import synchronize
 
 from fastgan import ops
@@ -38,26 +37,6 @@ LAYERS = {
 BATCHES = [1, 4] if _CUDA else [1, 2]
 DTYPE = torch.bfloat16 if _CUDA else torch.float32
 MODES = ["fwd", "fwd+bwd"]
-
-
-def _median_ms(fn, device, reps=20, warmup=5):
-    """Median time of fn() in ms: CUDA events on a GPU, perf_counter on the CPU."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()  # sync: timing only
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def _make_call(layer, n, mode, impl, device):

@@ -17,14 +17,6 @@ TINY = ["--device", "cpu", "--z-dim", "8", "--hidden", "16", "--ngf", "4", "--nd
 ENV = os.environ | {"OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def command(*args):
     return [sys.executable, "-m", "fastgan.train", *args]
 

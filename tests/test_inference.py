@@ -19,14 +19,6 @@ from fastgan.translate import main as translate_main
 TINY = dict(device="cpu", data="synthetic", dry_run=True, z_dim=8, hidden=16, ngf=4, ndf=4, batch_size=4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")

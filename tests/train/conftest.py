@@ -3,19 +3,9 @@ import struct
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from fastgan.train.config import TrainConfig
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models on a shared 2-core machine: more intra-op threads only contend (10x slower steps).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def write_idx(root, images: np.ndarray, labels: np.ndarray, split="train", compress=False):
