@@ -1,71 +1,90 @@
-"""Training-step throughput of each model: ms per step (one iteration: every D and G phase) and images/s.
+"""Training-step throughput of each model: ms per step (one iteration: every D and G phase) and images/s,
+plus the wall time of one Fashion-MNIST DCGAN epoch.
 
 Run with `pytest bench --benchmark-only -k train_step`. On CUDA the canonical sizes (CycleGAN 256^2 at batch
-1 and 4, DCGAN 64^2 at 128, DCGAN/cGAN 28^2 at 64, MLP GAN at 64); on CPU small sizes (the file runs in
-under a minute). Each case builds its task and batch outside the timed call, warms up (cuDNN algorithm
-choice, allocator), and synchronises the device inside the timed call.
+1 and 4 with both upsampling modes, DCGAN 64^2 at 128, DCGAN/cGAN 28^2 at 64, MLP GAN at 64); on CPU small
+sizes (the file runs in under a minute). Each case builds its task and batch outside the timed call, warms
+up (cuDNN algorithm choice, Triton autotuning, inductor compilation, graph capture), and synchronises the
+device inside the timed call.
 
-VARIANTS is the axis later work extends (e.g. torch.compile, CUDA graphs, fastgan's fused layers): a
-variant is a name and a function that prepares (task, step) for a case; extra_info records the variant,
-the implementation the layers really ran (fastgan.ops dispatch) and, for variants other than the
-reference, the ratio to the reference median measured in the same run.
+VARIANTS are the training engine's flag sets, applied as `python -m fastgan.train` applies them
+(configure_engine, then make_train_step):
+- reference: the plain PyTorch layers (--impl ref), fp32, contiguous, eager.
+- compile: the reference plus --compile (torch.compile of every network; CUDA only).
+- fastgan-eager: fused layers (--impl auto), --amp (bf16), channels_last on CUDA, eager; on CPU the fused
+  layers resolve to the reference, so there it measures autocast alone.
+- fastgan: fastgan-eager plus --cuda-graphs (CUDA only).
+extra_info records the variant, its flags, the implementation the layers really ran (fastgan.ops dispatch)
+and, for the other variants, the ratio to the reference median measured in the same run.
 """
 
 import statistics
+import time
 
 import pytest
 import torch
 from conftest import synchronize
 
 from fastgan import ops
-from fastgan.nn import set_impl
 from fastgan.train.config import TrainConfig
+from fastgan.train.graphs import configure_engine, make_train_step, memory_format
 from fastgan.train.loop import resolve_config
-from fastgan.train.steps import train_step
 from fastgan.train.tasks import build_task
 
 _CUDA = torch.cuda.is_available()
 
 # (model, image_size, batch_size, architecture overrides)
 CASES = [
-    ("cyclegan", 256, 1, {}),  # the CycleGAN paper's setting: 9 residual blocks, batch 1
-    ("cyclegan", 256, 4, {}),
+    ("cyclegan", 256, 1, {"upsample": "deconv"}),  # the CycleGAN paper's setting: 9 residual blocks, batch 1
+    ("cyclegan", 256, 1, {"upsample": "resize"}),  # resize-conv, the architecture the seed code uses
+    ("cyclegan", 256, 4, {"upsample": "deconv"}),
+    ("cyclegan", 256, 4, {"upsample": "resize"}),
     ("dcgan", 64, 128, {}),  # Radford et al. on 64^2 image folders
     ("dcgan", 28, 64, {}),  # Fashion-MNIST
     ("cgan", 28, 64, {}),
     ("gan", 28, 64, {}),  # MLP GAN
 ] if _CUDA else [
-    ("cyclegan", 64, 1, {"ngf": 16, "ndf": 16}),
+    ("cyclegan", 32, 1, {"ngf": 8, "ndf": 8}),
     ("dcgan", 28, 16, {"ngf": 16, "ndf": 16}),
     ("cgan", 28, 16, {"ngf": 16, "ndf": 16}),
     ("gan", 28, 16, {}),
 ]
 
+# variant -> engine flags (TrainConfig fields)
+VARIANTS = {
+    "reference": {"impl": "ref", "amp": False, "channels_last": False},
+    "compile": {"impl": "ref", "amp": False, "channels_last": False, "compile": True},
+    "fastgan-eager": {"impl": "auto", "amp": True},
+    "fastgan": {"impl": "auto", "amp": True, "cuda_graphs": True},
+}
+CUDA_ONLY = {
+    "compile": "no GPU: inductor compiles each network for minutes on 2 CPU cores, and the CPU is not its target",
+    "fastgan": "no GPU: --cuda-graphs needs a CUDA device",
+}
 
-def reference(task):
-    """Eager train_step with every fastgan layer forced onto its plain PyTorch reference path."""
-    for net in task.nets.values():
-        set_impl(net, "ref")
-    return lambda batch, accum: train_step(task, batch, accum)
+
+def case_id(model, image_size, batch_size, overrides):
+    upsample = f"-{overrides['upsample']}" if "upsample" in overrides else ""
+    return f"{model}-{image_size}px-bs{batch_size}{upsample}"
 
 
-VARIANTS = {"reference": reference}
-_reference_ms: dict[tuple, float] = {}  # case -> reference median, for the ratio of the other variants
-
-
-def make_case(model, image_size, batch_size, overrides, device):
+def make_case(model, image_size, batch_size, overrides, flags, device):
     cfg = resolve_config(TrainConfig(model=model, image_size=image_size, batch_size=batch_size,
-                                     device=str(device), **overrides))
+                                     device=str(device), **overrides, **flags))
     channels = 3 if model == "cyclegan" else 1
     info = {"channels": channels, "num_classes": 10 if model == "cgan" else 0, "num_images": 1000}
-    task = build_task(cfg, info, device)
+    task = configure_engine(build_task(cfg, info, device), cfg)
     shape = (batch_size, channels, image_size, image_size)
+    fmt = memory_format(cfg, device)
+
+    def images():
+        return (torch.rand(shape, device=device) * 2 - 1).contiguous(memory_format=fmt)
+
     if model == "cyclegan":
-        batch = {"A": torch.rand(shape, device=device) * 2 - 1, "B": torch.rand(shape, device=device) * 2 - 1}
+        batch = {"A": images(), "B": images()}
     else:
-        batch = {"real": torch.rand(shape, device=device) * 2 - 1,
-                 "label": torch.randint(0, 10, (batch_size,), device=device)}
-    return task, batch
+        batch = {"real": images(), "label": torch.randint(0, 10, (batch_size,), device=device)}
+    return make_train_step(task, batch, cfg.cuda_graphs), batch
 
 
 def used_impls():
@@ -73,12 +92,38 @@ def used_impls():
             if (impl := ops._dispatch.last_impl(op)) is not None}
 
 
+def timed_steps(step, batch, device, rounds):
+    """Median seconds per step over ``rounds`` synchronised steps, after the same warm-up as the benchmark."""
+    accum: dict = {}
+    for _ in range(4):
+        step(batch, accum)
+    synchronize(device)
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        step(batch, accum)
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@pytest.fixture(scope="module")
+def reference_ms():
+    """case id -> the reference's median ms per step in this run: the reference test stores its own figure;
+    a variant selected without it (e.g. with -k) has the reference measured here, outside its benchmark."""
+    return {}
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("model, image_size, batch_size, overrides", CASES,
-                         ids=[f"{m}-{s}px-bs{b}" for m, s, b, _ in CASES])
-def test_train_step(benchmark, record, bench_device, variant, model, image_size, batch_size, overrides):
-    task, batch = make_case(model, image_size, batch_size, overrides, bench_device)
-    step = VARIANTS[variant](task)
+                         ids=[case_id(*case) for case in CASES])
+def test_train_step(benchmark, record, bench_device, reference_ms, variant, model, image_size, batch_size,
+                    overrides):
+    if bench_device.type != "cuda" and variant in CUDA_ONLY:
+        pytest.skip(CUDA_ONLY[variant])
+    flags = VARIANTS[variant]
+    ops._dispatch._LAST.clear()  # so used_impls() names only what this case's layers resolved to
+    step, batch = make_case(model, image_size, batch_size, overrides, flags, bench_device)
     accum: dict = {}
 
     def one_step():
@@ -90,12 +135,17 @@ def test_train_step(benchmark, record, bench_device, variant, model, image_size,
     rounds = 20 if bench_device.type == "cuda" else 3
     benchmark.pedantic(one_step, rounds=rounds, iterations=1, warmup_rounds=1)
     ms = statistics.median(benchmark.stats.stats.data) * 1e3
-    case = (model, image_size, batch_size)
-    fields = {"variant": variant, "impl": used_impls(), "model": model, "image_size": image_size,
-              "batch_size": batch_size, "ms_per_step": ms, "images_per_s": batch_size * 1e3 / ms,
-              "amp": False}
+    case = case_id(model, image_size, batch_size, overrides)
+    fields = {"variant": variant, "flags": flags, "impl": used_impls(), "model": model,
+              "image_size": image_size, "batch_size": batch_size, **overrides, "ms_per_step": ms,
+              "images_per_s": batch_size * 1e3 / ms}
     if variant == "reference":
-        _reference_ms[case] = ms
-    elif case in _reference_ms:
-        fields["speedup_vs_reference"] = _reference_ms[case] / ms
+        reference_ms[case] = ms
+    else:
+        if case not in reference_ms:
+            ref_step, ref_batch = make_case(model, image_size, batch_size, overrides, VARIANTS["reference"],
+                                            bench_device)
+            reference_ms[case] = timed_steps(ref_step, ref_batch, bench_device, rounds) * 1e3
+        fields["reference_ms_per_step"] = reference_ms[case]
+        fields["speedup_vs_reference"] = reference_ms[case] / ms
     record(**fields)
