@@ -26,6 +26,7 @@ import torch
 from conftest import synchronize
 
 from fastgan import ops
+from fastgan.errors import UserError
 from fastgan.train.config import TrainConfig
 from fastgan.train.graphs import configure_engine, make_train_step, memory_format
 from fastgan.train.loop import resolve_config
@@ -149,3 +150,36 @@ def test_train_step(benchmark, record, bench_device, reference_ms, variant, mode
         fields["reference_ms_per_step"] = reference_ms[case]
         fields["speedup_vs_reference"] = reference_ms[case] / ms
     record(**fields)
+
+
+@pytest.mark.skipif(not _CUDA, reason="no GPU: the epoch figure is the --amp --cuda-graphs run on CUDA")
+def test_fashion_mnist_epoch(benchmark, record, bench_device):
+    """One full Fashion-MNIST DCGAN epoch (60k images, bs64) as `python -m fastgan.train --amp --cuda-graphs`
+    runs it: device-resident loader, graphed step, LR schedulers; no sampling or checkpoints."""
+    from fastgan.data import build_loader
+
+    ops._dispatch._LAST.clear()
+    cfg = resolve_config(TrainConfig(model="dcgan", data="fashion-mnist", batch_size=64, loader="device",
+                                     device=str(bench_device), amp=True, cuda_graphs=True))
+    try:
+        loader = build_loader(cfg, bench_device, memory_format=memory_format(cfg, bench_device))
+    except UserError as err:
+        pytest.skip(f"Fashion-MNIST not available: {err}")
+    task = configure_engine(build_task(cfg, dict(loader.info), bench_device, len(loader)), cfg)
+    step = make_train_step(task, next(iter(loader.epoch(0))), cfg.cuda_graphs)  # captured for its shapes
+    accum: dict = {}
+    epochs = iter(range(10**6))
+
+    def one_epoch():
+        for batch in loader.epoch(next(epochs)):
+            step(batch, accum)
+            for scheduler in task.schedulers.values():
+                scheduler.step()
+        synchronize(bench_device)
+
+    benchmark.pedantic(one_epoch, rounds=3, iterations=1, warmup_rounds=1)
+    seconds = statistics.median(benchmark.stats.stats.data)
+    images = len(loader) * cfg.batch_size
+    record(variant="fastgan", flags={"amp": True, "cuda_graphs": True, "loader": "device"}, impl=used_impls(),
+           loader=loader.info["impl"], model="dcgan", image_size=cfg.image_size, batch_size=cfg.batch_size,
+           iterations=len(loader), seconds_per_epoch=seconds, images_per_s=images / seconds)
