@@ -108,6 +108,19 @@ def timed_steps(step, batch, device, rounds):
     return statistics.median(times)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_cpu_thread():
+    """On CPU, one intra-op thread for this module (restored after): the small CPU cases on a shared 2-core
+    machine take ~8 s with one thread and over a minute with several contending (as .ci/run's OMP_NUM_THREADS=1)."""
+    if _CUDA:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def reference_ms():
     """case id -> the reference's median ms per step in this run: the reference test stores its own figure;
@@ -139,7 +152,7 @@ def test_train_step(benchmark, record, bench_device, reference_ms, variant, mode
     case = case_id(model, image_size, batch_size, overrides)
     fields = {"variant": variant, "flags": flags, "impl": used_impls(), "model": model,
               "image_size": image_size, "batch_size": batch_size, **overrides, "ms_per_step": ms,
-              "images_per_s": batch_size * 1e3 / ms}
+              "images_per_s": batch_size * 1e3 / ms, "cpu_threads": torch.get_num_threads()}
     if variant == "reference":
         reference_ms[case] = ms
     else:
