@@ -25,6 +25,19 @@ def run_metadata() -> dict:
     return {"device": device, "torch": torch.__version__, "triton": triton_version, "git_sha": sha}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_cpu_thread():
+    """On CPU, one intra-op thread: the small CPU cases on a shared 2-core machine take seconds with one
+    thread and over a minute with several contending. GPU runs keep torch's default."""
+    if torch.cuda.is_available():
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def bench_device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

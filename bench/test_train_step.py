@@ -108,19 +108,6 @@ def timed_steps(step, batch, device, rounds):
     return statistics.median(times)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    """On CPU, one intra-op thread for this module (restored after): the small CPU cases on a shared 2-core
-    machine take ~8 s with one thread and over a minute with several contending (as .ci/run's OMP_NUM_THREADS=1)."""
-    if _CUDA:
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def reference_ms():
     """case id -> the reference's median ms per step in this run: the reference test stores its own figure;
@@ -136,7 +123,7 @@ def test_train_step(benchmark, record, bench_device, reference_ms, variant, mode
     if bench_device.type != "cuda" and variant in CUDA_ONLY:
         pytest.skip(CUDA_ONLY[variant])
     flags = VARIANTS[variant]
-    ops._dispatch._LAST.clear()  # so used_impls() names only what this case's layers resolved to
+    ops._dispatch.clear_last()  # so used_impls() names only what this case's layers resolved to
     step, batch = make_case(model, image_size, batch_size, overrides, flags, bench_device)
     accum: dict = {}
 
@@ -171,7 +158,7 @@ def test_fashion_mnist_epoch(benchmark, record, bench_device):
     runs it: device-resident loader, graphed step, LR schedulers; no sampling or checkpoints."""
     from fastgan.data import build_loader
 
-    ops._dispatch._LAST.clear()
+    ops._dispatch.clear_last()
     cfg = resolve_config(TrainConfig(model="dcgan", data="fashion-mnist", batch_size=64, loader="device",
                                      device=str(bench_device), amp=True, cuda_graphs=True))
     try:

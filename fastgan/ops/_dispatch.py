@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["register", "resolve", "available", "last_impl", "interpret_mode"]
+__all__ = ["register", "resolve", "available", "last_impl", "clear_last", "interpret_mode"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,11 @@ def resolve(op: str, impl: str, device: torch.device) -> str:
 def last_impl(op: str) -> str | None:
     """The implementation ``op`` resolved to on its most recent call (for benchmarks and tests)."""
     return _LAST.get(op)
+
+
+def clear_last() -> None:
+    """Forgets the recorded implementations, so a benchmark can name only what its own case resolved to."""
+    _LAST.clear()
 
 
 def available() -> dict[str, list[str]]:
