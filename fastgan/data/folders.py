@@ -21,7 +21,13 @@ def list_images(root: str) -> list[str]:
     if not os.path.isdir(root):
         raise UserError(f"{root}: no such directory; pass an existing image folder")
     paths = []
+    visited = set()  # real paths of the folders listed: a symlink loop is followed once, not forever
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in visited:
+            dirnames[:] = []
+            continue
+        visited.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         paths += [
             os.path.join(dirpath, name)

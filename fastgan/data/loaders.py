@@ -203,6 +203,9 @@ class TorchLoader(_Loader):
             batch_sampler=batches,
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
+            # Its own generator: a DataLoader otherwise draws its workers' base seed from the global RNG at
+            # every new iterator, which would shift the training RNG and break exact resume.
+            generator=torch.Generator().manual_seed(_stream_seed(self.seed, epoch, -1)),
         )
         for i, batch in zip(range(start, len(self)), data):
             sl = slice(i * b, (i + 1) * b)

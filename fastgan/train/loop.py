@@ -169,8 +169,8 @@ def _trim_log(log: Path, step: int) -> None:
 
 
 def _epoch_batches(loader, epoch: int, start: int):
-    """loader.epoch(), with any draws the loader makes from the global CPU RNG (torch DataLoader takes a
-    base seed from it for each new iterator) undone, so a resumed run's training RNG stays in step."""
+    """loader.epoch(), with any draws a loader makes from the global CPU RNG undone, so a resumed run's
+    training RNG stays in step whatever the loader does (fastgan's own loaders use private generators)."""
     batches = loader.epoch(epoch, start=start)
     while True:
         state = torch.get_rng_state()

@@ -27,6 +27,13 @@ def test_list_images_recursive_case_insensitive(tmp_path, datagen):
     assert names == ["a.jpg", "b/x.PNG", "c/d/e.JpEg", "f.png"]
 
 
+def test_list_images_survives_a_symlink_loop(tmp_path, datagen):
+    datagen.save_image(tmp_path / "a" / "x.png", 4, 4)
+    (tmp_path / "a" / "loop").symlink_to(tmp_path, target_is_directory=True)
+    names = [os.path.relpath(p, tmp_path) for p in list_images(str(tmp_path))]
+    assert names == ["a/x.png"]
+
+
 def test_list_images_missing_dir(tmp_path):
     with pytest.raises(UserError, match="no such directory") as e:
         list_images(str(tmp_path / "nope"))
