@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from .files import atomic_write
 from .steps import Task
 
 FORMAT_VERSION = 1  # bump when the layout changes; older readers refuse newer files
@@ -21,15 +22,6 @@ def checkpoint_name(step: int) -> str:
 
 def existing_checkpoints(out: Path) -> list[Path]:
     return sorted(out.glob("checkpoint-*.pt"))
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def rng_state(device: torch.device) -> dict:
@@ -95,8 +87,8 @@ def save_checkpoint(out: Path, task: Task, *, step: int, epoch: int, config: dic
         **task_state(task),
     }
     path = out / checkpoint_name(step)
-    _atomic_write(path, lambda tmp: torch.save(payload, tmp))
-    _atomic_write(out / LATEST, lambda tmp: tmp.write_text(path.name + "\n"))
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    atomic_write(out / LATEST, lambda tmp: tmp.write_text(path.name + "\n"))
     for old in existing_checkpoints(out):
         if old != path:
             old.unlink(missing_ok=True)

@@ -11,6 +11,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from .files import atomic_write
+
 
 def to_unit(images: Tensor) -> Tensor:
     """[-1, 1] images with 1 or 3 channels -> 3-channel [0, 1] images."""
@@ -39,10 +41,6 @@ def to_uint8(image: Tensor) -> np.ndarray:
 def save_image(image: Tensor, path: str | os.PathLike) -> None:
     """Writes a [3, H, W] float image in [0, 1] to ``path`` (format from the extension) atomically."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
-    try:
-        Image.fromarray(to_uint8(image)).save(tmp, format=fmt)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    pixels = Image.fromarray(to_uint8(image))
+    atomic_write(path, lambda tmp: pixels.save(tmp, format=fmt))

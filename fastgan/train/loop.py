@@ -32,6 +32,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import MODELS, TrainConfig
+from .files import atomic_write
 from .graphs import check_cuda_graphs, configure_engine, make_train_step, memory_format
 from .images import save_image
 from .tasks import build_task
@@ -153,9 +154,7 @@ def _check_resume_config(cfg: TrainConfig, saved: dict, path: Path) -> None:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 def _trim_log(log: Path, step: int) -> None:
@@ -163,9 +162,7 @@ def _trim_log(log: Path, step: int) -> None:
     if not log.is_file():
         return
     kept = [line for line in log.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    tmp = log.with_name(f".{log.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, log)
+    atomic_write(log, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
 
 
 def _epoch_batches(loader, epoch: int, start: int):
