@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..data.idx import is_idx_dir
 from ..errors import UserError
 from .checkpoint import (
     existing_checkpoints,
@@ -57,11 +58,6 @@ RESUME_FIXED = ("model", "data", "domains", "image_size", "load_size", "batch_si
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
-
-
-def _is_idx_dir(data: str) -> bool:
-    path = Path(data)
-    return path.is_dir() and any(path.glob("*-idx3-ubyte*"))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -113,7 +109,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     if not cfg.image_size:
         if cfg.model == "cyclegan":
             cfg.image_size = 256
-        elif cfg.data in ("", "fashion-mnist", "synthetic") or _is_idx_dir(cfg.data):
+        elif cfg.data in ("", "fashion-mnist", "synthetic") or (os.path.isdir(cfg.data) and is_idx_dir(cfg.data)):
             cfg.image_size = 28
         else:
             cfg.image_size = 64  # image folders: the Radford et al. DCGAN
