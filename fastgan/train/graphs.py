@@ -42,7 +42,7 @@ from torch import Tensor
 
 from ..errors import UserError
 from ..nn import set_impl
-from .steps import Phase, Task, train_step
+from .steps import Task, run_phase, set_trainable, train_step
 
 __all__ = ["GraphedTrainStep", "check_cuda_graphs", "configure_engine", "make_train_step", "memory_format",
            "WARMUP_ITERS"]
@@ -142,23 +142,6 @@ class _Snapshot:
             torch.cuda.set_rng_state(self.device_rng, self.task.device)
 
 
-def _run_phase(task: Task, phase: Phase, batch: dict, autocast) -> dict[str, Tensor]:
-    """One update of ``phase`` (the eager train_step's body), gradients already None; returns its losses."""
-    optimizer, scaler = task.optimizers[phase.optimizer], task.scalers[phase.optimizer]
-    with autocast():
-        losses = phase.loss(batch)
-    scaler.scale(losses["total"]).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    return losses
-
-
-def _set_trainable(task: Task, phase: Phase | None) -> None:
-    trains = set(task.nets) if phase is None else set(phase.trains)
-    for name, net in task.nets.items():
-        net.requires_grad_(name in trains)
-
-
 class GraphedTrainStep:
     """``step(batch, accum)`` with each phase of ``task`` replayed from a CUDA graph.
 
@@ -197,13 +180,13 @@ class GraphedTrainStep:
             warnings.filterwarnings("ignore", message=".*capturable=True.*")
             for _ in range(max(1, iters)):
                 for phase in task.phases:
-                    _set_trainable(task, phase)
+                    set_trainable(task, phase)
                     for _ in range(phase.repeats):
                         task.optimizers[phase.optimizer].zero_grad(set_to_none=True)
-                        losses = _run_phase(task, phase, self.static_batch, self._autocast)
+                        losses = run_phase(task, phase, self.static_batch, self._autocast)
                         keys.update(f"{phase.name}/{name}" for name in losses)
         torch.cuda.current_stream(device).wait_stream(stream)
-        _set_trainable(task, None)
+        set_trainable(task, None)
         return {key: torch.zeros((), dtype=torch.float32, device=device) for key in sorted(keys)}
 
     def _capture(self) -> list[torch.cuda.CUDAGraph]:
@@ -211,15 +194,15 @@ class GraphedTrainStep:
         pool = torch.cuda.graph_pool_handle()  # one pool: the phases replay in capture order, never at once
         graphs = []
         for phase in task.phases:
-            _set_trainable(task, phase)
+            set_trainable(task, phase)
             task.optimizers[phase.optimizer].zero_grad(set_to_none=True)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                losses = _run_phase(task, phase, self.static_batch, self._autocast)
+                losses = run_phase(task, phase, self.static_batch, self._autocast)
                 for name, value in losses.items():
                     self.accum[f"{phase.name}/{name}"].add_(value.detach())
             graphs.append(graph)
-        _set_trainable(task, None)
+        set_trainable(task, None)
         return graphs
 
     def __call__(self, batch: dict, accum: dict[str, Tensor]) -> None:

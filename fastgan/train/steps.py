@@ -55,22 +55,34 @@ class Task:
             net.train()
 
 
+def set_trainable(task: Task, phase: Phase | None) -> None:
+    """Gradients only for the networks ``phase`` updates (all networks when ``phase`` is None)."""
+    trains = set(task.nets) if phase is None else set(phase.trains)
+    for name, net in task.nets.items():
+        net.requires_grad_(name in trains)
+
+
+def run_phase(task: Task, phase: Phase, batch: dict, autocast=None) -> dict[str, Tensor]:
+    """One update of ``phase`` (gradients already cleared): loss, scaled backward, optimiser step and
+    loss-scale update. Returns its losses. ``autocast`` defaults to the task's; the CUDA-graph step
+    passes its own (no weight-cast cache)."""
+    optimizer, scaler = task.optimizers[phase.optimizer], task.scalers[phase.optimizer]
+    with (autocast or task.autocast)():
+        losses = phase.loss(batch)
+    scaler.scale(losses["total"]).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return losses
+
+
 def train_step(task: Task, batch: dict, accum: dict[str, Tensor]) -> None:
     """Runs every phase ``repeats`` times on ``batch``; adds each detached loss to ``accum[phase/name]``
     on the device (read by the loop at log intervals only, so nothing here waits for the GPU)."""
     for phase in task.phases:
-        trains = set(phase.trains)
-        for name, net in task.nets.items():
-            net.requires_grad_(name in trains)
-        optimizer = task.optimizers[phase.optimizer]
-        scaler = task.scalers[phase.optimizer]
+        set_trainable(task, phase)
         for _ in range(phase.repeats):
-            optimizer.zero_grad(set_to_none=True)
-            with task.autocast():
-                losses = phase.loss(batch)
-            scaler.scale(losses["total"]).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            task.optimizers[phase.optimizer].zero_grad(set_to_none=True)
+            losses = run_phase(task, phase, batch)
             for name, value in losses.items():
                 key = f"{phase.name}/{name}"
                 value = value.detach()
@@ -78,5 +90,4 @@ def train_step(task: Task, batch: dict, accum: dict[str, Tensor]) -> None:
                     accum[key] += value
                 else:
                     accum[key] = value.clone()
-    for net in task.nets.values():
-        net.requires_grad_(True)
+    set_trainable(task, None)
