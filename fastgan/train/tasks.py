@@ -29,18 +29,16 @@ TRANSLATE_ROWS = 4  # cyclegan sample rows per grid
 
 def adversarial_loss(kind: str):
     """(logits, target_is_real) -> fp32 scalar: "vanilla" = BCE with logits, "lsgan" = MSE to 1/0."""
-    if kind == "vanilla":
-        def loss(logits: Tensor, real: bool) -> Tensor:
-            logits = logits.float()
-            target = torch.ones_like(logits) if real else torch.zeros_like(logits)
-            return F.binary_cross_entropy_with_logits(logits, target)
-    elif kind == "lsgan":
-        def loss(logits: Tensor, real: bool) -> Tensor:
-            logits = logits.float()
-            target = torch.ones_like(logits) if real else torch.zeros_like(logits)
-            return F.mse_loss(logits, target)
-    else:
+    criteria = {"vanilla": F.binary_cross_entropy_with_logits, "lsgan": F.mse_loss}
+    if kind not in criteria:
         raise UserError(f"--gan-loss {kind!r}: use lsgan or vanilla")
+    criterion = criteria[kind]
+
+    def loss(logits: Tensor, real: bool) -> Tensor:
+        logits = logits.float()
+        target = torch.ones_like(logits) if real else torch.zeros_like(logits)
+        return criterion(logits, target)
+
     return loss
 
 
