@@ -161,19 +161,6 @@ def _trim_log(log: Path, step: int) -> None:
     atomic_write(log, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
 
 
-def _epoch_batches(loader, epoch: int, start: int):
-    """loader.epoch(), with any draws a loader makes from the global CPU RNG undone, so a resumed run's
-    training RNG stays in step whatever the loader does (fastgan's own loaders use private generators)."""
-    batches = loader.epoch(epoch, start=start)
-    while True:
-        state = torch.get_rng_state()
-        batch = next(batches, None)
-        torch.set_rng_state(state)
-        if batch is None:
-            return
-        yield batch
-
-
 def _setup_determinism(cfg: TrainConfig, device: torch.device) -> None:
     if cfg.deterministic:
         # cuBLAS needs a fixed workspace for deterministic GEMMs.
@@ -273,7 +260,7 @@ def train(cfg: TrainConfig) -> dict:
     try:
         while step < total:
             epoch, position = divmod(step, batches_per_epoch)
-            for batch in _epoch_batches(loader, epoch, position):
+            for batch in loader.epoch(epoch, start=position):
                 if step_fn is None:  # graphs are captured for the first batch's shapes
                     step_fn = make_train_step(task, batch, cfg.cuda_graphs)
                 step_fn(batch, accum)

@@ -135,10 +135,10 @@ def test_resume_start_is_the_tail_of_the_epoch(impl):
         next(loader.epoch(4, start=6))
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_torch_loader_leaves_the_global_rng_alone(workers):
+@pytest.mark.parametrize("impl, workers", [(0, 0), (1, 0), (1, 2)])  # device; torch with 0 and 2 workers
+def test_loaders_leave_the_global_rng_alone(impl, workers):
     # Training draws noise from the global RNG; a loader that draws from it too would break exact resume.
-    loader = _loaders(_spec(8, flip=False), batch_size=4, workers=workers)[1]
+    loader = _loaders(_spec(8), batch_size=4, workers=workers)[impl]
     state = torch.get_rng_state()
     list(loader.epoch(0))
     assert torch.equal(torch.get_rng_state(), state)
