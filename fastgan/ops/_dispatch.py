@@ -1,12 +1,15 @@
 """The one place that decides which implementation of an op runs.
 
 Rules (../STYLE.md, "One place decides the implementation"):
+- One vocabulary everywhere (ops, layers, accelerate, set_impl, ``FASTGAN_IMPL``): :data:`IMPLS`.
 - ``impl="ref"`` always runs the plain PyTorch reference.
 - ``impl="auto"`` (or ``FASTGAN_IMPL=auto``) picks the op's fast path where it can run. CPU tensors
   use the reference. If a CUDA tensor cannot take the fast path, warn once naming the reason and fall
   back to the reference.
-- An explicit fast impl (``impl="triton"`` / ``impl="cuda"`` / ``impl="fast"``, the latter meaning the op's
-  own fast path, or ``FASTGAN_IMPL=triton|cuda|fast``) that cannot run raises; it never falls back silently.
+- ``impl="fast"`` asks for the op's own fast path, whichever it is; ``impl="triton"`` / ``impl="cuda"`` name
+  one. An explicit fast impl that cannot run raises; it never falls back silently. Naming a fast path an
+  op does not have (``reflect_pad_conv2d(x, impl="triton")``) raises too, while ``FASTGAN_IMPL=triton``
+  (a setting for a whole program) applies to the ops that have a Triton path and leaves the others on auto.
 - With ``TRITON_INTERPRET=1`` an explicit ``impl="triton"`` runs the Triton kernels on CPU tensors.
 
 Each op module registers its fast path with :func:`register`, giving a capability check that
@@ -23,7 +26,10 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["register", "resolve", "available", "last_impl", "clear_last", "interpret_mode"]
+__all__ = ["IMPLS", "check_impl", "fast_name", "register", "resolve", "available", "last_impl", "clear_last",
+           "interpret_mode"]
+
+IMPLS = ("auto", "ref", "fast", "triton", "cuda")  # every impl= value fastgan accepts
 
 
 @dataclass(frozen=True)
@@ -35,7 +41,6 @@ class _FastPath:
 _FAST: dict[str, _FastPath] = {}
 _LAST: dict[str, str] = {}
 _WARNED: set[tuple[str, str]] = set()
-_ENV_FORCE_FAST = ("triton", "cuda", "fast")
 
 
 def interpret_mode() -> bool:
@@ -48,12 +53,23 @@ def register(op: str, fast_name: str, check: Callable[[torch.device], str | None
     _FAST[op] = _FastPath(fast_name, check)
 
 
-def _requested(impl: str) -> str:
-    if impl != "auto":
-        return impl
+def check_impl(impl: str, where: str = "impl") -> str:
+    """Returns ``impl`` if it is in the vocabulary, else raises ValueError naming ``where``."""
+    if impl not in IMPLS:
+        raise ValueError(f"{where}: unknown impl={impl!r}; expected one of {', '.join(map(repr, IMPLS))}")
+    return impl
+
+
+def fast_name(op: str) -> str | None:
+    """The name of ``op``'s fast path ("triton" or "cuda"), or None if it has none."""
+    fast = _FAST.get(op)
+    return None if fast is None else fast.name
+
+
+def _from_env() -> str:
     env = os.environ.get("FASTGAN_IMPL", "auto").strip().lower() or "auto"
-    if env not in ("auto", "ref", *_ENV_FORCE_FAST):
-        raise ValueError(f"FASTGAN_IMPL={env!r} is not one of auto, ref, triton, cuda, fast")
+    if env not in IMPLS:
+        raise ValueError(f"FASTGAN_IMPL={env!r} is not one of {', '.join(IMPLS)}")
     return env
 
 
@@ -62,9 +78,13 @@ def resolve(op: str, impl: str, device: torch.device) -> str:
 
     Raises when an explicitly requested fast path cannot run, or when ``impl`` is unknown.
     """
+    check_impl(impl, op)
     fast = _FAST.get(op)
-    fast_name = fast.name if fast is not None else None
-    requested = _requested(impl)
+    requested = impl
+    if impl == "auto":
+        requested = _from_env()
+        if requested in ("triton", "cuda") and (fast is None or fast.name != requested):
+            requested = "auto"  # FASTGAN_IMPL names one kind of fast path; this op has another (or none)
     if requested == "ref":
         chosen = "ref"
     elif requested == "auto":
@@ -76,18 +96,17 @@ def resolve(op: str, impl: str, device: torch.device) -> str:
             elif (op, reason) not in _WARNED:
                 _WARNED.add((op, reason))
                 warnings.warn(f"fastgan: {op} falls back to the reference path: {reason}", stacklevel=3)
-    elif requested in (fast_name, "fast") or (impl == "auto" and requested in _ENV_FORCE_FAST):
-        # An explicit impl= naming this op's fast path (or "fast": whichever fast path the op has, so one
-        # setting covers a model mixing Triton and extension layers), or FASTGAN_IMPL asking for fast paths.
+    else:  # "fast" (the op's own fast path, so one setting covers ops with different kinds), "triton", "cuda"
+        how = f"impl={impl!r}" if impl != "auto" else f"FASTGAN_IMPL={requested!r}"
         if fast is None:
-            raise RuntimeError(f"{op}: FASTGAN_IMPL={requested!r} requested but {op} has no fast path")
+            raise RuntimeError(f"{op}: {how} requested but {op} has no fast path")
+        if requested != "fast" and requested != fast.name:
+            raise RuntimeError(f"{op}: {how} requested but {op}'s fast path is {fast.name!r} "
+                               f"(use impl='fast' or {fast.name!r})")
         reason = fast.check(device)
         if reason is not None:
             raise RuntimeError(f"{op}: impl={fast.name!r} cannot run on {device}: {reason}")
         chosen = fast.name
-    else:
-        names = ", ".join(repr(n) for n in ("auto", "ref", "fast", fast_name) if n)
-        raise ValueError(f"{op}: unknown impl={impl!r}; expected one of {names}")
     _LAST[op] = chosen
     return chosen
 

@@ -76,8 +76,32 @@ def test_fastgan_impl_env_runs_triton_under_interpreter(monkeypatch):
 
 
 def test_unknown_impl_raises():
-    with pytest.raises(ValueError, match="unknown impl='cuda'; expected one of 'auto', 'ref', 'fast', 'triton'"):
+    with pytest.raises(ValueError, match="unknown impl='bogus'; expected one of 'auto', 'ref', 'fast', 'triton', "):
+        leaky_relu(torch.randn(2, 3), impl="bogus")
+    with pytest.raises(ValueError, match="where: unknown impl='Triton'"):
+        _dispatch.check_impl("Triton", "where")
+    assert all(_dispatch.check_impl(i) == i for i in _dispatch.IMPLS)
+
+
+def test_naming_a_fast_path_the_op_does_not_have_raises():
+    # One vocabulary: "cuda" is a known impl, but leaky_relu's fast path is Triton; explicit never falls back.
+    with pytest.raises(RuntimeError, match="impl='cuda' requested but leaky_relu's fast path is 'triton'"):
         leaky_relu(torch.randn(2, 3), impl="cuda")
+    assert _dispatch.fast_name("leaky_relu") == "triton"
+    assert _dispatch.fast_name("no_such_op") is None
+
+
+def test_env_naming_one_kind_leaves_other_ops_on_auto(fake_op, monkeypatch):
+    # FASTGAN_IMPL=cuda is a program-wide setting: ops whose fast path is Triton stay on auto (the reference
+    # on CPU), while an op with a CUDA path is forced onto it (and raises where it cannot run).
+    _dispatch.register("cuda_op", "cuda", lambda device: "no extension in this test")
+    monkeypatch.setenv("FASTGAN_IMPL", "cuda")
+    assert _dispatch.resolve(fake_op, "auto", CPU) == "ref"
+    with pytest.raises(RuntimeError, match="impl='cuda' cannot run on cpu: no extension in this test"):
+        _dispatch.resolve("cuda_op", "auto", CPU)
+    monkeypatch.setenv("FASTGAN_IMPL", "fast")
+    with pytest.raises(RuntimeError, match="impl='triton' cannot run on cpu"):
+        _dispatch.resolve(fake_op, "auto", CPU)
 
 
 def test_fast_means_the_ops_own_fast_path(fake_op):
