@@ -19,6 +19,7 @@ from fastgan.data import build_loader
 from fastgan.data.datasets import find_fashion_mnist
 from fastgan.errors import UserError
 from fastgan.train.config import TrainConfig
+from fastgan.train.tasks import data_request
 
 WORKERS = min(8, len(os.sched_getaffinity(0)))
 REFERENCE = f"torch-{WORKERS}"  # measured first, so that every later loader gets its ratio
@@ -54,7 +55,7 @@ def _loader(cfg: TrainConfig, name: str, device: torch.device):
         pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed")
     impl, _, workers = name.partition("-")
     cfg.loader, cfg.workers = impl, int(workers or 0)
-    return build_loader(cfg, device)
+    return build_loader(data_request(cfg), device)
 
 
 def _measure(benchmark, record, loader, dataset: str, name: str, batch: int, steps: int, device, unit: str):

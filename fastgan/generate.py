@@ -1,5 +1,6 @@
-"""``python -m fastgan.generate CHECKPOINT --n 64 [--label K] --out grid.png [--seed S]``: images from a
-gan/dcgan/cgan checkpoint, as one grid (--out FILE.png) or one file per image (--out DIR)."""
+"""``python -m fastgan.generate CHECKPOINT --n 64 [--label K] --out grid.png [--seed S]``: images from the
+checkpoint of a noise-to-image model (``Model.inference == "generate"``: gan, dcgan, cgan), as one grid
+(--out FILE.png) or one file per image (--out DIR)."""
 
 from __future__ import annotations
 
@@ -9,17 +10,18 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .train.checkpoint import load_checkpoint
+from .models import REGISTRY
+from .models.base import GRID_COLUMNS
+from .train.checkpoint import load_for_inference
 from .train.cli import OneLineParser, run
 from .train.images import make_grid, save_image, to_unit
 from .train.loop import resolve_device
-from .train.tasks import GRID_COLUMNS, nets_from_checkpoint
 
 PROG = "fastgan.generate"
 
 
 def parse_args(argv):
-    parser = OneLineParser(PROG, description="Generate images from a gan/dcgan/cgan checkpoint.")
+    parser = OneLineParser(PROG, description="Generate images from a noise-to-image checkpoint (gan, dcgan, cgan).")
     parser.add_argument("checkpoint", help="checkpoint-*.pt written by fastgan.train")
     parser.add_argument("--n", type=int, default=64, help="number of images")
     parser.add_argument("--label", type=int, default=None,
@@ -34,27 +36,26 @@ def parse_args(argv):
 
 def generate(checkpoint, n: int = 64, label: int | None = None, seed: int = 0, columns: int = GRID_COLUMNS,
              device="cpu") -> torch.Tensor:
-    """n images [n, C, H, W] in [-1, 1] from a gan/dcgan/cgan checkpoint file."""
+    """n images [n, C, H, W] in [-1, 1] from a gan/dcgan/cgan checkpoint file (or run directory)."""
     if n < 1:
         raise UserError(f"--n {n}: must be at least 1")
     if columns < 1:
         raise UserError(f"--columns {columns}: must be at least 1")
     device = torch.device(device)
-    ckpt = load_checkpoint(checkpoint, map_location=device)
-    model = ckpt["model"]
-    if model == "cyclegan":
-        raise UserError(f"checkpoint {checkpoint}: holds a cyclegan model; use python -m fastgan.translate")
-    G = nets_from_checkpoint(ckpt, ["G"], device)["G"]
+    ckpt, model, nets = load_for_inference(checkpoint, "generate", lambda model: ["G"], device)
+    G = nets["G"]
     z_dim = ckpt["config"]["z_dim"]
     z = torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed)).to(device)
     with torch.no_grad():
-        if model != "cgan":
+        if not model.conditional:
             if label is not None:
-                raise UserError(f"--label {label}: only cgan checkpoints take a class; this is {model}")
+                conditional = [m.name for m in REGISTRY.values() if m.conditional]
+                raise UserError(f"--label {label}: only {' or '.join(conditional)} checkpoints take a class; "
+                                f"this is {model.name}")
             return G(z)
         classes = ckpt["info"]["num_classes"]
         if label is not None and not 0 <= label < classes:
-            raise UserError(f"--label {label}: this cgan has classes 0 to {classes - 1}")
+            raise UserError(f"--label {label}: this {model.name} has classes 0 to {classes - 1}")
         if label is None:
             labels = (torch.arange(n, device=device) // columns) % classes  # one row per class
         else:

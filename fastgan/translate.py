@@ -1,5 +1,6 @@
 """``python -m fastgan.translate CHECKPOINT --direction AtoB|BtoA INPUT --out DIR``: translate an image or
-a folder of images with a cyclegan checkpoint; output files keep the input's names (and subfolders)."""
+a folder of images with an image-to-image checkpoint (``Model.inference == "translate"``: cyclegan);
+output files keep the input's names (and subfolders)."""
 
 from __future__ import annotations
 
@@ -11,23 +12,21 @@ import torch.nn.functional as F
 
 from .data.folders import list_images, load_image
 from .errors import UserError
-from .train.checkpoint import load_checkpoint
+from .train.checkpoint import load_for_inference
 from .train.cli import OneLineParser, run
 from .train.images import save_image, to_unit
 from .train.loop import resolve_device
-from .train.tasks import nets_from_checkpoint
 
 PROG = "fastgan.translate"
-GENERATOR = {"AtoB": "G_A", "BtoA": "G_B"}
-STRIDE = 4  # the ResNet generator downsamples twice by 2
+DIRECTIONS = ("AtoB", "BtoA")
 
 
 def parse_args(argv):
-    parser = OneLineParser(PROG, description="Translate images with a cyclegan checkpoint.")
+    parser = OneLineParser(PROG, description="Translate images with an image-to-image checkpoint (cyclegan).")
     parser.add_argument("checkpoint", help="checkpoint-*.pt written by fastgan.train cyclegan")
     parser.add_argument("input", help="an image file or a folder of images")
-    parser.add_argument("--direction", choices=tuple(GENERATOR), default="AtoB",
-                        help="AtoB uses G_A, BtoA uses G_B")
+    parser.add_argument("--direction", choices=DIRECTIONS, default="AtoB",
+                        help="AtoB translates domain A images into domain B (cyclegan: G_A), BtoA the reverse")
     parser.add_argument("--out", required=True, help="output directory (created); file names are kept")
     parser.add_argument("--size", default="checkpoint",
                         help="checkpoint (resize to the training resolution), input (keep each "
@@ -36,26 +35,27 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def _target_size(size: str, trained: int) -> int | None:
+def _target_size(size: str, trained: int, multiple: int) -> int | None:
     if size == "checkpoint":
         return trained
     if size == "input":
         return None
-    if not size.isdigit() or int(size) < STRIDE:
-        raise UserError(f"--size {size}: use checkpoint, input, or a size in pixels of at least {STRIDE}")
+    if not size.isdigit() or int(size) < multiple:
+        raise UserError(f"--size {size}: use checkpoint, input, or a size in pixels of at least {multiple}")
     return int(size)
 
 
-def translate_image(G: torch.nn.Module, image: torch.Tensor, size: int | None) -> torch.Tensor:
-    """uint8 [3, H, W] -> [3, h, w] in [-1, 1] at ``size`` x ``size`` (None: the image's own size)."""
+def translate_image(G: torch.nn.Module, image: torch.Tensor, size: int | None, multiple: int = 4) -> torch.Tensor:
+    """uint8 [3, H, W] -> [3, h, w] in [-1, 1] at ``size`` x ``size`` (None: the image's own size);
+    ``multiple``: the generator's down-sampling factor (sides are padded to a multiple of it)."""
     x = image.unsqueeze(0).float() / 127.5 - 1
     if size is not None:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     h, w = x.shape[-2:]
     # Reflect-pad to a multiple of the generator's stride, translate, crop back.
-    pad_h, pad_w = -h % STRIDE, -w % STRIDE
+    pad_h, pad_w = -h % multiple, -w % multiple
     if pad_h or pad_w:
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if min(h, w) > STRIDE else "replicate")
+        x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if min(h, w) > multiple else "replicate")
     with torch.no_grad():
         y = G(x)
     return y[0, :, :h, :w].clamp(-1, 1)
@@ -64,10 +64,11 @@ def translate_image(G: torch.nn.Module, image: torch.Tensor, size: int | None) -
 def _main(argv) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
-    ckpt = load_checkpoint(args.checkpoint, "cyclegan", map_location=device)
-    name = GENERATOR[args.direction]
-    G = nets_from_checkpoint(ckpt, [name], device)[name]
-    size = _target_size(args.size, ckpt["config"]["image_size"])
+    ckpt, model, nets = load_for_inference(args.checkpoint, "translate",
+                                           lambda model: [model.translators[args.direction]], device)
+    G = nets[model.translators[args.direction]]
+    multiple = model.size_multiple
+    size = _target_size(args.size, ckpt["config"]["image_size"], multiple)
     source = Path(args.input)
     if source.is_dir():
         files = [Path(p) for p in list_images(str(source))]
@@ -83,7 +84,7 @@ def _main(argv) -> int:
             raise UserError(f"--out {out}: would overwrite the input {file}; choose another directory")
     for file, rel in zip(files, names):
         image = load_image(str(file)).to(device)
-        result = translate_image(G, image, size)
+        result = translate_image(G, image, size, multiple)
         target = out / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         save_image(to_unit(result.unsqueeze(0))[0], target)

@@ -2,6 +2,7 @@
 no traceback, nothing overwritten."""
 
 import gzip
+import json
 import os
 import struct
 import subprocess
@@ -10,10 +11,20 @@ import sys
 import pytest
 import torch
 
+from fastgan.models import get_model
 from fastgan.train.__main__ import main
 from fastgan.train.checkpoint import FORMAT_VERSION
 
-TINY = ["--device", "cpu", "--z-dim", "8", "--hidden", "16", "--ngf", "4", "--ndf", "4", "--batch-size", "4"]
+TINY_OPTIONS = {"z_dim": "8", "hidden": "16", "ngf": "4", "ndf": "4"}
+
+
+def tiny(model: str) -> list[str]:
+    """Flags for a model small enough for a CPU step in milliseconds (only the options it has)."""
+    own = [f"--{k.replace('_', '-')}={v}" for k, v in TINY_OPTIONS.items() if k in get_model(model).options]
+    return ["--device", "cpu", "--batch-size", "4", *own]
+
+
+TINY = tiny("dcgan")
 ENV = os.environ | {"OMP_NUM_THREADS": "1"}
 
 
@@ -30,7 +41,7 @@ def check_run(out, model, stdout):
 
 def test_dry_run_cyclegan_as_a_process(tmp_path):
     out = tmp_path / "cyclegan"
-    proc = subprocess.run(command("cyclegan", "--data", "synthetic", "--dry-run", "--out", str(out), *TINY,
+    proc = subprocess.run(command("cyclegan", "--data", "synthetic", "--dry-run", "--out", str(out), *tiny("cyclegan"),
                                   "--image-size", "32", "--n-blocks", "1", "--batch-size", "1"),
                           capture_output=True, text=True, env=ENV, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -40,8 +51,59 @@ def test_dry_run_cyclegan_as_a_process(tmp_path):
 @pytest.mark.parametrize("model", ["gan", "dcgan", "cgan"])
 def test_dry_run(capsys, tmp_path, model):
     # The same entry point as `python -m fastgan.train`, in-process to spare three interpreter start-ups.
-    assert main([model, "--data", "synthetic", "--dry-run", "--out", str(tmp_path), *TINY]) == 0
+    assert main([model, "--data", "synthetic", "--dry-run", "--out", str(tmp_path), *tiny(model)]) == 0
     check_run(tmp_path, model, capsys.readouterr().out)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    # Resolved values only: no placeholders, and no other model's options.
+    assert all(value not in (None, "", 0) for key, value in saved.items() if key not in ZERO_OK), saved
+    assert saved["data"] == "synthetic" and saved["image_size"] == 28 and saved["gan_loss"] == "vanilla"
+    assert "lambda_cycle" not in saved and "pool_size" not in saved
+
+
+ZERO_OK = {"iters", "seed", "epochs_decay", "resume", "strict", "amp", "channels_last", "cuda_graphs", "compile",
+           "deterministic", "tensorboard", "dry_run", "workers"}
+
+
+def help_text(capsys, model: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main([model, "--help"])
+    assert exit_info.value.code == 0
+    return " ".join(capsys.readouterr().out.split("options:")[1].split())  # the option list, not the usage
+
+
+def test_help_shows_each_models_recipe(capsys):
+    cyclegan = help_text(capsys, "cyclegan")
+    assert "--batch-size BATCH_SIZE images per step (per domain) (default: 1)" in cyclegan
+    assert "(default: 100)" in cyclegan.split("--epochs EPOCHS")[1].split("--")[0]
+    assert "(default: 100)" in cyclegan.split("--epochs-decay EPOCHS_DECAY")[1].split("--")[0]
+    assert "--lambda-cycle" in cyclegan and "--pool-size" in cyclegan and "--z-dim" not in cyclegan
+    gan = help_text(capsys, "gan")
+    for option in ("--lambda-cycle", "--lambda-identity", "--pool-size", "--n-blocks", "--load-size", "--domains",
+                   "--upsample", "--ngf"):
+        assert option not in gan
+    assert "--hidden" in gan and "(default: 64)" in gan.split("--batch-size BATCH_SIZE")[1].split("--")[0]
+    dcgan = help_text(capsys, "dcgan")
+    assert "64 at 28x28, 128 at 64x64" in dcgan and "--hidden" not in dcgan
+
+
+def test_recipe_applies_to_the_library_config():
+    from fastgan.train.config import TrainConfig
+    from fastgan.train.loop import resolve_config
+
+    cyclegan = resolve_config(TrainConfig(model="cyclegan", device="cpu"))
+    assert (cyclegan.batch_size, cyclegan.epochs, cyclegan.epochs_decay, cyclegan.image_size, cyclegan.load_size,
+            cyclegan.n_blocks, cyclegan.gan_loss, cyclegan.pool_size) == (1, 100, 100, 256, 286, 9, "lsgan", 50)
+    dcgan = resolve_config(TrainConfig(model="dcgan", device="cpu", data="synthetic"))
+    assert (dcgan.batch_size, dcgan.image_size, dcgan.lr, dcgan.beta1) == (64, 28, 2e-4, 0.5)
+
+
+def test_cyclegan_dry_run_at_64_is_quick(tmp_path):
+    # The published recipe (batch 1) keeps a CPU smoke run of the real 6-block generator short.
+    proc = subprocess.run(command("cyclegan", "--dry-run", "--device", "cpu", "--image-size", "64", "--data",
+                                  "synthetic", "--out", str(tmp_path / "run")),
+                          capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert '"batch_size": 1' in proc.stdout and '"n_blocks": 6' in proc.stdout
 
 
 def run_main(capsys, *args):
@@ -106,7 +168,7 @@ def test_bad_data(capsys, tmp_path):
     assert "truncated" in run_main(capsys, "dcgan", "--data", str(truncated), "--out", out)
     small = write_idx(tmp_path / "small", n=10)
     assert "--batch-size 64" in run_main(capsys, "dcgan", "--data", str(small), "--out", out)
-    assert "cyclegan needs" in run_main(capsys, "cyclegan", "--data", "fashion-mnist", "--out", out)
+    assert "cyclegan needs two domains" in run_main(capsys, "cyclegan", "--data", "fashion-mnist", "--out", out)
     assert not (tmp_path / "run").exists()
 
 

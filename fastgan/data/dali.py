@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -36,10 +35,8 @@ from nvidia.dali import fn, pipeline_def, types
 
 from fastgan.data.datasets import DataSpec, FolderSource, resolve_data
 from fastgan.data.loaders import _Loader, epoch_plan
+from fastgan.data.request import DataRequest
 from fastgan.errors import UserError
-
-if TYPE_CHECKING:  # data sits below train in the import graph
-    from fastgan.train.config import TrainConfig
 
 # Output dtypes DALI writes itself; others are written as fp32 and converted during the copy out.
 _DALI_DTYPES = {torch.float32: types.FLOAT, torch.float16: types.FLOAT16}
@@ -276,7 +273,7 @@ class DaliLoader(_Loader):
 
 
 def build_dali_loader(
-    cfg: TrainConfig,
+    req: DataRequest,
     device: torch.device | str,
     split: str = "train",
     memory_format: torch.memory_format = torch.contiguous_format,
@@ -284,10 +281,10 @@ def build_dali_loader(
     shard_id: int = 0,
     num_shards: int = 1,
 ) -> DaliLoader:
-    """The DALI loader of cfg.data for `split`, serving shard `shard_id` of `num_shards` on `device`.
+    """The DALI loader of req.data for `split`, serving shard `shard_id` of `num_shards` on `device`.
 
     Args:
-        cfg: the training config (data, image_size, load_size, batch_size, seed, strict).
+        req: what to load (data, image_size, load_size, batch_size, seed, strict).
         device: where batches land; "cpu" runs DALI's CPU operators (device_id=None).
         split: "train" or "test" (trainA/trainB or testA/testB for unpaired folders).
         memory_format: torch.contiguous_format (DALI writes CHW) or torch.channels_last (HWC).
@@ -299,8 +296,8 @@ def build_dali_loader(
         raise UserError(f"--device {device}: DALI serves cpu or cuda devices")
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype {dtype}: expected torch.float32, float16 or bfloat16")
-    spec = resolve_data(cfg, split)
-    return DaliLoader(spec, cfg.batch_size, cfg.seed, device, memory_format, dtype, shard_id, num_shards)
+    spec = resolve_data(req, split)
+    return DaliLoader(spec, req.batch_size, req.seed, device, memory_format, dtype, shard_id, num_shards)
 
 
 __all__ = ["DaliLoader", "build_dali_loader"]

@@ -1,20 +1,17 @@
-"""From `cfg.data` to a dataset: which files or generator, its shape, and per-domain sources that the
+"""From a DataRequest's `data` to a dataset: which files or generator, its shape, and per-domain sources that the
 loaders (device-resident, torch DataLoader, DALI) read images from."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from fastgan.data import folders, synthetic
 from fastgan.data.idx import is_idx_dir, load_idx
+from fastgan.data.request import KINDS, DataRequest
 from fastgan.errors import UserError
-
-if TYPE_CHECKING:  # data sits below train in the import graph
-    from fastgan.train.config import TrainConfig
 
 DEFAULT_FASHION_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
 FASHION_CLASSES = (
@@ -24,7 +21,7 @@ IDX_SIZE = 28  # MNIST family
 FOLDER_SIZE = 64  # DCGAN on image folders (Radford et al.)
 UNPAIRED_SIZE = 256  # CycleGAN
 
-# What cfg.data names, before anything is read: origin -> in memory (device-resident by default) or not.
+# What request.data names, before anything is read: origin -> in memory (device-resident by default) or not.
 ORIGINS = {
     "fashion-mnist": True,
     "fashion-unpaired": True,
@@ -111,20 +108,24 @@ def find_fashion_mnist() -> str:
     )
 
 
-def data_origin(cfg: TrainConfig) -> str:
-    """What cfg.data names (a key of ORIGINS), checking only names and directories, not their files."""
-    cyclegan = cfg.model == "cyclegan"
-    data = cfg.data or ("fashion-unpaired" if cyclegan else "fashion-mnist")
+def data_origin(req: DataRequest) -> str:
+    """What req.data names (a key of ORIGINS), checking only names and directories, not their files."""
+    if req.kind not in KINDS:
+        raise ValueError(f"DataRequest.kind {req.kind!r}: expected one of {', '.join(KINDS)}")
+    unpaired = req.kind == "unpaired"
+    data = req.default_data
     if data == "synthetic":
         return data
     if data == "fashion-unpaired":
-        if not cyclegan:
-            raise UserError(f"--data fashion-unpaired is a two-domain set for cyclegan, not {cfg.model}")
+        if not unpaired:
+            raise UserError(f"--data fashion-unpaired is a two-domain set for unpaired translation (cyclegan); "
+                            f"{req.who} takes one domain of images")
         return data
     if data == "fashion-mnist":
-        if cyclegan:
+        if unpaired:
             raise UserError(
-                "--data fashion-mnist: cyclegan needs two domains; use fashion-unpaired or synthetic"
+                f"--data fashion-mnist: {req.who} needs two domains; "
+                "use fashion-unpaired, synthetic or a trainA/ trainB/ folder"
             )
         return data
     if not os.path.isdir(data):
@@ -132,113 +133,113 @@ def data_origin(cfg: TrainConfig) -> str:
             f"--data {data}: no such directory "
             "(expected fashion-mnist, fashion-unpaired, synthetic or a directory)"
         )
-    if cyclegan:
+    if unpaired:
         return "unpaired-folder"
     return "idx-dir" if is_idx_dir(data) else "image-folder"
 
 
-def _image_size(cfg: TrainConfig, default: int) -> int:
-    if cfg.image_size < 0:
-        raise UserError(f"--image-size {cfg.image_size}: must be positive")
-    return cfg.image_size or default
+def _image_size(req: DataRequest, default: int) -> int:
+    if req.image_size < 0:
+        raise UserError(f"--image-size {req.image_size}: must be positive")
+    return req.image_size or default
 
 
-def _fashion_domains(cfg: TrainConfig) -> tuple[int, int]:
+def _fashion_domains(req: DataRequest) -> tuple[int, int]:
     try:
-        a, b = (int(k) for k in cfg.domains.split(","))
+        a, b = (int(k) for k in req.domains.split(","))
     except ValueError:
         a = b = -1
     if not (0 <= a < 10 and 0 <= b < 10 and a != b):
         raise UserError(
-            f"--domains {cfg.domains}: expected two different Fashion-MNIST classes 0-9 as A,B (e.g. 7,9)"
+            f"--domains {req.domains}: expected two different Fashion-MNIST classes 0-9 as A,B (e.g. 7,9)"
         )
     return a, b
 
 
-def _unpaired_folder(cfg: TrainConfig, split: str) -> DataSpec:
-    image_size = _image_size(cfg, UNPAIRED_SIZE)
-    load_size = cfg.load_size or image_size * 286 // 256
+def _unpaired_folder(req: DataRequest, split: str) -> DataSpec:
+    image_size = _image_size(req, UNPAIRED_SIZE)
+    load_size = req.load_size or image_size * 286 // 256
     if load_size < image_size:
         raise UserError(f"--load-size {load_size} is smaller than --image-size {image_size}")
     sources = {}
     for domain in ("A", "B"):
-        root = os.path.join(cfg.data, split + domain)
+        root = os.path.join(req.data, split + domain)
         if not os.path.isdir(root):
             raise UserError(
-                f"{root}: no such directory; an unpaired folder for cyclegan needs "
+                f"{root}: no such directory; an unpaired folder for {req.who} needs "
                 f"{split}A/ and {split}B/ (testA/, testB/ for evaluation)"
             )
-        paths = folders.check_images(folders.list_images(root), cfg.strict, cfg.workers, load_size)
+        paths = folders.check_images(folders.list_images(root), req.strict, req.workers, load_size)
         if not paths:
             raise UserError(f"{root}: no readable images in domain {domain}")
         sources[domain] = FolderSource(paths, None, image_size, load_size)
-    return DataSpec(cfg.data, "unpaired", sources, 3, image_size, 0, True, load_size - image_size)
+    return DataSpec(req.data, "unpaired", sources, 3, image_size, 0, True, load_size - image_size)
 
 
-def _image_folder(cfg: TrainConfig) -> DataSpec:
-    image_size = _image_size(cfg, FOLDER_SIZE)
-    paths = folders.check_images(folders.list_images(cfg.data), cfg.strict, cfg.workers, image_size)
+def _image_folder(req: DataRequest) -> DataSpec:
+    image_size = _image_size(req, FOLDER_SIZE)
+    paths = folders.check_images(folders.list_images(req.data), req.strict, req.workers, image_size)
     if not paths:
-        raise UserError(f"{cfg.data}: no readable images")
-    labels, num_classes = folders.class_labels(cfg.data, paths)
+        raise UserError(f"{req.data}: no readable images")
+    labels, num_classes = folders.class_labels(req.data, paths)
     source = FolderSource(paths, labels, image_size, 0)
-    return DataSpec(cfg.data, "folder", {"real": source}, 3, image_size, num_classes, False, 0)
+    return DataSpec(req.data, "folder", {"real": source}, 3, image_size, num_classes, False, 0)
 
 
-def _idx(cfg: TrainConfig, root: str, name: str, split: str) -> DataSpec:
+def _idx(req: DataRequest, root: str, name: str, split: str) -> DataSpec:
     images, labels = load_idx(root, split)
     num_classes = int(labels.max()) + 1
     source = TensorSource(images, labels)
-    return DataSpec(name, "idx", {"real": source}, 1, _image_size(cfg, IDX_SIZE), num_classes, False, 0)
+    return DataSpec(name, "idx", {"real": source}, 1, _image_size(req, IDX_SIZE), num_classes, False, 0)
 
 
-def _fashion_unpaired(cfg: TrainConfig, split: str) -> DataSpec:
-    a, b = _fashion_domains(cfg)
+def _fashion_unpaired(req: DataRequest, split: str) -> DataSpec:
+    a, b = _fashion_domains(req)
     images, labels = load_idx(find_fashion_mnist(), split)
     sources = {d: TensorSource(images[labels == k].contiguous(), None) for d, k in (("A", a), ("B", b))}
     name = f"fashion-unpaired({FASHION_CLASSES[a]},{FASHION_CLASSES[b]})"
-    return DataSpec(name, "unpaired", sources, 3, _image_size(cfg, UNPAIRED_SIZE), 0, True, 0)
+    return DataSpec(name, "unpaired", sources, 3, _image_size(req, UNPAIRED_SIZE), 0, True, 0)
 
 
-def _synthetic(cfg: TrainConfig, split: str) -> DataSpec:
-    generator = torch.Generator().manual_seed(cfg.seed * 2 + (split != "train"))
-    if cfg.model == "cyclegan":
-        size = _image_size(cfg, UNPAIRED_SIZE)
-        n = synthetic.synthetic_size(3, size, cfg.batch_size)
+def _synthetic(req: DataRequest, split: str) -> DataSpec:
+    generator = torch.Generator().manual_seed(req.seed * 2 + (split != "train"))
+    if req.kind == "unpaired":
+        size = _image_size(req, UNPAIRED_SIZE)
+        n = synthetic.synthetic_size(3, size, req.batch_size)
         sources = {d: TensorSource(synthetic.synthetic_domain(n, size, d, generator), None) for d in "AB"}
         return DataSpec("synthetic", "synthetic", sources, 3, size, 0, True, 0)
-    size = _image_size(cfg, IDX_SIZE)
-    n = synthetic.synthetic_size(1, size, cfg.batch_size)
+    size = _image_size(req, IDX_SIZE)
+    n = synthetic.synthetic_size(1, size, req.batch_size)
     images, labels = synthetic.synthetic_labelled(n, size, generator)
     source = TensorSource(images, labels)
     return DataSpec("synthetic", "synthetic", {"real": source}, 1, size, synthetic.NUM_CLASSES, False, 0)
 
 
-def resolve_data(cfg: TrainConfig, split: str = "train") -> DataSpec:
-    """Read (IDX, synthetic) or list and check (folders) the dataset cfg.data names, for `split`."""
+def resolve_data(req: DataRequest, split: str = "train") -> DataSpec:
+    """Read (IDX, synthetic) or list and check (folders) the dataset req.data names, for `split`."""
     if split not in ("train", "test"):
         raise ValueError(f"split {split!r}: expected 'train' or 'test'")
-    origin = data_origin(cfg)
+    origin = data_origin(req)
     if origin == "synthetic":
-        spec = _synthetic(cfg, split)
+        spec = _synthetic(req, split)
     elif origin == "fashion-mnist":
-        spec = _idx(cfg, find_fashion_mnist(), "fashion-mnist", split)
+        spec = _idx(req, find_fashion_mnist(), "fashion-mnist", split)
     elif origin == "idx-dir":
-        spec = _idx(cfg, cfg.data, cfg.data, split)
+        spec = _idx(req, req.data, req.data, split)
     elif origin == "fashion-unpaired":
-        spec = _fashion_unpaired(cfg, split)
+        spec = _fashion_unpaired(req, split)
     elif origin == "unpaired-folder":
-        spec = _unpaired_folder(cfg, split)
+        spec = _unpaired_folder(req, split)
     else:
-        spec = _image_folder(cfg)
-    if cfg.model == "cgan" and spec.num_classes == 0:
+        spec = _image_folder(req)
+    if req.kind == "labelled" and spec.num_classes == 0:
         raise UserError(
-            f"--data {spec.name}: cgan needs class labels; use an IDX directory, synthetic, "
+            f"--data {spec.name}: {req.who} needs class labels; use an IDX directory, synthetic, "
             "or an image folder with one subfolder per class"
         )
-    if cfg.batch_size < 1 or cfg.batch_size > spec.num_images:
+    if req.batch_size < 1 or req.batch_size > spec.num_images:
         raise UserError(
-            f"--batch-size {cfg.batch_size} does not fit the dataset "
+            f"--batch-size {req.batch_size} does not fit the dataset "
             f"({spec.num_images} images in {spec.name}); use 1 to {spec.num_images}"
         )
     return spec

@@ -1,7 +1,10 @@
-"""fastgan.models: the architectures (gan, dcgan, cgan, cyclegan), built from fastgan.nn layers.
+"""fastgan.models: one file per model (gan, dcgan, cgan, cyclegan), built from fastgan.nn layers, and the
+registry that maps a model's name to its definition (fastgan.models.base.GanModel).
 
-Architectures only: losses, optimisers and schedules live in fastgan.train. Import the model modules
-directly (``from fastgan.models import cyclegan``); this package holds what they share.
+Each file holds the networks and a ``Model`` class: recipe, data kind, phases, sampler, inference. The
+trainer, the data layer, generate/translate and the benchmarks enumerate ``REGISTRY`` (or ask
+``get_model(name)``) instead of naming models. Adding a model is adding a file that registers itself and
+importing it at the end of this one.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from torch import nn
 from .. import nn as fnn
 from ..errors import UserError
 
-__all__ = ["ArchitectureError", "init_weights"]
+__all__ = ["REGISTRY", "ArchitectureError", "get_model", "init_weights", "model_names", "register"]
 
 
 class ArchitectureError(UserError, ValueError):
@@ -37,3 +40,30 @@ def init_weights(module: nn.Module, std: float = 0.02) -> nn.Module:
         if getattr(m, "bias", None) is not None:
             nn.init.zeros_(m.bias)
     return module
+
+
+REGISTRY: dict = {}  # name -> GanModel instance, in registration order
+
+
+def register(cls):
+    """Class decorator: registers one instance of a GanModel subclass under ``cls.name``."""
+    if cls.name in REGISTRY:
+        raise ValueError(f"model {cls.name!r} is registered twice")
+    REGISTRY[cls.name] = cls()
+    return cls
+
+
+def model_names() -> tuple[str, ...]:
+    return tuple(REGISTRY)
+
+
+def get_model(name: str):
+    """The registered model definition called ``name``; a UserError naming the choices otherwise."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UserError(f"model {name!r}: choose from {', '.join(REGISTRY)}") from None
+
+
+# The built-in models register themselves on import.
+from . import gan, dcgan, cgan, cyclegan  # noqa: E402, F401, I001

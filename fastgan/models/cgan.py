@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import dcgan
+from ..errors import UserError
+from . import base, dcgan, register
 
 
 class Generator(nn.Module):
@@ -49,3 +50,41 @@ class Discriminator(nn.Module):
         x = torch.cat([x, label_maps.expand(b, self.num_classes, h, w)], dim=1)
         # state: (channels + num_classes) x S x S
         return self.dcgan(x)
+
+
+@register
+class Model(base.GanModel):
+    name = "cgan"
+    summary = "class-conditional DCGAN (Mirza & Osindero 2014) on labelled data"
+    options = ("z_dim", "ngf", "ndf")
+    recipe = {
+        # The DCGAN recipe on MNIST-family data (pytorch/examples dcgan/main.py: Adam 2e-4 (0.5, 0.999),
+        # nz 100, ngf = ndf = 64, 25 epochs; batch 64 as PyTorch-GAN's cgan.py), BCE loss.
+        "epochs": 25, "epochs_decay": 0, "lr": 2e-4, "beta1": 0.5, "beta2": 0.999,
+        "gan_loss": "vanilla", "z_dim": 100, "ngf": 64, "ndf": 64,
+    }
+    default_notes = {"image_size": "28 on MNIST-family data, 64 on image folders",
+                     "batch_size": "64 at 28x28, 128 at 64x64"}
+    data_kind = "labelled"
+    optimizers = {"D": ["D"], "G": ["G"]}
+    inference = "generate"
+    conditional = True
+
+    def resolve(self, cfg, origin: str) -> None:
+        cfg.image_size = cfg.image_size or dcgan.size_for(origin)
+        if cfg.batch_size is None:
+            cfg.batch_size = 64 if cfg.image_size == 28 else 128
+
+    def build_nets(self, cfg, info: dict) -> dict[str, nn.Module]:
+        channels, classes = info["channels"], info.get("num_classes", 0)
+        if classes < 2:
+            raise UserError(f"--data {cfg.data or 'default'}: cgan needs labelled data (IDX files with "
+                            "labels or synthetic); use dcgan for unlabelled images")
+        return {"G": Generator(cfg.z_dim, classes, cfg.ngf, channels, cfg.image_size),
+                "D": Discriminator(cfg.ndf, classes, channels, cfg.image_size)}
+
+    def phases(self, cfg, nets: dict, state: dict, info: dict) -> list[base.Phase]:
+        return base.noise_gan_phases(cfg, nets["G"], nets["D"], info["num_classes"])
+
+    def sampler(self, cfg, nets: dict, info: dict, device: torch.device) -> base.Sampler:
+        return base.noise_gan_sampler(cfg, nets["G"], device, info["num_classes"])

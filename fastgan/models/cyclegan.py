@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import nn as fnn
-from . import ArchitectureError
+from ..errors import UserError
+from . import ArchitectureError, base, register
 
 UPSAMPLE_MODES = ("deconv", "resize")
 
@@ -166,3 +167,93 @@ class ImagePool(nn.Module):
             self.images.index_copy_(0, index, torch.where(filling | swap[i], new, stored))
             self.count += filling
         return out
+
+
+@register
+class Model(base.GanModel):
+    """G phase (G_A: A -> B, G_B: B -> A; adversarial + cycle L1 + identity L1), then D phase on fakes
+    drawn from the image pools. D_A judges domain A images (real A vs G_B's fakes), D_B judges domain B
+    images (real B vs G_A's fakes)."""
+
+    name = "cyclegan"
+    summary = "CycleGAN (Zhu et al. 2017): unpaired image-to-image translation between domains A and B"
+    options = ("domains", "load_size", "ngf", "ndf", "n_blocks", "upsample", "lambda_cycle", "lambda_identity",
+               "pool_size")
+    recipe = {
+        # junyanz/pytorch-CycleGAN-and-pix2pix options (base/train_options.py, cycle_gan_model.py): batch 1,
+        # 100 epochs at constant LR + 100 decaying linearly to 0, Adam 2e-4 (0.5, 0.999), load 286 / crop 256,
+        # lambda_A = lambda_B = 10, lambda_identity 0.5, pool 50, LSGAN, ngf = ndf = 64, resnet_9blocks.
+        "batch_size": 1, "epochs": 100, "epochs_decay": 100, "lr": 2e-4, "beta1": 0.5, "beta2": 0.999,
+        "image_size": 256, "gan_loss": "lsgan", "ngf": 64, "ndf": 64, "lambda_cycle": 10.0, "lambda_identity": 0.5,
+        "pool_size": 50,
+        "upsample": "deconv",  # the paper's transposed convolutions; "resize" is the checkerboard-free option
+        "domains": "7,9",  # fashion-unpaired: sneaker <-> ankle boot (fastgan's built-in demo)
+    }
+    default_notes = {"n_blocks": "9 at 256x256, 6 below", "load_size": "image_size * 286 / 256"}
+    data_kind = "unpaired"
+    optimizers = {"G": ["G_A", "G_B"], "D": ["D_A", "D_B"]}
+    inference = "translate"
+    translators = {"AtoB": "G_A", "BtoA": "G_B"}
+    size_multiple = 4  # the ResNet generator down-samples twice by 2
+    fixed_size = 4  # sample rows per grid
+
+    def resolve(self, cfg, origin: str) -> None:
+        cfg.n_blocks = cfg.n_blocks or (9 if cfg.image_size >= 256 else 6)  # the authors' 256 / 128 choice
+        cfg.load_size = cfg.load_size or cfg.image_size * 286 // 256
+        if cfg.load_size < cfg.image_size:
+            raise UserError(f"--load-size {cfg.load_size}: must be at least --image-size {cfg.image_size}")
+
+    def build_nets(self, cfg, info: dict) -> dict[str, nn.Module]:
+        channels = info["channels"]
+        generators = {name: ResnetGenerator(channels, channels, cfg.ngf, cfg.n_blocks, cfg.upsample)
+                      for name in ("G_A", "G_B")}
+        return generators | {name: PatchDiscriminator(channels, cfg.ndf, 3) for name in ("D_A", "D_B")}
+
+    def build_state(self, cfg, info: dict) -> dict[str, nn.Module]:
+        shape = (info["channels"], cfg.image_size, cfg.image_size)
+        return {name: ImagePool(cfg.pool_size, shape) for name in ("pool_A", "pool_B")}
+
+    def phases(self, cfg, nets: dict, state: dict, info: dict) -> list[base.Phase]:
+        G_A, G_B, D_A, D_B = nets["G_A"], nets["G_B"], nets["D_A"], nets["D_B"]
+        gan = base.adversarial_loss(cfg.gan_loss)
+        lambda_cycle, lambda_idt = cfg.lambda_cycle, cfg.lambda_identity * cfg.lambda_cycle
+        kept: dict[str, torch.Tensor] = {}  # the G phase's detached fakes, for the D phase
+
+        def g_loss(batch):
+            real_A, real_B = batch["A"], batch["B"]
+            fake_B = G_A(real_A)
+            rec_A = G_B(fake_B)
+            fake_A = G_B(real_B)
+            rec_B = G_A(fake_A)
+            losses = {"G_A": gan(D_B(fake_B), True), "G_B": gan(D_A(fake_A), True),
+                      "cycle_A": F.l1_loss(rec_A.float(), real_A.float()) * lambda_cycle,
+                      "cycle_B": F.l1_loss(rec_B.float(), real_B.float()) * lambda_cycle}
+            if lambda_idt > 0:
+                # G_A should leave an image that is already in domain B unchanged, and G_B one in A.
+                losses["idt_A"] = F.l1_loss(G_A(real_B).float(), real_B.float()) * lambda_idt
+                losses["idt_B"] = F.l1_loss(G_B(real_A).float(), real_A.float()) * lambda_idt
+            kept["fake_A"], kept["fake_B"] = fake_A.detach(), fake_B.detach()
+            return {"total": sum(losses.values())} | losses
+
+        def d_loss(batch):
+            fake_A, fake_B = state["pool_A"](kept["fake_A"]), state["pool_B"](kept["fake_B"])
+            loss_A = 0.5 * (gan(D_A(batch["A"]), True) + gan(D_A(fake_A), False))
+            loss_B = 0.5 * (gan(D_B(batch["B"]), True) + gan(D_B(fake_B), False))
+            return {"total": loss_A + loss_B, "D_A": loss_A, "D_B": loss_B}
+
+        return [base.Phase("G", "G", cfg.g_steps, g_loss, ["G_A", "G_B"]),
+                base.Phase("D", "D", cfg.d_steps, d_loss, ["D_A", "D_B"])]
+
+    def sampler(self, cfg, nets: dict, info: dict, device: torch.device) -> base.Sampler:
+        G_A, G_B = nets["G_A"], nets["G_B"]
+
+        def sample(fixed: dict) -> tuple[torch.Tensor, int]:
+            real_A, real_B = fixed["A"], fixed["B"]
+            fake_B, fake_A = G_A(real_A), G_B(real_B)
+            rec_A, rec_B = G_B(fake_B), G_A(fake_A)
+            # One row per example: real A | fake B | rec A | real B | fake A | rec B.
+            columns = torch.stack([real_A.to(fake_B.dtype), fake_B, rec_A, real_B.to(fake_B.dtype), fake_A, rec_B],
+                                  dim=1)
+            return columns.flatten(0, 1), 6
+
+        return sample

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .. import nn as fnn
-from . import ArchitectureError
+from . import ArchitectureError, base, register
 
 IMAGE_SIZES = (28, 64)
 
@@ -116,3 +116,43 @@ class Discriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).view(-1)
+
+
+def size_for(origin: str) -> int:
+    """28 for the MNIST family (IDX files, synthetic), 64 for image folders (Radford et al.)."""
+    return 28 if origin in ("fashion-mnist", "synthetic", "idx-dir") else 64
+
+
+@register
+class Model(base.GanModel):
+    name = "dcgan"
+    summary = "DCGAN (Radford et al. 2015): 28x28 on MNIST-family data, 64x64 on image folders"
+    options = ("z_dim", "ngf", "ndf")
+    recipe = {
+        # pytorch/examples dcgan/main.py: Adam 2e-4 (0.5, 0.999), nz 100, ngf = ndf = 64, 25 epochs (--niter),
+        # BCE loss. Batch: 128 at 64x64 (Radford et al. 2015, section 4); 64 on 28x28 MNIST-family data,
+        # as the MNIST DCGANs (PyTorch-GAN dcgan.py) use: set in resolve() from the image size.
+        "epochs": 25, "epochs_decay": 0, "lr": 2e-4, "beta1": 0.5, "beta2": 0.999,
+        "gan_loss": "vanilla", "z_dim": 100, "ngf": 64, "ndf": 64,
+    }
+    default_notes = {"image_size": "28 on MNIST-family data, 64 on image folders",
+                     "batch_size": "64 at 28x28, 128 at 64x64"}
+    data_kind = "images"
+    optimizers = {"D": ["D"], "G": ["G"]}
+    inference = "generate"
+
+    def resolve(self, cfg, origin: str) -> None:
+        cfg.image_size = cfg.image_size or size_for(origin)
+        if cfg.batch_size is None:
+            cfg.batch_size = 64 if cfg.image_size == 28 else 128
+
+    def build_nets(self, cfg, info: dict) -> dict[str, nn.Module]:
+        channels = info["channels"]
+        return {"G": Generator(cfg.z_dim, cfg.ngf, channels, cfg.image_size),
+                "D": Discriminator(cfg.ndf, channels, cfg.image_size)}
+
+    def phases(self, cfg, nets: dict, state: dict, info: dict) -> list[base.Phase]:
+        return base.noise_gan_phases(cfg, nets["G"], nets["D"])
+
+    def sampler(self, cfg, nets: dict, info: dict, device: torch.device) -> base.Sampler:
+        return base.noise_gan_sampler(cfg, nets["G"], device)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .. import nn as fnn
-from . import ArchitectureError
+from . import ArchitectureError, base, register
 
 
 def _widths(hidden: int | Sequence[int]) -> tuple[int, ...]:
@@ -62,3 +62,36 @@ class Discriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.reshape(x.shape[0], -1)).view(-1)  # state: B logits
+
+
+@register
+class Model(base.GanModel):
+    name = "gan"
+    summary = "MLP GAN (Goodfellow et al. 2014) on flattened images"
+    options = ("z_dim", "hidden")
+    recipe = {
+        # eriklindernoren/PyTorch-GAN implementations/gan/gan.py: batch 64, Adam 2e-4 (0.5, 0.999),
+        # latent 100, 200 epochs, BCE loss (the non-saturating loss of Goodfellow et al.).
+        "batch_size": 64, "epochs": 200, "epochs_decay": 0, "lr": 2e-4, "beta1": 0.5, "beta2": 0.999,
+        "gan_loss": "vanilla", "z_dim": 100,
+        "hidden": 256,  # fastgan's width: two hidden layers of 256 in G and D (the reference uses 128..1024)
+    }
+    default_notes = {"image_size": "28 on MNIST-family data, 64 on image folders"}
+    data_kind = "images"
+    optimizers = {"D": ["D"], "G": ["G"]}
+    inference = "generate"
+    convolutional = False
+
+    def resolve(self, cfg, origin: str) -> None:
+        if not cfg.image_size:
+            cfg.image_size = 28 if origin in ("fashion-mnist", "synthetic", "idx-dir") else 64
+
+    def build_nets(self, cfg, info: dict) -> dict[str, nn.Module]:
+        shape = (info["channels"], cfg.image_size, cfg.image_size)
+        return {"G": Generator(cfg.z_dim, cfg.hidden, shape), "D": Discriminator(shape, cfg.hidden)}
+
+    def phases(self, cfg, nets: dict, state: dict, info: dict) -> list[base.Phase]:
+        return base.noise_gan_phases(cfg, nets["G"], nets["D"])
+
+    def sampler(self, cfg, nets: dict, info: dict, device: torch.device) -> base.Sampler:
+        return base.noise_gan_sampler(cfg, nets["G"], device)

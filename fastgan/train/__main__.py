@@ -1,5 +1,7 @@
-"""``python -m fastgan.train MODEL [flags]``: the flags are generated from TrainConfig (one per field,
---image-size style, help from the field's comment); bad input exits with code 2 and one line."""
+"""``python -m fastgan.train MODEL [flags]``: one sub-command per registered model (fastgan.models). Each
+shows the shared flags and that model's own options, with the model's recipe as defaults; the flags are
+generated from TrainConfig (one per field, --image-size style, help from the field's comment). Bad input
+exits with code 2 and one line."""
 
 from __future__ import annotations
 
@@ -9,13 +11,15 @@ import inspect
 import re
 import sys
 
+from ..data import DataRequest
+from ..models import REGISTRY
 from . import config as config_module
 from .cli import OneLineParser, run
-from .config import MODELS, TrainConfig, config_fields
+from .config import MODEL_OPTIONS, TrainConfig, config_fields
 from .loop import CHOICES, train
 
 PROG = "fastgan.train"
-NOT_FLAGS = ("model",)  # the positional argument
+NOT_FLAGS = ("model",)  # the sub-command
 
 
 def field_help() -> dict[str, str]:
@@ -29,24 +33,39 @@ def field_help() -> dict[str, str]:
     return found
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(PROG, description="Train a GAN (fastgan).",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("model", choices=MODELS, help="which GAN to train")
-    helps = field_help()
+def _add_model_parser(subparsers, model, helps: dict[str, str]) -> None:
+    parser = subparsers.add_parser(model.name, tool=PROG, help=model.summary,
+                                   description=f"Train {model.summary}.")
+    parser.set_defaults(model=model.name)
+    recipe = model.defaults()
+    own = set(model.options)
     for f in config_fields():
-        if f.name in NOT_FLAGS:
+        if f.name in NOT_FLAGS or (f.name in MODEL_OPTIONS and f.name not in own):
             continue
         flag = "--" + f.name.replace("_", "-")
+        default = recipe.get(f.name, f.default)
+        shown = model.default_notes.get(f.name, default)
+        if f.name == "data":
+            shown = DataRequest(model.data_kind).default_data
         help_text = helps.get(f.name, "")
+        if f.name != "channels_last":  # its own comment says what unset means
+            help_text += f" (default: {shown})" if shown not in (None, "") else ""
         if f.type in ("bool", bool, "bool | None"):  # bool | None: unset means "the default for the device"
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
-                                help=help_text)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
             continue
         type_name = f.type if isinstance(f.type, str) else f.type.__name__
-        kind = {"int": int, "float": float, "str": str}[type_name]
-        parser.add_argument(flag, type=kind, default=f.default, choices=CHOICES.get(f.name),
+        kind = {"int": int, "float": float, "str": str}[type_name.removesuffix(" | None")]
+        parser.add_argument(flag, type=kind, default=default, choices=CHOICES.get(f.name),
                             metavar=None if f.name in CHOICES else f.name.upper(), help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(PROG, description="Train a GAN (fastgan). `python -m fastgan.train MODEL --help` "
+                                             "lists that model's options and its recipe's defaults.")
+    subparsers = parser.add_subparsers(title="models", dest="model", metavar="MODEL", required=True)
+    helps = field_help()
+    for model in REGISTRY.values():
+        _add_model_parser(subparsers, model, helps)
     return parser
 
 

@@ -131,3 +131,19 @@ def load_checkpoint(path: str | os.PathLike, model: str | None = None, map_locat
     if model is not None and ckpt["model"] != model:
         raise UserError(f"checkpoint {path}: holds a {ckpt['model']} model, not {model}")
     return ckpt
+
+
+def load_for_inference(path: str | os.PathLike, inference: str, names, device: torch.device):
+    """(checkpoint, model definition, networks) for ``python -m fastgan.<inference>``: refuses a model that
+    offers another kind of inference, naming the tool that serves it. ``names(model)`` picks the networks
+    to load, in eval mode on ``device``."""
+    from ..models import REGISTRY, get_model
+    from .tasks import nets_from_checkpoint
+
+    ckpt = load_checkpoint(path, map_location=device)
+    model = get_model(ckpt["model"])
+    if model.inference != inference:
+        served = [m.name for m in REGISTRY.values() if m.inference == inference]
+        raise UserError(f"checkpoint {path}: holds a {model.name} model, not {' or '.join(served)}; "
+                        f"use python -m fastgan.{model.inference}")
+    return ckpt, model, nets_from_checkpoint(ckpt, names(model), device)

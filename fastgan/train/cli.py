@@ -11,9 +11,10 @@ from ..errors import EXIT_USAGE, UserError
 class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad flag as one line, ``<prog>: error: ...`` (no usage block), exit 2."""
 
-    def __init__(self, name: str, **kwargs):
-        super().__init__(prog=f"python -m {name}", **kwargs)
-        self.name = name
+    def __init__(self, tool: str, **kwargs):
+        kwargs.setdefault("prog", f"python -m {tool}")
+        super().__init__(**kwargs)
+        self.name = tool
 
     def error(self, message):
         fail(self.name, message)

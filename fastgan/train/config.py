@@ -1,47 +1,50 @@
-"""The one typed training configuration. Every default is commented; the CLI is generated from it
-(fastgan/train/__main__.py), the resolved config is printed at start and saved beside checkpoints."""
+"""The one typed training configuration. Every field is commented; the CLI is generated from it
+(fastgan/train/__main__.py: one sub-command per registered model, showing the shared fields and that
+model's options with its recipe's defaults); the resolved config is printed at start and saved beside
+checkpoints."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 
-MODELS = ("gan", "dcgan", "cgan", "cyclegan")
-
 
 @dataclass
 class TrainConfig:
-    model: str = "dcgan"  # gan | dcgan | cgan | cyclegan
+    """None means "the model's recipe" (fastgan/models/<model>.py, ``Model.recipe``/``Model.resolve``);
+    resolve_config fills it in, so the printed and saved config shows real values only. Fields below
+    "model options" are read only by the models that list them in ``Model.options``."""
+
+    model: str = "dcgan"  # a name in fastgan.models.REGISTRY
     # --- data ---
-    data: str = ""  # "" = model default (fashion-mnist; cyclegan: fashion-unpaired), synthetic, or a directory
-    domains: str = "7,9"  # fashion-unpaired: Fashion-MNIST classes used as domains A,B (7 sneaker, 9 ankle boot)
-    image_size: int = 0  # 0 = model default: 28 (gan/dcgan/cgan on IDX), 64 (dcgan on folders), 256 (cyclegan)
-    load_size: int = 0  # 0 = image_size * 286 / 256 (cyclegan resize before the random crop)
+    data: str = ""  # fashion-mnist | fashion-unpaired | synthetic | a directory ("" = the model's built-in set)
+    image_size: int | None = None  # side of the training images
     loader: str = "auto"  # auto | device | torch | dali
     workers: int = 2  # torch DataLoader worker processes (folders)
     strict: bool = False  # stop at the first unreadable image instead of skipping it with a warning
     # --- schedule ---
-    epochs: int = 5  # epochs at constant learning rate
-    epochs_decay: int = 0  # further epochs with the learning rate decaying linearly to zero
+    epochs: int | None = None  # epochs at constant learning rate
+    epochs_decay: int | None = None  # further epochs with the learning rate decaying linearly to zero
     iters: int = 0  # stop after this many iterations in total (0 = run the epochs)
-    batch_size: int = 64
-    lr: float = 2e-4  # Adam learning rate for G and D
-    beta1: float = 0.5
-    beta2: float = 0.999
+    batch_size: int | None = None  # images per step (per domain)
+    lr: float | None = None  # Adam learning rate for G and D
+    beta1: float | None = None  # Adam beta1
+    beta2: float | None = None  # Adam beta2
     d_steps: int = 1  # discriminator updates per iteration
     g_steps: int = 1  # generator updates per iteration
-    # --- architecture ---
-    z_dim: int = 100  # latent size (gan, dcgan, cgan)
-    hidden: int = 256  # MLP GAN hidden width
-    ngf: int = 64  # generator base width (conv models)
-    ndf: int = 64  # discriminator base width (conv models)
-    num_classes: int = 10  # cgan
-    n_blocks: int = 0  # cyclegan residual blocks; 0 = 9 at 256^2, 6 at <= 128^2
-    upsample: str = "deconv"  # cyclegan generator upsampling: deconv (transposed conv) | resize (nearest + conv)
-    gan_loss: str = ""  # "" = model default: lsgan for cyclegan, vanilla (BCE with logits) otherwise
-    lambda_cycle: float = 10.0  # cyclegan cycle-consistency L1 weight
-    lambda_identity: float = 0.5  # cyclegan identity L1 weight, as a fraction of lambda_cycle
-    pool_size: int = 50  # cyclegan image pool per domain (0 disables it)
+    gan_loss: str | None = None  # adversarial loss: vanilla (BCE with logits) | lsgan (least squares)
+    # --- model options ---
+    z_dim: int | None = None  # latent size
+    hidden: int | None = None  # MLP hidden width (both layers of G and D)
+    ngf: int | None = None  # generator base width
+    ndf: int | None = None  # discriminator base width
+    domains: str | None = None  # fashion-unpaired: the Fashion-MNIST classes used as domains A,B
+    load_size: int | None = None  # resize to this square before the random crop
+    n_blocks: int | None = None  # residual blocks of the ResNet generator
+    upsample: str | None = None  # generator upsampling: deconv (transposed conv) | resize (nearest + conv)
+    lambda_cycle: float | None = None  # cycle-consistency L1 weight
+    lambda_identity: float | None = None  # identity L1 weight, as a fraction of lambda_cycle
+    pool_size: int | None = None  # image pool per domain (0 disables it)
     # --- engine ---
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = False  # autocast mixed precision (losses stay fp32)
@@ -58,15 +61,23 @@ class TrainConfig:
     save_every: int = 1000  # iterations between checkpoints (0 = only at the end)
     log_every: int = 50  # iterations between loss reads (the only host syncs of the loop)
     tensorboard: bool = False  # also write TensorBoard scalars (needs the tensorboard extra)
-    seed: int = 0
+    seed: int = 0  # seeds the weights, the training noise and the epoch order
     dry_run: bool = False  # run one iteration and stop (smoke tests)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields this config's model uses (shared ones and its own options), as saved and printed."""
+        from ..models import get_model
+
+        own = set(get_model(self.model).options)
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in MODEL_OPTIONS or k in own}
 
 
 def config_fields() -> list[dataclasses.Field]:
-    return [f for f in dataclasses.fields(TrainConfig)]
+    return list(dataclasses.fields(TrainConfig))
 
 
-__all__ = ["TrainConfig", "MODELS", "config_fields", "field"]
+# The fields that belong to some models only (each model lists its own in Model.options).
+MODEL_OPTIONS = ("z_dim", "hidden", "ngf", "ndf", "domains", "load_size", "n_blocks", "upsample", "lambda_cycle",
+                 "lambda_identity", "pool_size")
+
+__all__ = ["MODEL_OPTIONS", "TrainConfig", "config_fields", "field"]

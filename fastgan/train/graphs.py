@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
+from ..models import get_model
 from ..nn import set_impl
 from .steps import Task, run_phase, set_trainable, train_step
 
@@ -64,7 +65,7 @@ def check_cuda_graphs(cfg, device: torch.device) -> None:
 
 def memory_format(cfg, device: torch.device) -> torch.memory_format:
     """channels_last for conv models on CUDA unless --no-channels-last; the batches and nets use it."""
-    if cfg.model == "gan":  # the MLP GAN has no convolutions
+    if not get_model(cfg.model).convolutional:
         return torch.contiguous_format
     on = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
     return torch.channels_last if on else torch.contiguous_format

@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..data.idx import is_idx_dir
+from ..data import LOADERS
 from ..errors import UserError
+from ..models import get_model, model_names
 from .checkpoint import (
     existing_checkpoints,
     latest_checkpoint,
@@ -32,27 +33,26 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .config import MODELS, TrainConfig
+from .config import TrainConfig
 from .files import atomic_write
 from .graphs import check_cuda_graphs, configure_engine, make_train_step, memory_format
 from .images import save_image
-from .tasks import build_task
+from .tasks import build_task, data_request, with_recipe
 
 CHOICES = {
-    "model": MODELS,
-    "loader": ("auto", "device", "torch", "dali"),
+    "loader": LOADERS,
     "upsample": ("deconv", "resize"),
     "gan_loss": ("lsgan", "vanilla"),
     "amp_dtype": ("bf16", "fp16"),
     "impl": ("auto", "ref"),
 }
-POSITIVE = ("batch_size", "d_steps", "g_steps", "z_dim", "hidden", "ngf", "ndf", "num_classes", "log_every")
-NON_NEGATIVE = ("epochs", "epochs_decay", "iters", "workers", "n_blocks", "load_size", "image_size",
+POSITIVE = ("batch_size", "image_size", "d_steps", "g_steps", "z_dim", "hidden", "ngf", "ndf", "log_every")
+NON_NEGATIVE = ("epochs", "epochs_decay", "iters", "workers", "n_blocks", "load_size",
                 "pool_size", "sample_every", "save_every", "lambda_cycle", "lambda_identity")
 # Fields that shape the networks or the data stream: a resumed run must use the checkpoint's values.
 # The schedule (--epochs, --epochs-decay, --iters) may change; Adam's settings live in the optimiser state.
 RESUME_FIXED = ("model", "data", "domains", "image_size", "load_size", "batch_size", "z_dim", "hidden", "ngf",
-                "ndf", "num_classes", "n_blocks", "upsample", "gan_loss", "pool_size", "seed", "lr", "beta1",
+                "ndf", "n_blocks", "upsample", "gan_loss", "pool_size", "seed", "lr", "beta1",
                 "beta2")
 
 
@@ -78,19 +78,28 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_config(cfg: TrainConfig) -> TrainConfig:
-    """Validates the config and fills the model defaults (image_size, gan_loss, n_blocks, load_size, out,
-    device). Returns a new config; the input is left as it was."""
+    """Validates the config and fills what it leaves to the model (its recipe, then the defaults that
+    depend on the data), the output directory and the device. Returns a new config; the input is left
+    as it was."""
+    if cfg.model not in model_names():
+        raise UserError(f"model {cfg.model!r}: choose from {', '.join(model_names())}")
+    model = get_model(cfg.model)
     cfg = dataclasses.replace(cfg)
+    for name, value in model.defaults().items():  # before validating: a recipe value is checked like a flag
+        if getattr(cfg, name) is None:
+            setattr(cfg, name, value)
     for name, choices in CHOICES.items():
         value = getattr(cfg, name)
-        if value and value not in choices:
+        if value is not None and value not in choices:
             raise UserError(f"{_flag(name)} {value!r}: choose from {', '.join(choices)}")
     for name in POSITIVE:
-        if getattr(cfg, name) < 1:
-            raise UserError(f"{_flag(name)} {getattr(cfg, name)}: must be at least 1")
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            raise UserError(f"{_flag(name)} {value}: must be at least 1")
     for name in NON_NEGATIVE:
-        if getattr(cfg, name) < 0:
-            raise UserError(f"{_flag(name)} {getattr(cfg, name)}: must not be negative")
+        value = getattr(cfg, name)
+        if value is not None and value < 0:
+            raise UserError(f"{_flag(name)} {value}: must not be negative")
     if not cfg.lr > 0:
         raise UserError(f"--lr {cfg.lr}: must be positive")
     for name in ("beta1", "beta2"):
@@ -106,20 +115,12 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
                             "pip install tensorboard, or drop the flag") from None
     device = resolve_device(cfg.device)
     cfg.device = str(device)
-    if not cfg.image_size:
-        if cfg.model == "cyclegan":
-            cfg.image_size = 256
-        elif cfg.data in ("", "fashion-mnist", "synthetic") or (os.path.isdir(cfg.data) and is_idx_dir(cfg.data)):
-            cfg.image_size = 28
-        else:
-            cfg.image_size = 64  # image folders: the Radford et al. DCGAN
-    if not cfg.gan_loss:
-        cfg.gan_loss = "lsgan" if cfg.model == "cyclegan" else "vanilla"
-    if cfg.model == "cyclegan":
-        cfg.n_blocks = cfg.n_blocks or (9 if cfg.image_size >= 256 else 6)
-        cfg.load_size = cfg.load_size or cfg.image_size * 286 // 256
-        if cfg.load_size < cfg.image_size:
-            raise UserError(f"--load-size {cfg.load_size}: must be at least --image-size {cfg.image_size}")
+    if cfg.channels_last is None:
+        cfg.channels_last = device.type == "cuda" and model.convolutional
+    cfg = with_recipe(cfg)
+    missing = [name for name, value in cfg.to_dict().items() if value is None]
+    if missing:  # a model whose recipe misses a field it reads
+        raise RuntimeError(f"model {cfg.model!r} leaves {', '.join(missing)} unset: add it to its recipe")
     if not cfg.out:
         # Resuming from a file continues in that file's run directory.
         resume_file = cfg.resume not in ("", "auto")
@@ -186,7 +187,7 @@ def train(cfg: TrainConfig) -> dict:
 
     _setup_determinism(cfg, device)
     torch.manual_seed(cfg.seed)
-    loader = build_loader(cfg, device, memory_format=memory_format(cfg, device))
+    loader = build_loader(data_request(cfg), device, memory_format=memory_format(cfg, device))
     batches_per_epoch = len(loader)
     if batches_per_epoch == 0:
         raise UserError(f"--batch-size {cfg.batch_size}: larger than the dataset "

@@ -4,20 +4,15 @@ eager ``train_step`` runs them. ENGINE (fastgan/train/graphs.py) captures the sa
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from ..models.base import Phase, Sampler
+from .images import make_grid, to_unit
 
-@dataclass
-class Phase:
-    name: str  # "D" or "G"
-    optimizer: str  # key in Task.optimizers
-    repeats: int  # cfg.d_steps or cfg.g_steps
-    loss: Callable[[dict], dict[str, Tensor]]  # batch -> named fp32 scalars; "total" is backpropagated
-    trains: list[str]  # Task.nets keys this phase updates (requires_grad on, all others off)
+__all__ = ["Phase", "Task", "run_phase", "set_trainable", "train_step"]
 
 
 @dataclass
@@ -28,7 +23,7 @@ class Task:
     scalers: dict[str, torch.amp.GradScaler]  # one per optimiser; disabled unless amp_dtype is fp16
     phases: list[Phase]
     state: dict[str, nn.Module] = field(default_factory=dict)  # e.g. image pools, saved in checkpoints
-    sampler: Callable[[dict], Tensor] | None = None  # fixed batch -> [3, H, W] grid in [0, 1]
+    sampler: Sampler | None = None  # fixed batch -> (images in [-1, 1], images per grid row)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     amp_dtype: torch.dtype | None = None  # autocast dtype, None = full precision
     fixed_size: int = 64  # images per domain that sample() needs from loader.fixed(n)
@@ -40,7 +35,8 @@ class Task:
             net.eval()
         try:
             with torch.no_grad(), self.autocast():
-                return self.sampler(fixed).float().clamp(0, 1)
+                images, columns = self.sampler(fixed)
+            return make_grid(to_unit(images.float()), columns).clamp(0, 1)
         finally:
             for name, net in self.nets.items():
                 net.train(modes[name])

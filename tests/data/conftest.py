@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastgan.train.config import TrainConfig
+from fastgan.data import DataRequest
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -86,5 +86,5 @@ def unpaired_dir(tmp_path):
 
 @pytest.fixture
 def cfg():
-    """A small CPU config: no worker processes, small batches."""
-    return TrainConfig(model="dcgan", batch_size=4, workers=0, seed=0)
+    """A small CPU request as dcgan makes it: no worker processes, small batches."""
+    return DataRequest(kind="images", model="dcgan", batch_size=4, workers=0, seed=0)

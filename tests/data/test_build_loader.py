@@ -9,12 +9,16 @@ import torch
 
 from fastgan.data import build_loader
 from fastgan.errors import UserError
+from fastgan.models import get_model
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 INFO_KEYS = {"name", "channels", "image_size", "num_classes", "num_images", "kind", "impl"}
 
 
-def _cfg(cfg, **changes):
+def _cfg(cfg, model=None, **changes):
+    """The request with ``changes``; ``model`` asks as that registered model does (its data kind)."""
+    if model is not None:
+        changes.update(kind=get_model(model).data_kind, model=model)
     return dataclasses.replace(cfg, **changes)
 
 

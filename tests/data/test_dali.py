@@ -12,10 +12,15 @@ from PIL import Image
 
 pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install 'fastgan[dali]')")
 
-from fastgan.data import build_loader, choose_loader  # noqa: E402
+from fastgan.data import DataRequest, build_loader, choose_loader  # noqa: E402
 from fastgan.data.dali import build_dali_loader  # noqa: E402
 from fastgan.errors import UserError  # noqa: E402
-from fastgan.train.config import TrainConfig  # noqa: E402
+from fastgan.models import get_model  # noqa: E402
+
+
+def _request(model: str, **kw) -> DataRequest:
+    """The request that `model`'s trainer makes."""
+    return DataRequest(kind=get_model(model).data_kind, model=model, **kw)
 
 IMAGE_SIZE, LOAD_SIZE = 16, 20
 ONE_LEVEL = 1 / 127.5  # one uint8 step in [-1, 1]
@@ -81,7 +86,7 @@ def idx_dir(tmp_path):
 
 def _cyclegan(data, **kw):
     kw = {"batch_size": 2, "image_size": IMAGE_SIZE, "load_size": LOAD_SIZE, "workers": 0, **kw}
-    return TrainConfig(model="cyclegan", data=data, **kw)
+    return _request("cyclegan", data=data, **kw)
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
@@ -219,7 +224,7 @@ def test_out_buffers_receive_the_batches(solid_folder):
 
 @pytest.mark.parametrize("image_size", [28, 32])  # native, and resized in the pipeline
 def test_idx_matches_device_loader(idx_dir, image_size):
-    cfg = TrainConfig(model="dcgan", data=idx_dir, batch_size=5, image_size=image_size, seed=1)
+    cfg = _request("dcgan", data=idx_dir, batch_size=5, image_size=image_size, seed=1)
     dali = build_dali_loader(cfg, torch.device("cpu"))
     ref = build_loader(cfg, torch.device("cpu"))
     assert ref.info["impl"] == "device" and dali.info == {**ref.info, "impl": "dali"}
@@ -242,7 +247,7 @@ def test_idx_matches_device_loader(idx_dir, image_size):
     ],
 )
 def test_in_memory_unpaired_matches_device_loader(data, image_size):
-    cfg = TrainConfig(model="cyclegan", data=data, batch_size=4, image_size=image_size, seed=2)
+    cfg = _request("cyclegan", data=data, batch_size=4, image_size=image_size, seed=2)
     try:
         ref = build_loader(cfg, torch.device("cpu"), "train", torch.channels_last, torch.float16)
     except UserError as e:  # Fashion-MNIST not installed
@@ -276,7 +281,7 @@ def test_image_folder_with_classes(tmp_path):
     for c in ("cats", "dogs"):
         for i in range(3):
             _save(str(tmp_path / "f" / c / f"{i}.png"), _noise(rng, 20, 20))
-    cfg = TrainConfig(model="cgan", data=str(tmp_path / "f"), batch_size=3, image_size=IMAGE_SIZE, workers=0)
+    cfg = _request("cgan", data=str(tmp_path / "f"), batch_size=3, image_size=IMAGE_SIZE, workers=0)
     dali = build_dali_loader(cfg, torch.device("cpu"))
     ref = build_loader(cfg, torch.device("cpu"), "train")
     assert dali.info["num_classes"] == 2 and dali.info["kind"] == "folder"
@@ -309,8 +314,8 @@ def test_auto_chooses_dali_for_folders_on_cuda(solid_folder, idx_dir):
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert choose_loader(_cyclegan(solid_folder), cuda) == "dali"
     assert choose_loader(_cyclegan(solid_folder), cpu) == "torch"
-    assert choose_loader(TrainConfig(model="dcgan", data=idx_dir), cuda) == "device"
-    assert choose_loader(TrainConfig(model="cyclegan", data="synthetic"), cuda) == "device"
+    assert choose_loader(_request("dcgan", data=idx_dir), cuda) == "device"
+    assert choose_loader(_request("cyclegan", data="synthetic"), cuda) == "device"
 
 
 @pytest.mark.cuda
@@ -319,7 +324,7 @@ def test_auto_chooses_dali_for_folders_on_cuda(solid_folder, idx_dir):
                                                        (torch.channels_last, torch.float16)])  # fmt: skip
 def test_gpu_pipeline_matches_cpu_pipeline(mixed_folder, idx_dir, memory_format, dtype):
     """GPU decode (nvJPEG / nvImageCodec) and GPU operators against DALI's CPU pipeline."""
-    idx = TrainConfig(model="dcgan", data=idx_dir, batch_size=4, image_size=32)
+    idx = _request("dcgan", data=idx_dir, batch_size=4, image_size=32)
     for cfg in (_cyclegan(mixed_folder), idx):
         gpu = build_dali_loader(cfg, torch.device("cuda"), "train", memory_format, dtype)
         cpu = build_dali_loader(cfg, torch.device("cpu"), "train", memory_format, dtype)

@@ -8,9 +8,13 @@ from fastgan.data import datasets
 from fastgan.data.datasets import FolderSource, TensorSource, data_origin, find_fashion_mnist, resolve_data
 from fastgan.data.idx import load_idx
 from fastgan.errors import UserError
+from fastgan.models import get_model
 
 
-def _cfg(cfg, **changes):
+def _cfg(cfg, model=None, **changes):
+    """The request with ``changes``; ``model`` asks as that registered model does (its data kind)."""
+    if model is not None:
+        changes.update(kind=get_model(model).data_kind, model=model)
     return dataclasses.replace(cfg, **changes)
 
 

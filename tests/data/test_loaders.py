@@ -8,9 +8,13 @@ from fastgan.data import build_loader
 from fastgan.data.datasets import DataSpec, TensorSource, resolve_data
 from fastgan.data.folders import load_resized_crop
 from fastgan.data.loaders import FIXED_EPOCH, DeviceLoader, TorchLoader, epoch_plan, finish_batch
+from fastgan.models import get_model
 
 
-def _cfg(cfg, **changes):
+def _cfg(cfg, model=None, **changes):
+    """The request with ``changes``; ``model`` asks as that registered model does (its data kind)."""
+    if model is not None:
+        changes.update(kind=get_model(model).data_kind, model=model)
     return dataclasses.replace(cfg, **changes)
 
 

@@ -10,10 +10,11 @@ import torch
 from fastgan.data import build_loader
 from fastgan.metrics import histogram_distance
 from fastgan.models import gan
+from fastgan.models.base import noise_gan_phases
 from fastgan.train.config import TrainConfig
 from fastgan.train.loop import resolve_config, train
 from fastgan.train.steps import Task, train_step
-from fastgan.train.tasks import LinearDecay, build_task, gan_phases
+from fastgan.train.tasks import LinearDecay, build_task, data_request
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +28,7 @@ def test_mlp_gan_matches_a_2d_gaussian():
     # The decay to zero settles the generator instead of leaving it orbiting the target.
     schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, LinearDecay(200, 600)) for k, o in optimizers.items()}
     scalers = {k: torch.amp.GradScaler("cpu", enabled=False) for k in optimizers}
-    task = Task(nets, optimizers, schedulers, scalers, gan_phases(cfg, nets))
+    task = Task(nets, optimizers, schedulers, scalers, noise_gan_phases(cfg, nets["G"], nets["D"]))
 
     def generated():
         with torch.no_grad():
@@ -62,7 +63,7 @@ def test_dcgan_samples_move_toward_fashion_mnist(tmp_path):
     cfg = resolve_config(TrainConfig(model="dcgan", data="fashion-mnist", device="cpu", batch_size=32, ngf=16,
                                      ndf=16, lr=5e-4, out=str(tmp_path), seed=1))
     torch.manual_seed(cfg.seed)
-    loader = build_loader(cfg, torch.device("cpu"))
+    loader = build_loader(data_request(cfg), torch.device("cpu"))
     task = build_task(cfg, loader.info, "cpu", len(loader))
     real = loader.fixed(512)["real"]
     z = torch.randn(512, cfg.z_dim, generator=torch.Generator().manual_seed(5))

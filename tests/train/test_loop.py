@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from fastgan.errors import UserError
 from fastgan.train.checkpoint import load_checkpoint
 from fastgan.train.loop import resolve_config, train
 
@@ -50,8 +51,11 @@ def test_fp16_amp_uses_one_grad_scaler_per_optimiser(tiny, tmp_path, idx_dir):
 
 
 def test_model_defaults_are_resolved(tiny, tmp_path):
-    cfg = resolve_config(tiny("cyclegan", tmp_path, image_size=0, load_size=0, n_blocks=0, gan_loss=""))
+    # None: left to the model (its recipe, then what depends on the data).
+    cfg = resolve_config(tiny("cyclegan", tmp_path, image_size=None, load_size=None, n_blocks=None, gan_loss=None))
     assert (cfg.image_size, cfg.load_size, cfg.n_blocks, cfg.gan_loss) == (256, 286, 9, "lsgan")
-    cfg = resolve_config(tiny("cyclegan", tmp_path, image_size=128, load_size=0, n_blocks=0))
+    cfg = resolve_config(tiny("cyclegan", tmp_path, image_size=128, load_size=None, n_blocks=None))
     assert (cfg.load_size, cfg.n_blocks) == (143, 6)
-    assert resolve_config(tiny("dcgan", "", image_size=0)).out == "runs/dcgan"
+    assert resolve_config(tiny("dcgan", "", image_size=None)).out == "runs/dcgan"
+    with pytest.raises(UserError, match="--image-size 0: must be at least 1"):
+        resolve_config(tiny("dcgan", tmp_path, image_size=0))

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
+from fastgan.models.base import adversarial_loss
 from fastgan.train.loop import resolve_config
 from fastgan.train.steps import train_step
-from fastgan.train.tasks import LinearDecay, adversarial_loss, build_task
+from fastgan.train.tasks import LinearDecay, build_task
 
 INFO = {
     "gan": {"channels": 1, "num_classes": 10, "num_images": 64},

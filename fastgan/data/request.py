@@ -1,0 +1,38 @@
+"""What a model asks the data layer for: a small request, not the trainer's config, so that data/ sits
+below train/ and models/ in the import graph and any caller (trainer, evaluation, benchmarks) can build
+a loader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The kinds of data a model consumes (fastgan.models.GanModel.data_kind).
+KINDS = (
+    "images",  # one domain of images; labels are served when the data has them (IDX, class subfolders)
+    "labelled",  # one domain of images with class labels (refused when the data has none)
+    "unpaired",  # two domains A and B, drawn independently (trainA/ trainB/ folders)
+)
+
+
+@dataclass(frozen=True)
+class DataRequest:
+    kind: str  # one of KINDS
+    data: str = ""  # fashion-mnist, fashion-unpaired, synthetic or a directory; "" = the kind's built-in set
+    image_size: int = 0  # of the batches; 0 = the data's own size (28 for IDX, 64 for folders, 256 for unpaired)
+    load_size: int = 0  # unpaired folders: resize to this square before the random crop; 0 = image_size * 286/256
+    batch_size: int = 64
+    seed: int = 0  # the epoch order is a pure function of (seed, epoch)
+    domains: str = "7,9"  # fashion-unpaired: the Fashion-MNIST classes used as domains A,B
+    loader: str = "auto"  # auto | device | torch | dali
+    workers: int = 2  # torch DataLoader worker processes (folders)
+    strict: bool = False  # stop at the first unreadable image instead of skipping it with a warning
+    model: str = ""  # who asks, named in error messages ("" = a generic description of the kind)
+
+    @property
+    def who(self) -> str:
+        return self.model or {"images": "this model", "labelled": "a conditional model",
+                              "unpaired": "unpaired translation"}.get(self.kind, "this model")
+
+    @property
+    def default_data(self) -> str:
+        return self.data or ("fashion-unpaired" if self.kind == "unpaired" else "fashion-mnist")

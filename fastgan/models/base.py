@@ -1,0 +1,149 @@
+"""What a model is in fastgan: one ``GanModel`` per file under fastgan/models/, registered by name.
+
+A model file holds everything that makes the model itself (junyanz pytorch-CycleGAN-and-pix2pix
+``models/<name>_model.py``): its networks, its recipe (the defaults of its paper or reference code, with
+the source), the kind of data it consumes, its losses and phases (the D and G updates, as ``Phase`` data
+that the engine runs eagerly or captures in CUDA graphs), its sample grid and the inference it offers.
+The trainer, the data layer, ``generate``/``translate`` and the benchmarks ask the registry
+(``fastgan.models.get_model``) and never test a model's name.
+
+``cfg`` below is the trainer's config (fastgan.train.config.TrainConfig); models read its fields by name
+and never import fastgan.train (the import graph is train -> models -> nn -> ops).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import UserError
+
+GRID_COLUMNS = 8  # sample grids: 8 images per row
+SAMPLE_ROWS = 8  # rows of real and rows of generated images (cgan: one generated row per class)
+
+
+@dataclass
+class Phase:
+    name: str  # "D" or "G"
+    optimizer: str  # key in Task.optimizers (GanModel.optimizers)
+    repeats: int  # cfg.d_steps or cfg.g_steps
+    loss: Callable[[dict], dict[str, Tensor]]  # batch -> named fp32 scalars; "total" is backpropagated
+    trains: list[str]  # Task.nets keys this phase updates (requires_grad on, all others off)
+
+
+# A sampler maps the loader's fixed batch to (images [N, C, H, W] in [-1, 1], images per grid row).
+Sampler = Callable[[dict], tuple[Tensor, int]]
+
+
+def adversarial_loss(kind: str) -> Callable[[Tensor, bool], Tensor]:
+    """(logits, target_is_real) -> fp32 scalar: "vanilla" = BCE with logits, "lsgan" = MSE to 1/0."""
+    criteria = {"vanilla": F.binary_cross_entropy_with_logits, "lsgan": F.mse_loss}
+    if kind not in criteria:
+        raise UserError(f"--gan-loss {kind!r}: use lsgan or vanilla")
+    criterion = criteria[kind]
+
+    def loss(logits: Tensor, real: bool) -> Tensor:
+        logits = logits.float()
+        target = torch.ones_like(logits) if real else torch.zeros_like(logits)
+        return criterion(logits, target)
+
+    return loss
+
+
+class GanModel:
+    """A model definition. Subclasses set the class attributes and implement build_nets, phases and
+    sampler; the trainer does the rest (optimisers, schedule, engine, checkpoints)."""
+
+    name: ClassVar[str]  # the CLI sub-command and the checkpoint's "model"
+    summary: ClassVar[str]  # one line for --help
+    options: ClassVar[tuple[str, ...]]  # TrainConfig fields this model reads beyond the shared ones
+    recipe: ClassVar[dict[str, Any]]  # the model's defaults, shared fields included (sources in comments)
+    data_kind: ClassVar[str]  # what it trains on: a fastgan.data.KINDS entry
+    optimizers: ClassVar[dict[str, list[str]]]  # optimiser key -> the networks it updates
+    inference: ClassVar[str]  # "generate" (noise -> images) or "translate" (image -> image)
+    conditional: ClassVar[bool] = False  # generate: the generator takes class labels
+    translators: ClassVar[dict[str, str]] = {}  # translate: direction -> generator network
+    size_multiple: ClassVar[int] = 1  # translate: input sides must be multiples of this (down-sampling)
+    convolutional: ClassVar[bool] = True  # channels_last applies to its networks
+    fixed_size: ClassVar[int] = SAMPLE_ROWS * GRID_COLUMNS  # images per domain a sample grid needs
+    default_notes: ClassVar[dict[str, str]] = {}  # --help text of defaults that resolve() sets from the data
+
+    def resolve(self, cfg, origin: str) -> None:
+        """Fills, in place, the defaults that depend on the data (``origin``: what --data names, a
+        fastgan.data.datasets.ORIGINS key), e.g. the image size; validates the model's own options."""
+
+    def build_nets(self, cfg, info: dict) -> dict[str, nn.Module]:
+        """The networks, uninitialised, from the resolved config and the loader's info."""
+        raise NotImplementedError
+
+    def build_state(self, cfg, info: dict) -> dict[str, nn.Module]:
+        """Training state that is not a network but is saved in checkpoints (e.g. image pools)."""
+        return {}
+
+    def phases(self, cfg, nets: dict, state: dict, info: dict) -> list[Phase]:
+        raise NotImplementedError
+
+    def sampler(self, cfg, nets: dict, info: dict, device: torch.device) -> Sampler:
+        raise NotImplementedError
+
+    def defaults(self) -> dict[str, Any]:
+        """The recipe: this model's default for each field it reads (data-dependent ones absent)."""
+        return dict(self.recipe)
+
+
+def fixed_noise(seed: int, n: int, z_dim: int, device: torch.device) -> Tensor:
+    """Noise for sample grids from a private generator: it neither consumes nor depends on the global RNG."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    return torch.randn(n, z_dim, generator=gen).to(device)
+
+
+def noise_gan_phases(cfg, G: nn.Module, D: nn.Module, num_classes: int = 0) -> list[Phase]:
+    """D then G phases of a noise-to-image GAN (conditional when num_classes > 0): D on real vs G(z)
+    detached, G with the non-saturating loss, fresh noise (and labels) in each phase."""
+    loss_fn = adversarial_loss(cfg.gan_loss)
+    conditional = num_classes > 0
+
+    def generate(batch_size: int, device):
+        z = torch.randn(batch_size, cfg.z_dim, device=device)
+        if conditional:
+            labels = torch.randint(0, num_classes, (batch_size,), device=device)
+            return G(z, labels), labels
+        return G(z), None
+
+    def judge(images, labels):
+        return D(images, labels) if conditional else D(images)
+
+    def d_loss(batch):
+        real = batch["real"]
+        fake, fake_labels = generate(real.shape[0], real.device)
+        loss_real = loss_fn(judge(real, batch.get("label")), True)
+        loss_fake = loss_fn(judge(fake.detach(), fake_labels), False)
+        return {"total": loss_real + loss_fake, "real": loss_real, "fake": loss_fake}
+
+    def g_loss(batch):
+        real = batch["real"]
+        fake, fake_labels = generate(real.shape[0], real.device)
+        return {"total": loss_fn(judge(fake, fake_labels), True)}
+
+    return [Phase("D", "D", cfg.d_steps, d_loss, ["D"]), Phase("G", "G", cfg.g_steps, g_loss, ["G"])]
+
+
+def noise_gan_sampler(cfg, G: nn.Module, device: torch.device, num_classes: int = 0) -> Sampler:
+    """Real images above generated ones from fixed noise; with classes, one generated row per class."""
+    if num_classes:
+        z = fixed_noise(cfg.seed, num_classes * GRID_COLUMNS, cfg.z_dim, device)
+        labels = torch.arange(num_classes, device=device).repeat_interleave(GRID_COLUMNS)
+    else:
+        z = fixed_noise(cfg.seed, SAMPLE_ROWS * GRID_COLUMNS, cfg.z_dim, device)
+
+    def sample(fixed: dict) -> tuple[Tensor, int]:
+        fake = G(z, labels) if num_classes else G(z)
+        real = fixed["real"][:SAMPLE_ROWS * GRID_COLUMNS].to(fake.device)
+        return torch.cat([real.to(fake.dtype), fake]), GRID_COLUMNS
+
+    return sample
