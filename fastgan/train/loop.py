@@ -6,6 +6,8 @@ Run directory (--out, default runs/<model>):
     samples/step-XXXXXXXX.png  sample grids from fixed noise (every --sample-every and at the end)
     checkpoint-XXXXXXXX.pt     the full training state (every --save-every and at the end; newest kept)
     latest                     the newest checkpoint's file name
+    report.html                config, loss curves, sample grids and checkpoints (fastgan.report), rewritten with
+                               every sample grid
     tensorboard/               scalars, with --tensorboard
 """
 
@@ -25,6 +27,7 @@ from tqdm import tqdm
 from ..data import LOADERS
 from ..errors import UserError
 from ..models import get_model, model_names
+from ..report import write_report
 from .checkpoint import (
     existing_checkpoints,
     latest_checkpoint,
@@ -254,6 +257,7 @@ def train(cfg: TrainConfig) -> dict:
     def write_sample() -> Path:
         path = out / "samples" / f"step-{step:08d}.png"
         save_image(task.sample(fixed), path)
+        write_report(out)
         return path
 
     sample_path = checkpoint_path = step_fn = None
@@ -291,6 +295,7 @@ def train(cfg: TrainConfig) -> dict:
             if checkpoint_path is None or not checkpoint_path.name.endswith(f"{step:08d}.pt"):
                 checkpoint_path = save_checkpoint(out, task, step=step, epoch=step // batches_per_epoch,
                                                   config=config, info=info)
+            write_report(out)  # again: the final checkpoint came after the last grid
     finally:
         bar.close()
         if writer is not None:
