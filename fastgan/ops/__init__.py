@@ -1,12 +1,16 @@
 """fastgan.ops: fused GAN ops, each with a plain PyTorch reference, behind one dispatch point."""
 
-from ._dispatch import available, last_impl
+from ._dispatch import IMPLS, available, last_impl
+from .batch_norm_act import batch_norm_act, batch_norm_act_ref
 from .instance_norm_act import instance_norm_act, instance_norm_act_ref
 from .leaky_relu import leaky_relu, leaky_relu_ref
 from .reflect_pad_conv2d import reflect_pad_conv2d, reflect_pad_conv2d_ref
 
 __all__ = [
+    "IMPLS",
     "available",
+    "batch_norm_act",
+    "batch_norm_act_ref",
     "last_impl",
     "instance_norm_act",
     "instance_norm_act_ref",
