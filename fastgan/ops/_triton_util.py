@@ -125,9 +125,14 @@ def tile(c: int, s: int, stride_c: int, elems: int = 2048) -> tuple[int, int]:
 
 
 def split(n: int, c_blocks: int, s: int, block_s: int, max_split: int, target_programs: int = 1024):
-    """Cuts each (sample, channel block) row of ``s`` elements into ``split`` pieces of ``split_len``
-    (a multiple of block_s), enough to fill the GPU when N * C is small. Returns (split, split_len)."""
+    """Cuts each (sample, channel block) row of ``s`` elements into ``split`` pieces of ``tiles`` tiles of
+    ``block_s``, enough pieces to fill the GPU when N * C is small. Returns (split, tiles).
+
+    ``tiles`` is the kernels' loop trip count, a constexpr: Triton 3.6's interpreter cannot take a
+    tensor (program id or argument) as a ``range`` bound. Rounding it to a power of two keeps the
+    number of compiled variants small, at the cost of at most half the pieces.
+    """
     chunks = -(-s // block_s)
     want = max(1, min(-(-target_programs // max(n * c_blocks, 1)), chunks, max_split))
-    per = -(-chunks // want)
-    return -(-chunks // per), per * block_s
+    tiles = next_pow2(-(-chunks // want))
+    return -(-chunks // tiles), tiles

@@ -77,12 +77,16 @@ def _check_args(x, weight, bias, act, residual):
 
 
 # 2. Triton kernels -------------------------------------------------------------------------------
+# Every kernel runs on a (SPLIT, channel blocks, N) grid; program (p, cb, n) covers channels
+# cb * BLOCK_C + [0, BLOCK_C) of sample n and spatial positions p * TILES * BLOCK_S + [0, TILES * BLOCK_S),
+# one [BLOCK_C, BLOCK_S] tile per loop step. The trip count is the constexpr TILES, since Triton 3.6's
+# interpreter cannot loop over a range bounded by a program id or an argument; masks cut the tail.
 @kernel
 def _instance_norm_act_stats_kernel(
     X,  # input, [N, C, S] with strides (stride_n, stride_c, stride_s)
     PARTS,  # fp32 out, [2, N, C, SPLIT]: per piece, sums of x - x[n, c, 0] and of its square
-    C, S, stride_n, stride_c, stride_s, split_len, SPLIT, NC,
-    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+    C, S, stride_n, stride_c, stride_s, SPLIT, NC,
+    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, TILES: tl.constexpr,
 ):
     pid_split, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -91,11 +95,10 @@ def _instance_norm_act_stats_kernel(
     shift = tl.load(row, mask=c_mask, other=0.0).to(tl.float32)
     acc = tl.full([BLOCK_C, BLOCK_S], 0.0, tl.float32)
     acc_sq = tl.full([BLOCK_C, BLOCK_S], 0.0, tl.float32)
-    start = pid_split * split_len
-    end = tl.minimum(start + split_len, S)
-    for s0 in range(start, end, BLOCK_S):
-        s = s0 + tl.arange(0, BLOCK_S)
-        mask = c_mask[:, None] & (s < end)[None, :]
+    start = pid_split * (TILES * BLOCK_S)
+    for s0 in range(0, TILES * BLOCK_S, BLOCK_S):
+        s = start + s0 + tl.arange(0, BLOCK_S)
+        mask = c_mask[:, None] & (s < S)[None, :]
         x = tl.load(row[:, None] + s[None, :] * stride_s, mask=mask, other=0.0).to(tl.float32)
         d = tl.where(mask, x - shift[:, None], 0.0)
         acc += d
@@ -115,8 +118,8 @@ def _instance_norm_act_fwd_kernel(
     SUMS,  # fp32, [2, N, C]: sums of x - x[n, c, 0] and of its square, from the stats pass
     MEAN,  # fp32 out, [N, C]
     RSTD,  # fp32 out, [N, C]
-    C, S, stride_n, stride_c, stride_s, split_len, NC, eps, negative_slope,
-    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+    C, S, stride_n, stride_c, stride_s, NC, eps, negative_slope,
+    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, TILES: tl.constexpr,
     HAS_AFFINE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACT: tl.constexpr,
 ):
     pid_split, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -138,11 +141,10 @@ def _instance_norm_act_fwd_kernel(
         shift_out = tl.load(B + c, mask=c_mask, other=0.0).to(tl.float32) - mean * scale
     else:
         shift_out = -mean * scale
-    start = pid_split * split_len
-    end = tl.minimum(start + split_len, S)
-    for s0 in range(start, end, BLOCK_S):
-        s = s0 + tl.arange(0, BLOCK_S)
-        mask = c_mask[:, None] & (s < end)[None, :]
+    start = pid_split * (TILES * BLOCK_S)
+    for s0 in range(0, TILES * BLOCK_S, BLOCK_S):
+        s = start + s0 + tl.arange(0, BLOCK_S)
+        mask = c_mask[:, None] & (s < S)[None, :]
         idx = offset[:, None] + s[None, :] * stride_s
         z = tl.load(X + idx, mask=mask, other=0.0).to(tl.float32) * scale[:, None] + shift_out[:, None]
         if ACT == 1:
@@ -163,8 +165,9 @@ def _instance_norm_act_bwd_stats_kernel(
     MEAN,  # fp32, [N, C]
     RSTD,  # fp32, [N, C]
     PARTS,  # fp32 out, [2, N, C, SPLIT]: per piece, sums of g and of g * xhat
-    C, S, stride_n, stride_c, stride_s, split_len, SPLIT, NC, negative_slope,
-    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, HAS_AFFINE: tl.constexpr, ACT: tl.constexpr,
+    C, S, stride_n, stride_c, stride_s, SPLIT, NC, negative_slope,
+    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, TILES: tl.constexpr,
+    HAS_AFFINE: tl.constexpr, ACT: tl.constexpr,
 ):
     pid_split, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -179,11 +182,10 @@ def _instance_norm_act_bwd_stats_kernel(
         b = tl.load(B + c, mask=c_mask, other=0.0).to(tl.float32)
     acc_g = tl.full([BLOCK_C, BLOCK_S], 0.0, tl.float32)
     acc_gx = tl.full([BLOCK_C, BLOCK_S], 0.0, tl.float32)
-    start = pid_split * split_len
-    end = tl.minimum(start + split_len, S)
-    for s0 in range(start, end, BLOCK_S):
-        s = s0 + tl.arange(0, BLOCK_S)
-        mask = c_mask[:, None] & (s < end)[None, :]
+    start = pid_split * (TILES * BLOCK_S)
+    for s0 in range(0, TILES * BLOCK_S, BLOCK_S):
+        s = start + s0 + tl.arange(0, BLOCK_S)
+        mask = c_mask[:, None] & (s < S)[None, :]
         idx = offset[:, None] + s[None, :] * stride_s
         xhat = (tl.load(X + idx, mask=mask, other=0.0).to(tl.float32) - mean[:, None]) * rstd[:, None]
         g = tl.load(DY + idx, mask=mask, other=0.0).to(tl.float32)
@@ -210,8 +212,8 @@ def _instance_norm_act_bwd_kernel(
     MEAN,  # fp32, [N, C]
     RSTD,  # fp32, [N, C]
     SUMS,  # fp32, [2, N, C]: sums over s of g and of g * xhat, from the backward stats pass
-    C, S, stride_n, stride_c, stride_s, split_len, NC, negative_slope,
-    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+    C, S, stride_n, stride_c, stride_s, NC, negative_slope,
+    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, TILES: tl.constexpr,
     HAS_AFFINE: tl.constexpr, ACT: tl.constexpr,
 ):
     pid_split, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -227,11 +229,10 @@ def _instance_norm_act_bwd_kernel(
         b = tl.load(B + c, mask=c_mask, other=0.0).to(tl.float32)
     mean_dxhat = w * tl.load(SUMS + n * C + c, mask=c_mask, other=0.0) / S
     mean_dxhat_xhat = w * tl.load(SUMS + NC + n * C + c, mask=c_mask, other=0.0) / S
-    start = pid_split * split_len
-    end = tl.minimum(start + split_len, S)
-    for s0 in range(start, end, BLOCK_S):
-        s = s0 + tl.arange(0, BLOCK_S)
-        mask = c_mask[:, None] & (s < end)[None, :]
+    start = pid_split * (TILES * BLOCK_S)
+    for s0 in range(0, TILES * BLOCK_S, BLOCK_S):
+        s = start + s0 + tl.arange(0, BLOCK_S)
+        mask = c_mask[:, None] & (s < S)[None, :]
         idx = offset[:, None] + s[None, :] * stride_s
         xhat = (tl.load(X + idx, mask=mask, other=0.0).to(tl.float32) - mean[:, None]) * rstd[:, None]
         g = tl.load(DY + idx, mask=mask, other=0.0).to(tl.float32)
@@ -254,10 +255,10 @@ def _plan(x):
     n, c, s, stride_n, stride_c, stride_s = _triton_util.channels_view(_OP, "x", x)
     block_c, block_s = _triton_util.tile(c, s, stride_c)
     c_blocks = -(-c // block_c)
-    split, split_len = _triton_util.split(n, c_blocks, s, block_s, _MAX_SPLIT)
-    args = (c, s, stride_n, stride_c, stride_s, split_len)
+    split, tiles = _triton_util.split(n, c_blocks, s, block_s, _MAX_SPLIT)
+    args = (c, s, stride_n, stride_c, stride_s)
     return dict(grid=(split, c_blocks, n), n=n, c=c, split=split, args=args,
-                blocks=dict(BLOCK_C=block_c, BLOCK_S=block_s))
+                blocks=dict(BLOCK_C=block_c, BLOCK_S=block_s, TILES=tiles))
 
 
 def _instance_norm_act_fwd(x, weight, bias, residual, act, negative_slope, eps):

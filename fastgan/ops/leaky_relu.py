@@ -65,19 +65,21 @@ def _leaky_relu_bwd_kernel(
     Y,  # saved output, like DY
     DX,  # input gradient out, like DY
     PDB,  # fp32 out, [N, C, SPLIT]: per piece, sum of dx (unused unless HAS_BIAS)
-    C, S, stride_n, stride_c, stride_s, split_len, SPLIT, negative_slope,
-    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, HAS_BIAS: tl.constexpr,
+    C, S, stride_n, stride_c, stride_s, SPLIT, negative_slope,
+    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, TILES: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
+    # Program (p, cb, n) covers spatial positions p * TILES * BLOCK_S + [0, TILES * BLOCK_S); the trip
+    # count is the constexpr TILES, since Triton 3.6's interpreter cannot loop over a range bounded by a
+    # program id or an argument.
     pid_split, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
     offset = n.to(tl.int64) * stride_n + c.to(tl.int64) * stride_c
     acc = tl.full([BLOCK_C, BLOCK_S], 0.0, tl.float32)
-    start = pid_split.to(tl.int64) * split_len
-    end = tl.minimum(start + split_len, S)
-    for s0 in range(start, end, BLOCK_S):
-        s = s0 + tl.arange(0, BLOCK_S)
-        mask = c_mask[:, None] & (s < end)[None, :]
+    start = pid_split.to(tl.int64) * (TILES * BLOCK_S)
+    for s0 in range(0, TILES * BLOCK_S, BLOCK_S):
+        s = start + s0 + tl.arange(0, BLOCK_S)
+        mask = c_mask[:, None] & (s < S)[None, :]
         idx = offset[:, None] + s[None, :] * stride_s
         y = tl.load(Y + idx, mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(DY + idx, mask=mask, other=0.0).to(tl.float32)
@@ -116,14 +118,14 @@ def _leaky_relu_bwd(dy, y, negative_slope, has_bias):
     block_c, block_s = _triton_util.tile(c, s, strides[1], elems=4096)
     c_blocks = -(-c // block_c)
     if has_bias:
-        split, split_len = _triton_util.split(n, c_blocks, s, block_s, _MAX_SPLIT)
+        split, tiles = _triton_util.split(n, c_blocks, s, block_s, _MAX_SPLIT)
     else:  # nothing to reduce: one tile per program
-        split, split_len = -(-s // block_s), block_s
+        split, tiles = -(-s // block_s), 1
     dx = _triton_util.empty_like(y)
     pdb = _triton_util.empty((n, c, split) if has_bias else (0,), torch.float32, y.device)
     with _triton_util.device_guard(y):
-        _leaky_relu_bwd_kernel[(split, c_blocks, n)](dy, y, dx, pdb, c, s, *strides, split_len, split,
-                                                     negative_slope, BLOCK_C=block_c, BLOCK_S=block_s,
+        _leaky_relu_bwd_kernel[(split, c_blocks, n)](dy, y, dx, pdb, c, s, *strides, split, negative_slope,
+                                                     BLOCK_C=block_c, BLOCK_S=block_s, TILES=tiles,
                                                      HAS_BIAS=has_bias)
     # A fixed-order sum over samples and pieces: deterministic, unlike atomics.
     return dx, pdb.sum(dim=(0, 2)) if has_bias else pdb

@@ -131,6 +131,33 @@ def test_matches_reference_cuda(shape, dtype, channels_last, act, affine, residu
     _check_against_reference(shape, dtype, "cuda", channels_last, affine, act, residual)
 
 
+@pytest.mark.parametrize("max_split", [1, 3], ids=["one_piece", "three_pieces"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_pieces_of_several_tiles(triton_cpu, monkeypatch, max_split, channels_last):
+    """Programs that loop over several tiles, the last tile partial or entirely past the end of the row."""
+    module = importlib.import_module("fastgan.ops.instance_norm_act")
+    monkeypatch.setattr(module, "_MAX_SPLIT", max_split)
+    shape = (1, 2, 70, 90)  # 6300 positions: 4 tiles of 2048 (NCHW) or 7 of 1024 (NHWC)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    plan = module._plan(torch.empty(shape).contiguous(memory_format=fmt))
+    assert plan["blocks"]["TILES"] > 1 and plan["split"] <= max_split
+    _check_against_reference(shape, torch.float32, "cpu", channels_last, True, "leaky_relu", True)
+
+
+@pytest.mark.parametrize("n,c_blocks,s,block_s,max_split", [
+    (1, 1, 1, 2048, 1024),  # one element
+    (1, 1, 6300, 2048, 3),  # capped split: 4 tiles in 3 pieces
+    (4, 64, 65536, 2048, 1024),  # CycleGAN 4 x 64 x 256 x 256, NCHW
+    (1, 1, 65536, 32, 1024),  # channels_last, one channel block
+    (16, 256, 961, 2048, 1024),  # many rows: one piece each
+])
+def test_split_covers_each_row_once(n, c_blocks, s, block_s, max_split):
+    split, tiles = _triton_util.split(n, c_blocks, s, block_s, max_split)
+    assert tiles & (tiles - 1) == 0  # a power of two
+    assert 1 <= split <= max_split
+    assert (split - 1) * tiles * block_s < s <= split * tiles * block_s  # no empty piece, nothing left out
+
+
 def test_mixed_layouts_and_dtypes(triton_cpu):
     """A residual in another layout and an NCHW dy for a channels_last x still give the reference."""
     x = torch.randn(2, 3, 6, 5).contiguous(memory_format=torch.channels_last).requires_grad_(True)
@@ -286,14 +313,23 @@ def _ptx_for_sm90(k, constexprs, unit_stride, dtype="bf16"):
     return triton_compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm["ptx"]
 
 
+@pytest.mark.parametrize("tiles", [1, 4])
 @pytest.mark.parametrize("unit_stride", ["stride_c", "stride_s"], ids=["nhwc", "nchw"])
-def test_kernels_compile_for_h100(unit_stride):
+def test_kernels_compile_for_h100(unit_stride, tiles):
     block = dict(BLOCK_C=64, BLOCK_S=32) if unit_stride == "stride_c" else dict(BLOCK_C=1, BLOCK_S=2048)
+    block["TILES"] = tiles
     module = importlib.import_module("fastgan.ops.instance_norm_act")
-    _ptx_for_sm90(module._instance_norm_act_stats_kernel, block, unit_stride)
-    _ptx_for_sm90(module._instance_norm_act_bwd_stats_kernel, dict(block, HAS_AFFINE=True, ACT=2), unit_stride)
-    _ptx_for_sm90(module._instance_norm_act_bwd_kernel, dict(block, HAS_AFFINE=True, ACT=1), unit_stride)
-    ptx = _ptx_for_sm90(module._instance_norm_act_fwd_kernel,
-                        dict(block, HAS_AFFINE=True, HAS_RESIDUAL=True, ACT=1), unit_stride)
-    # 128-bit loads and stores along the contiguous dim (channels for NHWC), as a copy kernel would issue.
-    assert "ld.global.v4" in ptx and "st.global.v4" in ptx
+    ptx = {
+        "stats": _ptx_for_sm90(module._instance_norm_act_stats_kernel, block, unit_stride),
+        "fwd": _ptx_for_sm90(module._instance_norm_act_fwd_kernel,
+                             dict(block, HAS_AFFINE=True, HAS_RESIDUAL=True, ACT=1), unit_stride),
+        "bwd_stats": _ptx_for_sm90(module._instance_norm_act_bwd_stats_kernel,
+                                   dict(block, HAS_AFFINE=True, ACT=2), unit_stride),
+        "bwd": _ptx_for_sm90(module._instance_norm_act_bwd_kernel, dict(block, HAS_AFFINE=True, ACT=1),
+                             unit_stride),
+    }
+    # 128-bit loads and stores along the contiguous dim (channels for NHWC), as a copy kernel would issue;
+    # the stats kernels store only per-channel partial sums.
+    for name, code in ptx.items():
+        assert "ld.global.v4" in code, name
+    assert "st.global.v4" in ptx["fwd"] and "st.global.v4" in ptx["bwd"]

@@ -95,6 +95,19 @@ def test_other_shapes_and_layouts(triton_cpu, shape, layout, has_bias):
     _check_against_reference(shape, layout, torch.float32, "cpu", has_bias)
 
 
+@pytest.mark.parametrize("max_split", [1, 3], ids=["one_piece", "three_pieces"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_pieces_of_several_tiles(triton_cpu, monkeypatch, max_split, layout):
+    """Backward programs that loop over several tiles, the last partial or entirely past the row's end."""
+    monkeypatch.setattr(importlib.import_module("fastgan.ops.leaky_relu"), "_MAX_SPLIT", max_split)
+    plans = []
+    split = _triton_util.split
+    monkeypatch.setattr(_triton_util, "split", lambda *args: plans.append(split(*args)) or plans[-1])
+    # 13000 positions: 4 tiles of 4096 (contiguous) or 7 of 2048 (channels_last)
+    _check_against_reference((1, 2, 100, 130), layout, torch.float32, "cpu", True)
+    assert len(plans) == 1 and plans[0][0] <= max_split and plans[0][1] > 1
+
+
 def test_zero_slope_is_relu(triton_cpu):
     _check_against_reference((2, 3, 5, 7), "contiguous", torch.float32, "cpu", True, slope=0.0)
 
@@ -221,8 +234,10 @@ def _ptx_for_sm90(k, constexprs, unit_stride, dtype="bf16"):
 def test_kernels_compile_for_h100(unit_stride):
     block = dict(BLOCK_C=64, BLOCK_S=64) if unit_stride == "stride_c" else dict(BLOCK_C=1, BLOCK_S=4096)
     module = importlib.import_module("fastgan.ops.leaky_relu")
-    for k in (module._leaky_relu_fwd_kernel, module._leaky_relu_bwd_kernel):
-        ptx = _ptx_for_sm90(k, dict(block, HAS_BIAS=True), unit_stride)
+    for k, tiles in ((module._leaky_relu_fwd_kernel, None), (module._leaky_relu_bwd_kernel, 1),
+                     (module._leaky_relu_bwd_kernel, 4)):
+        constexprs = dict(block, HAS_BIAS=True) | ({} if tiles is None else dict(TILES=tiles))
+        ptx = _ptx_for_sm90(k, constexprs, unit_stride)
         # 128-bit loads and stores along the contiguous dim (channels for NHWC), as a copy kernel would issue.
         assert "ld.global.v4" in ptx and "st.global.v4" in ptx, k.__name__
 
