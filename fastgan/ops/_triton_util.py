@@ -55,6 +55,35 @@ class kernel:
         return (self._interpreted if _dispatch.interpret_mode() else self._compiled)[grid]
 
 
+def device_function(fn):
+    """``triton.jit`` for a helper that ``kernel``s call, whichever way they run.
+
+    A compiled kernel can call only a JITFunction, while the interpreter runs the caller as Python and
+    calls the helper directly; a JITFunction whose call runs the interpreted function serves both.
+    """
+    if not _HAS_TRITON:
+        return fn  # never called: check() says triton is missing before any kernel launches
+    return _device_function_type()(fn)
+
+
+@functools.cache
+def _device_function_type():
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    class DeviceFunction(JITFunction):
+        @functools.cached_property
+        def _interpreted(self):
+            return InterpretedFunction(self.fn)
+
+        def __call__(self, *args, **kwargs):
+            if not _dispatch.interpret_mode():
+                return super().__call__(*args, **kwargs)  # triton's error for a call outside a kernel
+            return self._interpreted(*args, **kwargs)
+
+    return DeviceFunction
+
+
 def device_guard(x: torch.Tensor):
     """Makes x's GPU current so Triton launches on that device's current stream."""
     return torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()

@@ -23,14 +23,15 @@ import torch
 import torch.nn.functional as F
 
 from . import _dispatch, _triton_util
-from ._triton_util import kernel
+from ._triton_util import device_function, kernel
 
 try:
     import triton.language as tl
 
-    # The kernels use only triton.language builtins: its @jit helpers (tl.sum, tl.zeros) are compiled-only
-    # when TRITON_INTERPRET=1 is set after triton's import, as a test does. tl.sum's combine function
-    # passed to tl.reduce is the exception that works both ways: the interpreter sums it with numpy.
+    # Of triton.language the kernels use only builtins: its @jit helpers (tl.sum, tl.zeros) are compiled-only
+    # when TRITON_INTERPRET=1 is set after triton's import, as a test does (our own helpers go through
+    # _triton_util.device_function). tl.sum's combine function passed to tl.reduce is the exception that
+    # works both ways: the interpreter sums it with numpy.
     _add = tl.standard._sum_combine
 except ImportError:  # the reference path still works; _triton_util.check says why Triton cannot run
     tl = _add = None
@@ -156,6 +157,39 @@ def _instance_norm_act_fwd_kernel(
         tl.store(Y + idx, z.to(Y.dtype.element_ty), mask=mask)
 
 
+@device_function
+def _instance_norm_act_bwd_channel(
+    W, B, MEAN, RSTD, n, c, c_mask, C,
+    BLOCK_C: tl.constexpr, HAS_AFFINE: tl.constexpr,
+):
+    """mean, rstd, weight and bias of channels c of sample n (weight 1 and bias 0 if not affine), fp32."""
+    mean = tl.load(MEAN + n * C + c, mask=c_mask, other=0.0)
+    rstd = tl.load(RSTD + n * C + c, mask=c_mask, other=0.0)
+    w = tl.full([BLOCK_C], 1.0, tl.float32)
+    b = tl.full([BLOCK_C], 0.0, tl.float32)
+    if HAS_AFFINE:
+        w = tl.load(W + c, mask=c_mask, other=0.0).to(tl.float32)
+        b = tl.load(B + c, mask=c_mask, other=0.0).to(tl.float32)
+    return mean, rstd, w, b
+
+
+@device_function
+def _instance_norm_act_bwd_tile(
+    X, DY, idx, mask, mean, rstd, w, b, negative_slope,
+    ACT: tl.constexpr,
+):
+    """xhat and g = dy * act'(z) of one tile, fp32 (zero where masked off)."""
+    xhat = (tl.load(X + idx, mask=mask, other=0.0).to(tl.float32) - mean[:, None]) * rstd[:, None]
+    g = tl.load(DY + idx, mask=mask, other=0.0).to(tl.float32)
+    if ACT != 0:
+        z = xhat * w[:, None] + b[:, None]
+        if ACT == 1:
+            g = tl.where(z > 0, g, 0.0)
+        else:
+            g = tl.where(z > 0, g, g * negative_slope)
+    return xhat, g
+
+
 @kernel
 def _instance_norm_act_bwd_stats_kernel(
     X,  # input, [N, C, S] with strides (stride_n, stride_c, stride_s)
@@ -173,13 +207,7 @@ def _instance_norm_act_bwd_stats_kernel(
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
     offset = n.to(tl.int64) * stride_n + c * stride_c
-    mean = tl.load(MEAN + n * C + c, mask=c_mask, other=0.0)
-    rstd = tl.load(RSTD + n * C + c, mask=c_mask, other=0.0)
-    w = tl.full([BLOCK_C], 1.0, tl.float32)
-    b = tl.full([BLOCK_C], 0.0, tl.float32)
-    if HAS_AFFINE:
-        w = tl.load(W + c, mask=c_mask, other=0.0).to(tl.float32)
-        b = tl.load(B + c, mask=c_mask, other=0.0).to(tl.float32)
+    mean, rstd, w, b = _instance_norm_act_bwd_channel(W, B, MEAN, RSTD, n, c, c_mask, C, BLOCK_C, HAS_AFFINE)
     acc_g = tl.full([BLOCK_C, BLOCK_S], 0.0, tl.float32)
     acc_gx = tl.full([BLOCK_C, BLOCK_S], 0.0, tl.float32)
     start = pid_split * (TILES * BLOCK_S)
@@ -187,14 +215,7 @@ def _instance_norm_act_bwd_stats_kernel(
         s = start + s0 + tl.arange(0, BLOCK_S)
         mask = c_mask[:, None] & (s < S)[None, :]
         idx = offset[:, None] + s[None, :] * stride_s
-        xhat = (tl.load(X + idx, mask=mask, other=0.0).to(tl.float32) - mean[:, None]) * rstd[:, None]
-        g = tl.load(DY + idx, mask=mask, other=0.0).to(tl.float32)
-        if ACT != 0:
-            z = xhat * w[:, None] + b[:, None]
-            if ACT == 1:
-                g = tl.where(z > 0, g, 0.0)
-            else:
-                g = tl.where(z > 0, g, g * negative_slope)
+        xhat, g = _instance_norm_act_bwd_tile(X, DY, idx, mask, mean, rstd, w, b, negative_slope, ACT)
         acc_g += g
         acc_gx += g * xhat
     out = (n * C + c) * SPLIT + pid_split
@@ -220,13 +241,7 @@ def _instance_norm_act_bwd_kernel(
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
     offset = n.to(tl.int64) * stride_n + c * stride_c
-    mean = tl.load(MEAN + n * C + c, mask=c_mask, other=0.0)
-    rstd = tl.load(RSTD + n * C + c, mask=c_mask, other=0.0)
-    w = tl.full([BLOCK_C], 1.0, tl.float32)
-    b = tl.full([BLOCK_C], 0.0, tl.float32)
-    if HAS_AFFINE:
-        w = tl.load(W + c, mask=c_mask, other=0.0).to(tl.float32)
-        b = tl.load(B + c, mask=c_mask, other=0.0).to(tl.float32)
+    mean, rstd, w, b = _instance_norm_act_bwd_channel(W, B, MEAN, RSTD, n, c, c_mask, C, BLOCK_C, HAS_AFFINE)
     mean_dxhat = w * tl.load(SUMS + n * C + c, mask=c_mask, other=0.0) / S
     mean_dxhat_xhat = w * tl.load(SUMS + NC + n * C + c, mask=c_mask, other=0.0) / S
     start = pid_split * (TILES * BLOCK_S)
@@ -234,14 +249,7 @@ def _instance_norm_act_bwd_kernel(
         s = start + s0 + tl.arange(0, BLOCK_S)
         mask = c_mask[:, None] & (s < S)[None, :]
         idx = offset[:, None] + s[None, :] * stride_s
-        xhat = (tl.load(X + idx, mask=mask, other=0.0).to(tl.float32) - mean[:, None]) * rstd[:, None]
-        g = tl.load(DY + idx, mask=mask, other=0.0).to(tl.float32)
-        if ACT != 0:
-            z = xhat * w[:, None] + b[:, None]
-            if ACT == 1:
-                g = tl.where(z > 0, g, 0.0)
-            else:
-                g = tl.where(z > 0, g, g * negative_slope)
+        xhat, g = _instance_norm_act_bwd_tile(X, DY, idx, mask, mean, rstd, w, b, negative_slope, ACT)
         dx = rstd[:, None] * (g * w[:, None] - mean_dxhat[:, None] - xhat * mean_dxhat_xhat[:, None])
         tl.store(DX + idx, dx.to(DX.dtype.element_ty), mask=mask)
 
