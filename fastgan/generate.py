@@ -12,6 +12,7 @@ import torch
 from .errors import UserError
 from .models import REGISTRY
 from .models.base import GRID_COLUMNS
+from .onnx_backend import BACKENDS, OnnxGenerator, resolve_backend
 from .train.checkpoint import load_for_inference
 from .train.cli import OneLineParser, run
 from .train.images import make_grid, save_image, to_unit
@@ -22,7 +23,8 @@ PROG = "fastgan.generate"
 
 def parse_args(argv):
     parser = OneLineParser(PROG, description="Generate images from a noise-to-image checkpoint (gan, dcgan, cgan).")
-    parser.add_argument("checkpoint", help="checkpoint-*.pt written by fastgan.train")
+    parser.add_argument("checkpoint", help="checkpoint-*.pt written by fastgan.train, a run directory, "
+                        "or a .onnx file written by fastgan.export")
     parser.add_argument("--n", type=int, default=64, help="number of images")
     parser.add_argument("--label", type=int, default=None,
                         help="cgan: class of every image (default: one row per class)")
@@ -31,31 +33,43 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
     parser.add_argument("--columns", type=int, default=GRID_COLUMNS, help="images per grid row")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="torch (a checkpoint) or onnxruntime (a .onnx file from fastgan.export); "
+                             "auto: by the file's suffix")
     return parser.parse_args(argv)
 
 
+def _load_generator(checkpoint, backend: str, device: torch.device):
+    """(G, z_dim, num_classes (0: unconditional), model name) from a checkpoint or an exported .onnx file."""
+    if backend == "onnxruntime":
+        G = OnnxGenerator(checkpoint).require("generate")
+        conditional = "labels" in G.inputs
+        return G, int(G.session.get_inputs()[0].shape[1]), int(G.meta["num_classes"]) if conditional else 0, G.model
+    ckpt, model, nets = load_for_inference(checkpoint, "generate", lambda model: ["G"], device)
+    classes = ckpt["info"]["num_classes"] if model.conditional else 0
+    return nets["G"], ckpt["config"]["z_dim"], classes, model.name
+
+
 def generate(checkpoint, n: int = 64, label: int | None = None, seed: int = 0, columns: int = GRID_COLUMNS,
-             device="cpu") -> torch.Tensor:
-    """n images [n, C, H, W] in [-1, 1] from a gan/dcgan/cgan checkpoint file (or run directory)."""
+             device="cpu", backend: str = "auto") -> torch.Tensor:
+    """n images [n, C, H, W] in [-1, 1] from a gan/dcgan/cgan checkpoint file (or run directory), or from
+    an exported .onnx generator (``backend`` onnxruntime; auto picks it by the file's suffix)."""
     if n < 1:
         raise UserError(f"--n {n}: must be at least 1")
     if columns < 1:
         raise UserError(f"--columns {columns}: must be at least 1")
     device = torch.device(device)
-    ckpt, model, nets = load_for_inference(checkpoint, "generate", lambda model: ["G"], device)
-    G = nets["G"]
-    z_dim = ckpt["config"]["z_dim"]
+    G, z_dim, classes, name = _load_generator(checkpoint, resolve_backend(checkpoint, backend), device)
     z = torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed)).to(device)
     with torch.no_grad():
-        if not model.conditional:
+        if not classes:
             if label is not None:
                 conditional = [m.name for m in REGISTRY.values() if m.conditional]
                 raise UserError(f"--label {label}: only {' or '.join(conditional)} checkpoints take a class; "
-                                f"this is {model.name}")
+                                f"this is {name}")
             return G(z)
-        classes = ckpt["info"]["num_classes"]
         if label is not None and not 0 <= label < classes:
-            raise UserError(f"--label {label}: this {model.name} has classes 0 to {classes - 1}")
+            raise UserError(f"--label {label}: this {name} has classes 0 to {classes - 1}")
         if label is None:
             labels = (torch.arange(n, device=device) // columns) % classes  # one row per class
         else:
@@ -66,7 +80,7 @@ def generate(checkpoint, n: int = 64, label: int | None = None, seed: int = 0, c
 def _main(argv) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
-    images = generate(args.checkpoint, args.n, args.label, args.seed, args.columns, device)
+    images = generate(args.checkpoint, args.n, args.label, args.seed, args.columns, device, args.backend)
     out = Path(args.out)
     if out.is_dir() or not out.suffix:
         out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,139 @@
+"""fastgan.export: every model's generator as ONNX (checked by onnx, run by onnxruntime) and as a
+torch.export program, equal to the PyTorch reference path; generate --backend onnxruntime; bad input."""
+
+import pytest
+import torch
+
+from fastgan.export import export_one, export_specs
+from fastgan.export import main as export_main
+from fastgan.generate import generate
+from fastgan.nn import set_impl
+from fastgan.train.checkpoint import load_checkpoint
+from fastgan.train.config import TrainConfig
+from fastgan.train.loop import train
+from fastgan.train.tasks import nets_from_checkpoint
+
+onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed: pip install 'fastgan[onnx]'")
+ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed: pip install 'fastgan[onnx]'")
+pytest.importorskip("onnxscript", reason="the onnx extra is not installed: pip install 'fastgan[onnx]'")
+
+TINY = dict(device="cpu", data="synthetic", dry_run=True, z_dim=8, hidden=16, ngf=4, ndf=4, batch_size=4)
+CASES = {"gan": {}, "dcgan": {}, "cgan": {}, "cyclegan": dict(image_size=32, n_blocks=1, batch_size=1)}
+TOLERANCE = 1e-4  # max |onnxruntime - PyTorch| in fp32 on outputs in [-1, 1]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    return {model: train(TrainConfig(model=model, out=str(root / model), **(TINY | extra)))["checkpoint"]
+            for model, extra in CASES.items()}
+
+
+def reference(checkpoint, name):
+    net = nets_from_checkpoint(load_checkpoint(checkpoint), [name], torch.device("cpu"))[name]
+    set_impl(net, "ref")
+    return net
+
+
+def run_onnx(path, *inputs):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs)}
+    return torch.from_numpy(session.run(None, feeds)[0])
+
+
+def check_onnx_graph(path):
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    domains = {node.domain for node in model.graph.node} | {f.domain for f in model.functions}
+    assert not any("fastgan" in d for d in domains), domains
+    return model
+
+
+@pytest.mark.parametrize("model", ["gan", "dcgan", "cgan"])
+def test_noise_to_image_onnx_equals_pytorch(checkpoints, tmp_path, model):
+    (spec,), _ = export_specs(checkpoints[model], dynamic_batch=True)
+    path = export_one(spec, tmp_path / "g.onnx", "onnx")
+    check_onnx_graph(path)
+    G = reference(checkpoints[model], "G")
+    for batch in (1, 5):  # the batch is a symbol
+        inputs = [torch.randn(batch, 8)] + ([torch.arange(batch) % 10] if model == "cgan" else [])
+        with torch.no_grad():
+            expected = G(*inputs)
+        assert (run_onnx(path, *inputs) - expected).abs().max() <= TOLERANCE
+
+
+def test_cyclegan_onnx_standard_ops_and_dynamic_size(checkpoints, tmp_path):
+    specs, _ = export_specs(checkpoints["cyclegan"], dynamic_batch=True, dynamic_size=True)
+    assert [s.name for s in specs] == ["AtoB", "BtoA"]  # one file per direction
+    for spec, generator in zip(specs, ("G_A", "G_B")):
+        path = export_one(spec, tmp_path / f"{spec.name}.onnx", "onnx")
+        graph = check_onnx_graph(path).graph
+        ops = {node.op_type for node in graph.node}
+        assert "InstanceNormalization" in ops
+        pads = [n for n in graph.node if n.op_type == "Pad"]
+        assert pads and all(a.s == b"reflect" for n in pads for a in n.attribute if a.name == "mode")
+        G = reference(checkpoints["cyclegan"], generator)
+        for size in (32, 48, 64):  # the training size and two others
+            x = torch.rand(2, 3, size, size) * 2 - 1
+            with torch.no_grad():
+                expected = G(x)
+            assert (run_onnx(path, x) - expected).abs().max() <= TOLERANCE, size
+
+
+def test_exported_program_reloads_with_the_same_outputs(checkpoints, tmp_path):
+    specs, _ = export_specs(checkpoints["cyclegan"], direction="AtoB", dynamic_size=True)
+    path = export_one(specs[0], tmp_path / "g.pt2", "exported-program")
+    program = torch.export.load(str(path))
+    G = reference(checkpoints["cyclegan"], "G_A")
+    for size in (32, 40):
+        x = torch.rand(1, 3, size, size) * 2 - 1  # a static export takes one image
+        with torch.no_grad():
+            torch.testing.assert_close(program.module()(x), G(x), rtol=0, atol=1e-5)
+
+
+def test_fast_path_training_exports_the_same_model(tmp_path):
+    # --amp (and the fused layers wherever they run) change how a model was trained, not what it is.
+    ckpt = train(TrainConfig(model="cyclegan", out=str(tmp_path / "amp"), amp=True,
+                             **(TINY | CASES["cyclegan"])))["checkpoint"]
+    (spec,), _ = export_specs(ckpt, direction="BtoA")
+    path = export_one(spec, tmp_path / "amp.onnx", "onnx")
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        expected = reference(ckpt, "G_B")(x)
+    assert (run_onnx(path, x) - expected).abs().max() <= TOLERANCE
+
+
+def test_cli_and_generate_with_onnxruntime(checkpoints, tmp_path, capsys):
+    out = tmp_path / "cgan.onnx"
+    assert export_main([checkpoints["cgan"], "--out", str(out), "--dynamic-batch"]) == 0
+    assert "wrote G" in capsys.readouterr().out
+    via_onnx = generate(str(out), n=6, label=3, seed=1)
+    via_torch = generate(checkpoints["cgan"], n=6, label=3, seed=1)
+    assert via_onnx.shape == via_torch.shape == (6, 1, 28, 28)
+    assert (via_onnx - via_torch).abs().max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("model, args, words", [
+    ("dcgan", ["--dynamic-size"], "only image-to-image models"),
+    ("cyclegan", ["--size", "30"], "multiples of 4"),
+    ("cyclegan", ["--direction", "AtoC"], "--direction AtoC"),
+    ("cyclegan", ["--opset", "11"], "--opset 11"),
+    ("dcgan", ["--format", "tflite"], "--format: invalid choice"),
+    ("dcgan", ["--out", "model.pt2"], "ends in .onnx"),
+])
+def test_bad_input_is_one_line(checkpoints, capsys, model, args, words):
+    with pytest.raises(SystemExit) as exit_info:
+        export_main([checkpoints[model], *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and words in err, err
+
+
+def test_generate_refuses_foreign_onnx_files(tmp_path, capsys):
+    from fastgan.generate import main as generate_main
+
+    bogus = tmp_path / "bogus.onnx"
+    bogus.write_bytes(b"not a model")
+    with pytest.raises(SystemExit) as exit_info:
+        generate_main([str(bogus), "--out", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "not a readable ONNX model" in err and err.count("\n") == 1
