@@ -1,79 +1,128 @@
 """accelerate(model): put fastgan's fused layers into someone else's model, in place.
 
-Existing CycleGAN / pix2pix code (pytorch-CycleGAN-and-pix2pix's ResnetGenerator, NLayerDiscriminator)
-builds its networks from ``nn.Sequential`` runs such as ``ReflectionPad2d, Conv2d, InstanceNorm2d, ReLU``.
-:func:`accelerate` walks any module and rewrites those runs:
+GAN code (pytorch-CycleGAN-and-pix2pix, PyTorch-GAN, pytorch/examples' DCGAN) builds its networks from
+``nn.Sequential`` runs such as ``ReflectionPad2d, Conv2d, InstanceNorm2d, ReLU``. :func:`accelerate` walks
+any module, changes it in place and returns it:
 
-==========================================  =================================================
-pattern (adjacent in one Sequential)        becomes
-==========================================  =================================================
-``ReflectionPad2d, Conv2d``                 ``Identity, ReflectPadConv2d``
-``InstanceNorm2d, ReLU | LeakyReLU``        ``InstanceNormAct(act=...), Identity``
-``InstanceNorm2d`` (anything else after)    ``InstanceNormAct(act="none")``
-``Conv2d`` (with bias) ``, LeakyReLU``      ``Conv2dLeakyReLU, Identity``
-``LeakyReLU``                               ``fastgan.nn.LeakyReLU``
-==========================================  =================================================
+===============================================  =================================================
+pattern (adjacent in one Sequential)             becomes
+===============================================  =================================================
+``ReflectionPad2d, Conv2d``                      ``Identity, ReflectPadConv2d``
+``InstanceNorm2d, ReLU | LeakyReLU``             ``InstanceNormAct(act=...), Identity``
+``BatchNorm2d, ReLU | LeakyReLU``                ``BatchNorm2dAct(act=...), Identity``
+``Conv2d`` (bias or not) ``, LeakyReLU``         ``Conv2dLeakyReLU, Identity``
+``InstanceNorm2d`` (anything else after)         ``InstanceNormAct(act="none")``
+``Conv2d(padding_mode="reflect")``               ``ReflectPadConv2d``
+``LeakyReLU`` (not in place)                     ``fastgan.nn.LeakyReLU``
+a module whose forward is ``x + body(x)``,       the same module, its residual add done by the last
+``body`` a Sequential ending in InstanceNorm2d   InstanceNormAct (``residual=x``) in its pass
+===============================================  =================================================
 
 Outside a Sequential (a plain attribute of a module) only the single-module rewrites apply.
 
-state_dict mapping: the identity. The fused layer sits at the index of the module that held the
-parameters (the Conv2d, the InstanceNorm2d) and the module it absorbed becomes ``nn.Identity`` at its
-own index, so every key (``model.1.weight``, ``model.10.conv_block.5.bias``, ...) is unchanged and
-checkpoints of the original model load into the accelerated one and back. The fused layers hold the
-original ``nn.Parameter`` objects, so device, dtype and any optimiser built before the call are kept.
+What stays identical: outputs and every gradient (the fused layers do the same arithmetic, up to summation
+order); state_dict keys (the fused layer sits at the index of the module that held the parameters and the
+module it absorbed becomes ``nn.Identity`` at its own index), so checkpoints load both ways; the
+``nn.Parameter`` and buffer objects themselves (device, dtype, an optimiser built before the call);
+training mode; running-statistics updates; unbatched [C, H, W] input wherever the replaced module took it;
+the output memory layout (an InstanceNorm2d's is contiguous, so its replacement's is too); forward,
+backward and state_dict hooks on a replaced module (moved to its replacement); ``isinstance(m, nn.Conv2d)``
+and nn.Conv2d's attributes on the fused convolutions (a ReflectPadConv2d is the Conv2d with
+``padding_mode="reflect"`` and ``padding`` the pad's); class, attributes and hooks of a residual block;
+``torch.compile``, ``torch.export``, pickle and deepcopy; ``torch.jit.script``, which compiles each fastgan
+layer's plain-PyTorch computation (TorchScript cannot call the Triton launchers) and turns residual blocks
+back into their own class (their own forward, on the accelerated body).
 
 Left alone, each for a reason:
-- ``InstanceNorm2d(track_running_stats=True)``: in eval mode it normalises with running statistics
-  that InstanceNormAct does not keep, so replacing it would change eval outputs and drop buffers.
-- Pairs the fused layers cannot express: non-uniform reflection padding, a Conv2d with its own
-  padding, groups, dilation, non-square kernels or strides, or kernel/stride outside what the fused
+- ``nn.LeakyReLU(inplace=True)`` on its own: code may read its input afterwards (pix2pix's U-Net
+  concatenates the tensor its ``LeakyReLU(0.2, True)`` overwrote), and torch's in-place op already keeps only
+  its output for backward. Inside a fused pair the input is private to the pair, so it is fused there.
+- A lone ``BatchNorm2d``: cuDNN's is as fast as a fused one without an activation to save.
+- ``InstanceNorm2d(track_running_stats=True)``: in eval mode it normalises with running statistics that
+  InstanceNormAct does not keep.
+- Subclasses of the torch modules (their forward may differ), modules with extra parameters or buffers
+  (spectral or weight norm), and a LeakyReLU with a negative slope (its backward cannot work from the output).
+- Pairs the fused layers cannot express: non-uniform reflection padding; a Conv2d with its own padding,
+  groups, dilation, non-square kernels or strides after a pad, or kernel/stride outside what the fused
   convolution takes (:data:`REFLECT_CONV_KERNELS`, :data:`REFLECT_CONV_STRIDES`).
-- The residual add of a ResnetBlock whose forward is ``x + self.conv_block(x)``: it is Python code,
-  not a module, so it is not fused (InstanceNormAct can take it only when a model calls it with
-  ``residual=``).
-- Forward hooks registered on a replaced module do not move to its replacement.
+- Pairs whose hooks would see the tensor between the two modules (a forward or backward hook on the first,
+  any hook on the second): left unfused, with one warning naming them.
+- Global hooks (``nn.modules.module.register_module_forward_hook``) fire for the modules that run, which
+  differ after fusion.
+
+Fusions deliberately not done:
+- Convolution + InstanceNorm: cuDNN's convolutions are closed kernels; normalising needs statistics over
+  the whole convolution output, so the norm would have to run as a second pass anyway (or the convolution be
+  rewritten outside cuDNN, which loses more than the saved pass).
+- Upsample + convolution: cuDNN has no convolution that reads an upsampled input on the fly, so fusing
+  them means writing our own convolution and giving up cuDNN's tuned kernels to save one write and one read
+  of the upsampled map.
+- Final Tanh: torch's tanh already keeps only its output for backward; fusing the conv bias into it would
+  save one pass over a 3-channel image and needs an op of its own (not written yet).
 """
 
 from __future__ import annotations
 
+import functools
+import operator
+import warnings
+
 import torch
 from torch import nn
 
-from .layers import Conv2dLeakyReLU, InstanceNormAct, LeakyReLU, ReflectPadConv2d
+from ..ops import _dispatch
+from .layers import FAST_LAYERS, BatchNorm2dAct, Conv2dLeakyReLU, InstanceNormAct, LeakyReLU, ReflectPadConv2d
 
 __all__ = ["accelerate", "REFLECT_CONV_KERNELS", "REFLECT_CONV_STRIDES"]
 
 REFLECT_CONV_KERNELS = range(1, 8)  # square kernel sizes the fused reflect-pad convolution takes
 REFLECT_CONV_STRIDES = (1, 2)
-_IMPLS = ("auto", "ref")
+
+_RUN_HOOKS = ("_forward_pre_hooks", "_forward_hooks", "_backward_hooks", "_backward_pre_hooks")
+# Every per-module hook dict; moving the dict objects keeps the users' RemovableHandles working.
+_HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+               "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_backward_hooks",
+               "_backward_pre_hooks", "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
+               "_load_state_dict_post_hooks")
 
 
 def accelerate(module: nn.Module, impl: str = "auto") -> nn.Module:
-    """Replaces fusable layers of ``module`` with fastgan layers holding the same parameters.
+    """Replaces fusable layers of ``module`` with fastgan layers holding the same parameters, in place.
 
     Args:
-        module: any nn.Module; changed in place (nested Sequentials and submodules included).
-        impl: "auto" (fast paths where they can run) or "ref"; set on every new layer
-            (change it later with fastgan.nn.set_impl).
+        module: any nn.Module; changed in place (nested Sequentials and submodules included; ``module``
+            itself is never replaced, so a bare nn.InstanceNorm2d comes back unchanged).
+        impl: "auto", "ref", "fast", "triton" or "cuda", set on every new layer that has that path ("triton"
+            and "cuda" reach the layers with that kind of fast path; the others get "auto"). Change it later
+            with fastgan.nn.set_impl.
     Returns:
         ``module`` itself, with the same state_dict keys, device, dtype and training mode.
     """
-    if impl not in _IMPLS:
-        raise ValueError(f"accelerate: impl={impl!r} is not one of {_IMPLS}")
-    if isinstance(module, (ReflectPadConv2d, InstanceNormAct, LeakyReLU, Conv2dLeakyReLU)):
-        return module
-    if isinstance(module, nn.Sequential):
-        _fuse_sequential(module, impl)
-    for name, child in list(module.named_children()):
-        single = _replace_single(child, impl)
-        if single is not None:
-            setattr(module, name, single)
-        else:
-            accelerate(child, impl)
+    _dispatch.check_impl(impl, "accelerate")
+    blocked: list[str] = []
+    _walk(module, impl, "", blocked)
+    if blocked:
+        warnings.warn("fastgan.accelerate left these pairs unfused because hooks on them would see the tensor "
+                      "between the two modules: " + "; ".join(blocked), stacklevel=2)
     return module
 
 
-def _fuse_sequential(seq: nn.Sequential, impl: str) -> None:
+def _walk(module: nn.Module, impl: str, prefix: str, blocked: list[str]) -> None:
+    if isinstance(module, (*FAST_LAYERS, torch.jit.ScriptModule)):
+        return
+    if isinstance(module, nn.Sequential):
+        _fuse_sequential(module, impl, prefix, blocked)
+    for name, child in list(module.named_children()):
+        single = _replace_single(child, impl)
+        if single is not None:
+            _move_hooks(child, single)
+            setattr(module, name, single)
+        else:
+            _walk(child, impl, f"{prefix}{name}.", blocked)
+    _fuse_residual(module)
+
+
+def _fuse_sequential(seq: nn.Sequential, impl: str, prefix: str, blocked: list[str]) -> None:
     names = list(seq._modules)
     i = 0
     while i < len(names) - 1:
@@ -83,80 +132,230 @@ def _fuse_sequential(seq: nn.Sequential, impl: str) -> None:
             i += 1
             continue
         keep_first, new = fused  # keep_first: the parameters were in ``first``, so the fused layer goes there
-        absorbed = nn.Identity().train(seq.training)
-        pair = (new, absorbed) if keep_first else (absorbed, new)
+        holder, absorbed = (first, second) if keep_first else (second, first)
+        # A hook may see only what the fused layer sees: the pair's input (pre-hooks of the first module,
+        # when it holds the parameters) and its state.
+        seen_inside = [m for m in (absorbed, holder) if _has_run_hooks(m, pre_ok=keep_first and m is holder)]
+        if seen_inside or _has_any_hooks(absorbed):
+            blocked.append(f"{prefix}{names[i]} + {prefix}{names[i + 1]}")
+            i += 1
+            continue
+        _move_hooks(holder, new)
+        placeholder = nn.Identity().train(seq.training)
+        pair = (new, placeholder) if keep_first else (placeholder, new)
         seq._modules[names[i]], seq._modules[names[i + 1]] = pair
         i += 2
 
 
 def _fuse_pair(first: nn.Module, second: nn.Module, impl: str):
-    if isinstance(first, nn.ReflectionPad2d) and _reflect_conv_fusable(first, second):
-        return False, _reflect_pad_conv(first, second, impl)
-    if _instance_norm_fusable(first) and isinstance(second, (nn.ReLU, nn.LeakyReLU)):
-        act = "relu" if isinstance(second, nn.ReLU) else "leaky_relu"
-        slope = second.negative_slope if act == "leaky_relu" else 0.2
-        return True, _instance_norm_act(first, act, slope, impl)
-    if isinstance(second, nn.LeakyReLU) and _conv_leaky_fusable(first):
-        return True, _conv_leaky_relu(first, second, impl)
+    if type(first) is nn.ReflectionPad2d and _reflect_conv_fusable(first, second):
+        return False, _reflect_pad_conv(second, first.padding[0], impl)
+    act = _activation(second)
+    if act is not None and _instance_norm_fusable(first):
+        return True, _instance_norm_act(first, *act, impl)
+    if act is not None and _batch_norm_fusable(first):
+        return True, _batch_norm_act(first, *act, impl)
+    if act is not None and act[0] == "leaky_relu" and act[1] >= 0 and _conv_fusable(first):
+        return True, _conv_leaky_relu(first, act[1], impl)
     return None
 
 
 def _replace_single(m: nn.Module, impl: str):
     if _instance_norm_fusable(m):
         return _instance_norm_act(m, "none", 0.2, impl)
-    if type(m) is nn.LeakyReLU:
-        new = LeakyReLU(m.negative_slope, impl=impl)
-        new.train(m.training)
-        return new
+    if type(m) is nn.LeakyReLU and not m.inplace and m.negative_slope >= 0:
+        return LeakyReLU(m.negative_slope, impl=_impl_for(LeakyReLU, impl)).train(m.training)
+    if _conv_fusable(m) and m.padding_mode == "reflect" and _reflect_geometry(m, m.padding):
+        return _reflect_pad_conv(m, m.padding[0], impl)
     return None
 
 
+def _activation(m):
+    """(act, negative_slope) of an activation module the fused norms take, else None."""
+    if type(m) is nn.ReLU:
+        return "relu", 0.2
+    if type(m) is nn.LeakyReLU:
+        return "leaky_relu", m.negative_slope
+    return None
+
+
+# Exact types throughout: a subclass may have changed forward. Extra parameters or buffers (spectral norm's
+# weight_orig / weight_u, weight norm's weight_g / weight_v) mean a forward the fused layers do not compute.
+def _plain_state(m: nn.Module, params: set[str], buffers: set[str] = frozenset()) -> bool:
+    return ({k for k, v in m._parameters.items() if v is not None} <= params
+            and {k for k, v in m._buffers.items() if v is not None} <= buffers
+            and not m._non_persistent_buffers_set
+            and all(p is None or isinstance(p, nn.Parameter) for p in m._parameters.values()))
+
+
+def _norm_state(m) -> bool:
+    # The fused norms take both affine parameters or neither (not a weight without a bias).
+    return _plain_state(m, {"weight", "bias"}, {"running_mean", "running_var", "num_batches_tracked"}) \
+        and (m.weight is None) == (m.bias is None)
+
+
 def _instance_norm_fusable(m) -> bool:
-    # Exact type: a subclass may have changed forward.
-    return type(m) is nn.InstanceNorm2d and not m.track_running_stats
+    return type(m) is nn.InstanceNorm2d and not m.track_running_stats and _norm_state(m)
+
+
+def _batch_norm_fusable(m) -> bool:
+    return type(m) is nn.BatchNorm2d and _norm_state(m)
+
+
+def _conv_fusable(m) -> bool:
+    return type(m) is nn.Conv2d and _plain_state(m, {"weight", "bias"})
+
+
+def _reflect_geometry(conv: nn.Conv2d, padding) -> bool:
+    return (len(set(padding)) == 1 and conv.groups == 1 and conv.dilation == (1, 1)
+            and conv.kernel_size[0] == conv.kernel_size[1] and conv.stride[0] == conv.stride[1]
+            and conv.kernel_size[0] in REFLECT_CONV_KERNELS and conv.stride[0] in REFLECT_CONV_STRIDES)
 
 
 def _reflect_conv_fusable(pad: nn.ReflectionPad2d, conv) -> bool:
-    if type(pad) is not nn.ReflectionPad2d or type(conv) is not nn.Conv2d:
-        return False
-    return (len(set(pad.padding)) == 1 and conv.padding in ((0, 0), 0) and conv.groups == 1
-            and conv.dilation == (1, 1) and conv.kernel_size[0] == conv.kernel_size[1]
-            and conv.stride[0] == conv.stride[1] and conv.kernel_size[0] in REFLECT_CONV_KERNELS
-            and conv.stride[0] in REFLECT_CONV_STRIDES)
+    return (_conv_fusable(conv) and conv.padding == (0, 0) and conv.padding_mode == "zeros"
+            and _reflect_geometry(conv, pad.padding))
 
 
-def _conv_leaky_fusable(conv) -> bool:
-    return (type(conv) is nn.Conv2d and conv.bias is not None and conv.groups == 1
-            and conv.dilation == (1, 1) and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple))
+def _has_run_hooks(m: nn.Module, pre_ok: bool) -> bool:
+    return any(getattr(m, d) for d in _RUN_HOOKS if not (pre_ok and d == "_forward_pre_hooks"))
 
 
-def _adopt(new: nn.Module, old: nn.Module, **params) -> nn.Module:
-    """Gives ``new`` the Parameter objects of ``old`` (same storage, device, dtype) and its mode."""
-    for name, p in params.items():
-        setattr(new, name, p)
-    new.train(old.training)
-    return new
+def _has_any_hooks(m: nn.Module) -> bool:
+    return any(getattr(m, d) for d in _HOOK_DICTS)
 
 
-def _reflect_pad_conv(pad: nn.ReflectionPad2d, conv: nn.Conv2d, impl: str) -> ReflectPadConv2d:
+def _move_hooks(old: nn.Module, new: nn.Module) -> None:
+    """Gives ``new`` the hook dicts of ``old`` (same objects, so removing a handle still works)."""
+    for d in _HOOK_DICTS:
+        setattr(new, d, getattr(old, d))
+    new._is_full_backward_hook = old._is_full_backward_hook
+
+
+def _impl_for(cls, impl: str) -> str:
+    return impl if cls.supports(impl) else "auto"
+
+
+def _adopt(new: nn.Module, old: nn.Module, names) -> nn.Module:
+    """Gives ``new`` the Parameter and buffer objects of ``old`` (same storage, device, dtype) and its mode."""
+    for name in names:
+        setattr(new, name, getattr(old, name))
+    return new.train(old.training)
+
+
+def _reflect_pad_conv(conv: nn.Conv2d, padding: int, impl: str) -> ReflectPadConv2d:
     with torch.device("meta"):  # no throw-away allocation; the real parameters are adopted below
-        new = ReflectPadConv2d(conv.in_channels, conv.out_channels, conv.kernel_size[0], pad.padding[0],
-                               conv.stride[0], bias=conv.bias is not None, impl=impl)
-    return _adopt(new, conv, weight=conv.weight, bias=conv.bias)
+        new = ReflectPadConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, padding, conv.stride,
+                               bias=conv.bias is not None, impl=_impl_for(ReflectPadConv2d, impl))
+    return _adopt(new, conv, ["weight", "bias"])
 
 
 def _instance_norm_act(norm: nn.InstanceNorm2d, act: str, slope: float, impl: str) -> InstanceNormAct:
     with torch.device("meta"):
-        new = InstanceNormAct(norm.num_features, act=act, negative_slope=slope, eps=norm.eps,
-                              affine=norm.affine, impl=impl)
-    if not norm.affine:
-        new.train(norm.training)
-        return new
-    return _adopt(new, norm, weight=norm.weight, bias=norm.bias)
+        new = InstanceNormAct(norm.num_features, act=act, negative_slope=slope, eps=norm.eps, affine=norm.affine,
+                              impl=_impl_for(InstanceNormAct, impl), contiguous_output=True)
+    return _adopt(new, norm, ["weight", "bias"])
 
 
-def _conv_leaky_relu(conv: nn.Conv2d, act: nn.LeakyReLU, impl: str) -> Conv2dLeakyReLU:
+def _batch_norm_act(norm: nn.BatchNorm2d, act: str, slope: float, impl: str) -> BatchNorm2dAct:
     with torch.device("meta"):
-        new = Conv2dLeakyReLU(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                              conv.padding, bias=True, negative_slope=act.negative_slope, impl=impl)
-    return _adopt(new, conv, weight=conv.weight, bias=conv.bias)
+        new = BatchNorm2dAct(norm.num_features, act=act, negative_slope=slope, eps=norm.eps,
+                             momentum=norm.momentum, affine=norm.affine,
+                             track_running_stats=norm.track_running_stats, impl=_impl_for(BatchNorm2dAct, impl))
+    return _adopt(new, norm, ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"])
+
+
+def _conv_leaky_relu(conv: nn.Conv2d, slope: float, impl: str) -> Conv2dLeakyReLU:
+    with torch.device("meta"):
+        new = Conv2dLeakyReLU(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                              bias=conv.bias is not None, negative_slope=slope,
+                              impl=_impl_for(Conv2dLeakyReLU, impl), dilation=conv.dilation, groups=conv.groups,
+                              padding_mode=conv.padding_mode)
+    return _adopt(new, conv, ["weight", "bias"])
+
+
+# Residual blocks ----------------------------------------------------------------------------------
+# A module whose forward is exactly ``x + self.<body>(x)`` (or ``self.<body>(x) + x``), found with torch.fx,
+# keeps its object, class (through a subclass), attributes, hooks and state_dict; only its forward changes
+# so that the body's last InstanceNormAct adds x in its own pass.
+
+
+class _AllLeaves(torch.fx.Tracer):
+    def is_leaf_module(self, m, module_qualified_name):
+        return True
+
+
+def _fuse_residual(module: nn.Module) -> None:
+    if isinstance(module, (_ResidualForward, nn.Sequential, nn.ModuleList, nn.ModuleDict, *FAST_LAYERS)) \
+            or type(module).__module__.startswith("torch."):
+        return
+    bodies = {name for name, m in module.named_children() if _residual_body(m)}
+    if not bodies:
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graph = _AllLeaves().trace(module)
+    except Exception:  # forwards fx cannot trace are not the pattern
+        return
+    nodes = list(graph.nodes)
+    if [n.op for n in nodes] != ["placeholder", "call_module", "call_function", "output"]:
+        return
+    x, body, add, out = nodes
+    if body.target not in bodies or body.args != (x,) or body.kwargs or out.args != (add,) or add.kwargs \
+            or add.target not in (operator.add, torch.add) or add.args not in ((x, body), (body, x)):
+        return
+    module._fastgan_residual = (body.target, add.args[0] is x)
+    module.__class__ = _residual_class(type(module))
+
+
+def _residual_body(m: nn.Module) -> bool:
+    """A hook-free Sequential ending in a hook-free InstanceNormAct without activation, made by accelerate."""
+    if type(m) is not nn.Sequential or len(m) < 2 or _has_any_hooks(m):
+        return False
+    last = m[-1]
+    return type(last) is InstanceNormAct and last.act == "none" and last.contiguous_output and not _has_any_hooks(last)
+
+
+class _ResidualForward:
+    """Put before a residual block's class: ``x + body(x)`` with the add in the body's last norm."""
+
+    def forward(self, x):
+        name, x_first = self._fastgan_residual
+        layers = list(self._modules[name])
+        h = x
+        for layer in layers[:-1]:
+            h = layer(h)
+        norm = layers[-1]
+        if not (isinstance(x, torch.Tensor) and isinstance(h, torch.Tensor) and h.shape == x.shape
+                and h.dtype == x.dtype):
+            y = norm(h)  # broadcasting or type promotion in the add: leave it to torch
+            return x + y if x_first else y + x
+        y = norm(h, residual=x)
+        # The layout torch's add gives: the first operand's, the norm's output being contiguous.
+        if x_first and not x.is_contiguous():
+            like = torch.empty_like(x, device="meta") + torch.empty(x.shape, device="meta", dtype=x.dtype)
+            strides = like.stride()
+        else:
+            strides = torch.empty(x.shape, device="meta").stride()
+        return y if y.stride() == strides else torch.empty_strided(y.shape, strides, dtype=y.dtype,
+                                                                    device=y.device).copy_(y)
+
+    def __reduce_ex__(self, protocol):
+        # Pickle by the block's own class, which is importable where this dynamic subclass is not.
+        return _rebuild_residual, (type(self).__bases__[1],), self.__getstate__()
+
+    def __prepare_scriptable__(self):
+        # torch.jit.script compiles the block's own forward (x + body(x)), still right on the accelerated body.
+        self.__class__ = type(self).__bases__[1]
+        return self
+
+
+@functools.cache
+def _residual_class(cls: type) -> type:
+    return type(cls.__name__, (_ResidualForward, cls), {"__qualname__": cls.__qualname__,
+                                                        "__module__": cls.__module__})
+
+
+def _rebuild_residual(cls: type) -> nn.Module:
+    return object.__new__(_residual_class(cls))

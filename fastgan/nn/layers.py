@@ -1,134 +1,319 @@
 """Layers the models are written against. Each calls a fastgan.ops op, so switching an op's
-implementation (impl="auto" | "ref" | fast) never touches model code."""
+implementation (``impl=``, one vocabulary: fastgan.ops._dispatch.IMPLS) never touches model code.
+
+Each layer behaves as the torch.nn modules it stands for, with the same parameter and buffer names:
+unbatched [C, H, W] input wherever those modules took it, the same output memory layout where noted,
+and ``torch.jit.script`` works: a scripted layer runs the plain PyTorch computation of the modules it
+replaces (TorchScript cannot call the Python launchers of the fast paths; torch.compile keeps them).
+The fused convolutions are ``nn.Conv2d`` subclasses with nn.Conv2d's attributes (``kernel_size`` a
+tuple, ``padding_mode``), so ``isinstance(m, nn.Conv2d)`` still finds them.
+"""
 
 from __future__ import annotations
 
-import math
-
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from ..ops import _dispatch
+
+__all__ = ["BatchNorm2dAct", "Conv2dLeakyReLU", "InstanceNormAct", "LeakyReLU", "ReflectPadConv2d", "set_impl",
+           "FAST_LAYERS"]
+
+_ACTS = ("relu", "leaky_relu", "none")
 
 
-class ReflectPadConv2d(nn.Module):
+class _FastLayer:
+    """Mixin for fastgan layers: ``impl`` is validated whenever it is set (constructor, set_impl, or a plain
+    assignment), against the vocabulary and against the fast paths this layer's ops have."""
+
+    _ops: tuple[str, ...] = ()  # the fastgan.ops ops the layer calls
+
+    @classmethod
+    def supports(cls, impl: str) -> bool:
+        """True when ``impl`` means something for this layer: auto, ref, fast, or the kind of fast path
+        ("triton" / "cuda") that one of its ops has."""
+        _dispatch.check_impl(impl, cls.__name__)
+        return impl in ("auto", "ref", "fast") or any(_dispatch.fast_name(op) == impl for op in cls._ops)
+
+    def __setattr__(self, name, value):
+        if name == "impl" and not self.supports(value):
+            kinds = sorted({_dispatch.fast_name(op) for op in self._ops} - {None})
+            raise ValueError(f"{type(self).__name__}: impl={value!r}, but its ops ({', '.join(self._ops)}) have "
+                             f"no {value} path; use 'auto', 'ref', 'fast'{''.join(', ' + repr(k) for k in kinds)}")
+        super().__setattr__(name, value)
+
+
+def _act(y: torch.Tensor, act: str, negative_slope: float) -> torch.Tensor:
+    """The activations of the fused layers, in plain PyTorch (the scripted path)."""
+    if act == "relu":
+        return F.relu(y)
+    if act == "leaky_relu":
+        return F.leaky_relu(y, negative_slope)
+    return y
+
+
+def _check_act(cls: str, act: str) -> None:
+    if act not in _ACTS:
+        raise ValueError(f"{cls}: act={act!r} is not one of {_ACTS}")
+
+
+class ReflectPadConv2d(_FastLayer, nn.Conv2d):
     """Drop-in for ``nn.Sequential(nn.ReflectionPad2d(padding), nn.Conv2d(in, out, k, stride))``.
 
-    Parameters are named like nn.Conv2d's (``weight``, ``bias``); use :meth:`from_modules` to take
-    them from an existing pad + conv pair.
+    An ``nn.Conv2d`` with ``padding_mode="reflect"`` (what that pair computes), square kernel and stride,
+    no groups or dilation; the forward goes through fastgan.ops.reflect_pad_conv2d. Parameters are
+    nn.Conv2d's (``weight``, ``bias``); use :meth:`from_modules` to take them from a pad + conv pair.
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, padding=None, stride=1, bias=True, impl="auto"):
-        super().__init__()
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size = kernel_size
-        self.padding = kernel_size // 2 if padding is None else padding
-        self.stride = stride
-        self.impl = impl
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
-        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
-        self.reset_parameters()
+    _ops = ("reflect_pad_conv2d",)
 
-    def reset_parameters(self):
-        # Same initialisation as nn.Conv2d.
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            bound = 1 / math.sqrt(self.in_channels * self.kernel_size**2)
-            nn.init.uniform_(self.bias, -bound, bound)
+    def __init__(self, in_channels, out_channels, kernel_size, padding=None, stride=1, bias=True, impl="auto",
+                 device=None, dtype=None):
+        k = kernel_size if isinstance(kernel_size, int) else kernel_size[0]
+        s = stride if isinstance(stride, int) else stride[0]
+        p = (k // 2 if padding is None else padding)
+        p = p if isinstance(p, int) else p[0]
+        if nn.modules.utils._pair(kernel_size) != (k, k) or nn.modules.utils._pair(stride) != (s, s) \
+                or (padding is not None and nn.modules.utils._pair(padding) != (p, p)):
+            raise ValueError(f"ReflectPadConv2d: kernel_size, stride and padding must be square, got "
+                             f"{kernel_size}, {stride}, {padding}")
+        super().__init__(in_channels, out_channels, k, stride=s, padding=p, bias=bias, padding_mode="reflect",
+                         device=device, dtype=dtype)
+        self.impl = impl
 
     @classmethod
     def from_modules(cls, pad: nn.ReflectionPad2d, conv: nn.Conv2d, impl="auto"):
+        """A new layer holding copies of ``conv``'s parameters (accelerate adopts the Parameters instead)."""
         p = pad.padding
         if len(set(p)) != 1 or conv.padding not in ((0, 0), 0) or conv.groups != 1 or conv.dilation != (1, 1) \
                 or conv.kernel_size[0] != conv.kernel_size[1] or conv.stride[0] != conv.stride[1]:
             raise ValueError(f"ReflectPadConv2d.from_modules: unsupported pair {pad} + {conv}")
         m = cls(conv.in_channels, conv.out_channels, conv.kernel_size[0], p[0], conv.stride[0],
-                bias=conv.bias is not None, impl=impl)
-        m.to(device=conv.weight.device, dtype=conv.weight.dtype)
+                bias=conv.bias is not None, impl=impl, device=conv.weight.device, dtype=conv.weight.dtype)
         with torch.no_grad():
             m.weight.copy_(conv.weight)
             if conv.bias is not None:
                 m.bias.copy_(conv.bias)
         return m
 
-    def forward(self, x):
-        return ops.reflect_pad_conv2d(x, self.weight, self.bias, self.padding, self.stride, impl=self.impl)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self._conv_forward(x, self.weight, self.bias)
+        return self._fast_forward(x)
+
+    @torch.jit.unused
+    def _fast_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:  # unbatched, as nn.Conv2d takes it
+            return self._fast_forward(x.unsqueeze(0)).squeeze(0)
+        return ops.reflect_pad_conv2d(x, self.weight, self.bias, self.padding[0], self.stride[0], impl=self.impl)
 
     def extra_repr(self):
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"padding={self.padding} (reflect), stride={self.stride}, bias={self.bias is not None}, "
-                f"impl={self.impl}")
+        return f"{super().extra_repr()}, impl={self.impl}"
 
 
-class InstanceNormAct(nn.Module):
-    """Drop-in for ``nn.InstanceNorm2d(C, affine=...)`` followed by ReLU / LeakyReLU / nothing.
+class Conv2dLeakyReLU(_FastLayer, nn.Conv2d):
+    """``nn.Conv2d`` then LeakyReLU, with the conv bias (if any) added in the activation's pass.
 
-    Same state_dict keys as nn.InstanceNorm2d (``weight``, ``bias`` when affine; no running stats).
-    ``forward(x, residual=None)`` adds ``residual`` after the activation in the same pass.
+    An ``nn.Conv2d`` (any padding, padding_mode, stride, groups, dilation) whose forward also applies the
+    activation; parameters are nn.Conv2d's. Backward keeps only the output, like an in-place LeakyReLU.
     """
 
-    def __init__(self, num_features, act="relu", negative_slope=0.2, eps=1e-5, affine=False, impl="auto"):
+    _ops = ("leaky_relu",)
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
+                 negative_slope=0.2, impl="auto", dilation=1, groups=1, padding_mode="zeros", device=None,
+                 dtype=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device=device, dtype=dtype)
+        self.negative_slope = negative_slope
+        self.impl = impl
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return F.leaky_relu(self._conv_forward(x, self.weight, self.bias), self.negative_slope)
+        return self._fast_forward(x)
+
+    @torch.jit.unused
+    def _fast_forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._conv_forward(x, self.weight, None)
+        if y.dim() == 3:  # unbatched: the bias goes along dim 0
+            return ops.leaky_relu(y.unsqueeze(0), self.negative_slope, bias=self.bias, impl=self.impl).squeeze(0)
+        return ops.leaky_relu(y, self.negative_slope, bias=self.bias, impl=self.impl)
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, negative_slope={self.negative_slope}, impl={self.impl}"
+
+
+class InstanceNormAct(_FastLayer, nn.Module):
+    """Drop-in for ``nn.InstanceNorm2d(C, eps, affine=...)`` followed by ReLU / LeakyReLU / nothing.
+
+    Same state_dict keys as nn.InstanceNorm2d (``weight``, ``bias`` when affine; no running stats).
+    ``forward(x, residual=None)`` adds ``residual`` after the activation in the same pass. Takes [N, C, H, W]
+    or unbatched [C, H, W]. The output keeps x's memory layout (channels_last stays channels_last) unless
+    ``contiguous_output``: then it is contiguous, as nn.InstanceNorm2d's always is (accelerate sets it).
+    """
+
+    _ops = ("instance_norm_act",)
+
+    def __init__(self, num_features, act="relu", negative_slope=0.2, eps=1e-5, affine=False, impl="auto",
+                 contiguous_output=False, device=None, dtype=None):
         super().__init__()
+        _check_act("InstanceNormAct", act)
         self.num_features, self.act, self.negative_slope, self.eps = num_features, act, negative_slope, eps
-        self.affine = affine
+        self.affine, self.contiguous_output = affine, contiguous_output
         self.impl = impl
         if affine:
-            self.weight = nn.Parameter(torch.ones(num_features))
-            self.bias = nn.Parameter(torch.zeros(num_features))
+            self.weight = nn.Parameter(torch.ones(num_features, device=device, dtype=dtype))
+            self.bias = nn.Parameter(torch.zeros(num_features, device=device, dtype=dtype))
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
 
-    def forward(self, x, residual=None):
-        return ops.instance_norm_act(x, self.weight, self.bias, act=self.act, negative_slope=self.negative_slope,
-                                     eps=self.eps, residual=residual, impl=self.impl)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            unbatched = x.dim() == 3  # as nn.InstanceNorm2d: a [C, H, W] input is one sample
+            y = F.instance_norm(x.unsqueeze(0) if unbatched else x, None, None, self.weight, self.bias, True, 0.0,
+                                self.eps)
+            y = _act(y.squeeze(0) if unbatched else y, self.act, self.negative_slope)
+            return y if residual is None else y + residual
+        return self._fast_forward(x, residual)
+
+    @torch.jit.unused
+    def _fast_forward(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        if x.dim() == 3:  # unbatched, as nn.InstanceNorm2d takes it
+            r = None if residual is None else residual.unsqueeze(0)
+            return self._fast_forward(x.unsqueeze(0), r).squeeze(0)
+        y = ops.instance_norm_act(x, self.weight, self.bias, act=self.act, negative_slope=self.negative_slope,
+                                  eps=self.eps, residual=residual, impl=self.impl)
+        return y.contiguous() if self.contiguous_output and residual is None else y
 
     def extra_repr(self):
         return f"{self.num_features}, act={self.act}, eps={self.eps}, affine={self.affine}, impl={self.impl}"
 
 
-class LeakyReLU(nn.Module):
-    """Drop-in for ``nn.LeakyReLU(negative_slope)``; backward needs only the output."""
+class BatchNorm2dAct(_FastLayer, nn.Module):
+    """Drop-in for ``nn.BatchNorm2d(C, eps, momentum, affine, track_running_stats)`` followed by ReLU /
+    LeakyReLU / nothing, in one normalise-and-activate pass (fastgan.ops.batch_norm_act).
+
+    The same parameters, buffers, state_dict keys and running-statistics semantics as nn.BatchNorm2d
+    (``momentum=None`` for a cumulative average, ``num_batches_tracked``, batch statistics in eval mode
+    when running stats are not tracked), and the same output layout (x's). Named after BatchNorm2d so that
+    class-name based initialisers (``classname.find("BatchNorm2d")``, as GAN code often has) still find it;
+    it is not an nn.BatchNorm2d subclass, so that module converters such as
+    ``nn.SyncBatchNorm.convert_sync_batchnorm`` cannot swap it for a norm without the activation.
+    """
+
+    _ops = ("batch_norm_act",)
+    _version = 2  # nn.BatchNorm2d's state_dict version (checkpoints before it lack num_batches_tracked)
+
+    def __init__(self, num_features, act="relu", negative_slope=0.2, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, impl="auto", device=None, dtype=None):
+        super().__init__()
+        _check_act("BatchNorm2dAct", act)
+        self.num_features, self.act, self.negative_slope, self.eps = num_features, act, negative_slope, eps
+        self.momentum, self.affine, self.track_running_stats = momentum, affine, track_running_stats
+        self.impl = impl
+        factory = dict(device=device, dtype=dtype)
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_features, **factory))
+            self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
+            self.register_buffer("running_var", torch.ones(num_features, **factory))
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"expected 4D input (got {x.dim()}D input)")  # nn.BatchNorm2d's message
+        # nn.BatchNorm2d's bookkeeping, line for line, so momentum=None and num_batches_tracked behave alike.
+        exponential_average_factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats:
+            if self.num_batches_tracked is not None:
+                self.num_batches_tracked.add_(1)
+                if self.momentum is None:  # sync: a cumulative average needs the count on the host
+                    exponential_average_factor = 1.0 / float(self.num_batches_tracked)
+                else:
+                    exponential_average_factor = self.momentum
+        bn_training = self.training or (self.running_mean is None and self.running_var is None)
+        running_mean = self.running_mean if not self.training or self.track_running_stats else None
+        running_var = self.running_var if not self.training or self.track_running_stats else None
+        if torch.jit.is_scripting():
+            y = F.batch_norm(x, running_mean, running_var, self.weight, self.bias, bn_training,
+                             exponential_average_factor, self.eps)
+            return _act(y, self.act, self.negative_slope)
+        return self._fast_forward(x, running_mean, running_var, bn_training, exponential_average_factor)
+
+    @torch.jit.unused
+    def _fast_forward(self, x: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+                      training: bool, momentum: float) -> torch.Tensor:
+        return ops.batch_norm_act(x, running_mean, running_var, self.weight, self.bias, training, momentum,
+                                  self.eps, act=self.act, negative_slope=self.negative_slope, impl=self.impl)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        version = local_metadata.get("version", None)
+        key = prefix + "num_batches_tracked"
+        if (version is None or version < 2) and self.track_running_stats and key not in state_dict:
+            # As nn.BatchNorm2d: checkpoints from before num_batches_tracked existed load with a count of 0.
+            state_dict[key] = self.num_batches_tracked if self.num_batches_tracked is not None \
+                and self.num_batches_tracked.device != torch.device("meta") else torch.tensor(0, dtype=torch.long)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def extra_repr(self):
+        return (f"{self.num_features}, act={self.act}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}, impl={self.impl}")
+
+
+class LeakyReLU(_FastLayer, nn.Module):
+    """Drop-in for ``nn.LeakyReLU(negative_slope, inplace)``; backward needs only the output.
+
+    ``inplace=True`` keeps nn.LeakyReLU's semantics (x itself is overwritten, so code that reads x
+    afterwards sees the activation) by running torch's in-place op, which already keeps only the output.
+    """
+
+    _ops = ("leaky_relu",)
 
     def __init__(self, negative_slope=0.2, inplace=False, impl="auto"):
         super().__init__()
-        self.negative_slope = negative_slope
-        self.impl = impl  # ``inplace`` is accepted for drop-in use; the op never keeps its input anyway
+        self.negative_slope, self.inplace = negative_slope, inplace
+        self.impl = impl
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting() or self.inplace:
+            return F.leaky_relu(x, self.negative_slope, self.inplace)
+        return self._fast_forward(x)
+
+    @torch.jit.unused
+    def _fast_forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.leaky_relu(x, self.negative_slope, impl=self.impl)
 
     def extra_repr(self):
-        return f"negative_slope={self.negative_slope}, impl={self.impl}"
+        inplace = ", inplace=True" if self.inplace else ""
+        return f"negative_slope={self.negative_slope}{inplace}, impl={self.impl}"
 
 
-class Conv2dLeakyReLU(nn.Module):
-    """``nn.Conv2d`` (zero padding) then LeakyReLU, with the conv bias fused into the activation.
-
-    Parameters are named like nn.Conv2d's (``weight``, ``bias``).
-    """
-
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
-                 negative_slope=0.2, impl="auto"):
-        super().__init__()
-        conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias)
-        self.weight, self.bias = conv.weight, conv.bias
-        self.stride, self.padding, self.negative_slope, self.impl = stride, padding, negative_slope, impl
-        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
-
-    def forward(self, x):
-        y = nn.functional.conv2d(x, self.weight, None, self.stride, self.padding)
-        return ops.leaky_relu(y, self.negative_slope, bias=self.bias, impl=self.impl)
-
-    def extra_repr(self):
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, negative_slope={self.negative_slope}, impl={self.impl}")
+FAST_LAYERS = (ReflectPadConv2d, Conv2dLeakyReLU, InstanceNormAct, BatchNorm2dAct, LeakyReLU)
 
 
 def set_impl(module: nn.Module, impl: str) -> nn.Module:
-    """Sets ``impl`` on every fastgan layer inside ``module``: "auto", "ref" (force the reference paths) or
-    "fast" (each layer's own fast path, Triton or the extension, raising where it cannot run)."""
+    """Sets ``impl`` on the fastgan layers inside ``module`` and returns it.
+
+    "auto", "ref" and "fast" (each layer's own fast path, raising where it cannot run) apply to every
+    fastgan layer; "triton" and "cuda" to the layers that have that kind of fast path (the others keep
+    their setting). An unknown value raises here, not at the next forward.
+    """
+    _dispatch.check_impl(impl, "set_impl")
     for m in module.modules():
-        if isinstance(m, (ReflectPadConv2d, InstanceNormAct, LeakyReLU, Conv2dLeakyReLU)):
+        if isinstance(m, FAST_LAYERS) and m.supports(impl):
             m.impl = impl
     return module

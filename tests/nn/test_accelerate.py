@@ -1,5 +1,6 @@
-"""accelerate(model) on models written the way pytorch-CycleGAN-and-pix2pix writes them: same outputs,
-same gradients, same state_dict keys as the unmodified model."""
+"""accelerate(model): same outputs, gradients and state_dict keys as the unmodified model, the impl vocabulary,
+the Triton paths it reaches, residual blocks, hooks, and what it leaves alone (the replicas of whole
+third-party networks are in test_accelerate_replicas.py)."""
 
 import copy
 import functools
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from fastgan import accelerate
-from fastgan.nn import Conv2dLeakyReLU, InstanceNormAct, LeakyReLU, ReflectPadConv2d
+from fastgan.nn import Conv2dLeakyReLU, InstanceNormAct, LeakyReLU, ReflectPadConv2d, set_impl
 
 TOL = 1e-10  # relative, float64: the rewrites change no arithmetic beyond summation order
 
@@ -195,7 +196,7 @@ def test_impl_idempotence_and_what_is_left_alone():
             self.tracked = nn.InstanceNorm2d(4, track_running_stats=True)  # eval would need running stats
             self.padded = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(4, 4, 3, padding=1))  # conv pads too
             self.uneven = nn.Sequential(nn.ReflectionPad2d((1, 1, 2, 2)), nn.Conv2d(4, 4, 3))
-            self.no_bias = nn.Sequential(nn.Conv2d(4, 4, 3, bias=False), nn.LeakyReLU(0.2))
+            self.no_bias = nn.Sequential(nn.Conv2d(4, 4, 3, bias=False), nn.LeakyReLU(0.2))  # fused, bias or not
             self.listed = nn.ModuleList([nn.Sequential(nn.InstanceNorm2d(4), nn.LeakyReLU(0.3))])
 
         def forward(self, x):
@@ -210,7 +211,8 @@ def test_impl_idempotence_and_what_is_left_alone():
     assert type(fast.tracked) is nn.InstanceNorm2d
     assert [type(m) for m in fast.padded] == [nn.ReflectionPad2d, nn.Conv2d]
     assert [type(m) for m in fast.uneven] == [nn.ReflectionPad2d, nn.Conv2d]
-    assert [type(m) for m in fast.no_bias] == [nn.Conv2d, LeakyReLU]
+    assert [type(m) for m in fast.no_bias] == [Conv2dLeakyReLU, nn.Identity]
+    assert fast.no_bias[0].bias is None and fast.no_bias[0].kernel_size == (3, 3)
     assert [type(m) for m in fast.listed[0]] == [InstanceNormAct, nn.Identity]
     assert fast.listed[0][0].act == "leaky_relu" and fast.listed[0][0].negative_slope == 0.3
     structure = repr(fast)
@@ -218,5 +220,172 @@ def test_impl_idempotence_and_what_is_left_alone():
 
 
 def test_bad_impl():
-    with pytest.raises(ValueError, match="impl"):
-        accelerate(nn.Sequential(nn.LeakyReLU()), impl="fast")
+    with pytest.raises(ValueError, match="accelerate: unknown impl='bogus'"):
+        accelerate(nn.Sequential(nn.LeakyReLU()), impl="bogus")
+
+
+def test_impl_vocabulary():
+    """One vocabulary: "triton" / "cuda" reach the layers with that kind of fast path, the others get "auto";
+    set_impl validates when called; a layer refuses an impl none of its ops has."""
+    g = accelerate(ResnetGenerator(ngf=4, n_blocks=1), impl="triton")
+    impls = {(type(m), m.impl) for m in g.modules() if hasattr(m, "impl")}
+    assert impls == {(ReflectPadConv2d, "auto"), (InstanceNormAct, "triton")}
+    set_impl(g, "cuda")  # reaches the reflect-pad convs only
+    assert {(type(m), m.impl) for m in g.modules() if hasattr(m, "impl")} == \
+        {(ReflectPadConv2d, "cuda"), (InstanceNormAct, "triton")}
+    set_impl(g, "fast")
+    assert {m.impl for m in g.modules() if hasattr(m, "impl")} == {"fast"}
+    with pytest.raises(ValueError, match="set_impl: unknown impl='bogus'"):
+        set_impl(g, "bogus")
+    with pytest.raises(ValueError, match="InstanceNormAct: impl='cuda'.* no cuda path"):
+        InstanceNormAct(4, impl="cuda")
+    layer = ReflectPadConv2d(3, 3, 3)
+    with pytest.raises(ValueError, match="ReflectPadConv2d: impl='triton'"):
+        layer.impl = "triton"
+    assert layer.impl == "auto"
+
+
+@pytest.fixture
+def triton_cpu(monkeypatch):
+    """The Triton kernels through the interpreter, every output buffer poisoned with NaN."""
+    pytest.importorskip("triton")
+    from fastgan.ops import _triton_util
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(_triton_util, "empty_like", lambda x, dtype=None: torch.full_like(x, float("nan"),
+                                                                                          dtype=dtype))
+    monkeypatch.setattr(_triton_util, "empty", lambda shape, dtype, device: torch.full(shape, float("nan"),
+                                                                                         dtype=dtype, device=device))
+
+
+class _Mixed(nn.Module):
+    """Every fusion with a Triton path: BatchNorm + ReLU, conv + LeakyReLU (no bias), InstanceNorm + LeakyReLU,
+    a lone LeakyReLU and a residual block ending in InstanceNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(True),
+                                  nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.LeakyReLU(0.2, True),
+                                  nn.Conv2d(4, 4, 3, padding=1), nn.InstanceNorm2d(4, affine=True),
+                                  nn.LeakyReLU(0.1))
+        self.block = ResnetBlock(4, _INSTANCE_NORM)
+        self.act = nn.LeakyReLU(0.3)
+
+    def forward(self, x):
+        return self.act(self.block(self.head(x)))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_triton_paths_through_accelerate(triton_cpu, mode):
+    """accelerate(impl="triton") on CPU through Triton's interpreter: the original's outputs, gradients and
+    running statistics (float32), with every fused op taking its Triton path."""
+    from fastgan import ops
+    from fastgan.ops import _dispatch
+
+    torch.manual_seed(0)
+    original = _Mixed().train(mode == "train")
+    _randomise_affine(original)
+    fast = accelerate(copy.deepcopy(original), impl="triton")
+    assert hasattr(fast.block, "_fastgan_residual")
+    x = torch.randn(3, 3, 6, 7)
+    results = []
+    for model in (original, fast):
+        _dispatch.clear_last()
+        xi = x.clone().requires_grad_(True)
+        y = model(xi)
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(1)))
+        results.append([y, xi.grad, *(p.grad for p in model.parameters()), *model.buffers()])
+    assert {op: ops.last_impl(op) for op in ("batch_norm_act", "instance_norm_act", "leaky_relu")} == \
+        dict.fromkeys(("batch_norm_act", "instance_norm_act", "leaky_relu"), "triton")
+    for want, got in zip(*results):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_residual_block_recognition():
+    """x + body(x) and body(x) + x are fused (same outputs and layouts); other forwards are left alone."""
+
+    class BodyFirst(ResnetBlock):
+        def forward(self, x):
+            return self.conv_block(x) + x
+
+    class Scaled(ResnetBlock):
+        def forward(self, x):
+            return x + 0.5 * self.conv_block(x)
+
+    class Branchy(ResnetBlock):
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow: fx cannot trace it
+                return x + self.conv_block(x)
+            return x
+
+    for cls, fused in ((ResnetBlock, True), (BodyFirst, True), (Scaled, False), (Branchy, False)):
+        block = cls(4, _INSTANCE_NORM).double()
+        fast = accelerate(copy.deepcopy(block))
+        assert hasattr(fast, "_fastgan_residual") == fused, cls
+        assert isinstance(fast, cls) and type(fast.conv_block[-1]) is InstanceNormAct
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            x = torch.randn(2, 4, 7, 6, dtype=torch.float64).abs().contiguous(memory_format=fmt)
+            want, got = block(x), fast(x)
+            assert got.stride() == want.stride(), (cls, fmt)
+            torch.testing.assert_close(got, want, rtol=TOL, atol=TOL)
+        x3 = torch.randn(4, 7, 6, dtype=torch.float64).abs()  # unbatched
+        torch.testing.assert_close(fast(x3), block(x3), rtol=TOL, atol=TOL)
+    hooked = ResnetBlock(4, _INSTANCE_NORM)
+    hooked.conv_block.register_forward_hook(lambda m, i, o: None)  # would miss the body's own output
+    assert not hasattr(accelerate(hooked), "_fastgan_residual")
+
+
+def test_residual_block_pickle_deepcopy_compile():
+    import pickle
+
+    g = accelerate(ResnetGenerator(ngf=4, n_blocks=1))
+    x = torch.randn(1, 3, 16, 16)
+    want = g(x)
+    for copied in (pickle.loads(pickle.dumps(g)), copy.deepcopy(g)):
+        assert type(copied.model[10]) is type(g.model[10]) and copied.model[10]._fastgan_residual
+        torch.testing.assert_close(copied(x), want)
+    block = g.model[10]  # compiling one block keeps the test short
+    h = torch.randn(1, 16, 4, 4)
+    torch._dynamo.reset()
+    torch.testing.assert_close(torch.compile(block, backend="aot_eager", fullgraph=True)(h), block(h))
+
+
+def test_hooks_move_with_the_module():
+    calls = []
+    seq = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Tanh(), nn.LeakyReLU(0.1), nn.InstanceNorm2d(4))
+    handles = [seq[2].register_forward_hook(lambda m, i, o: calls.append("fwd")),
+               seq[2].register_full_backward_hook(lambda m, gi, go: calls.append("bwd")),
+               seq[3].register_forward_pre_hook(lambda m, i: calls.append("pre"))]
+    accelerate(seq)
+    assert type(seq[2]) is LeakyReLU and type(seq[3]) is InstanceNormAct
+    seq(torch.randn(2, 3, 6, 6, requires_grad=True)).sum().backward()
+    assert calls == ["fwd", "pre", "bwd"]
+    for h in handles:
+        h.remove()  # the handles still point at the moved hook dicts
+    calls.clear()
+    seq(torch.randn(2, 3, 6, 6, requires_grad=True)).sum().backward()
+    assert calls == []
+
+
+def test_left_alone_in_place_spectral_norm_negative_slope():
+    seq = nn.Sequential(
+        nn.LeakyReLU(0.2, inplace=True),  # its input may be read again by the caller
+        nn.utils.spectral_norm(nn.Conv2d(3, 4, 3)), nn.LeakyReLU(0.2),  # the conv's weight is computed
+        nn.LeakyReLU(-0.5),  # a negative slope: backward cannot work from the output
+    )
+    fast = accelerate(copy.deepcopy(seq))
+    assert [type(m) for m in fast] == [nn.LeakyReLU, nn.Conv2d, LeakyReLU, nn.LeakyReLU]
+    x = torch.randn(2, 3, 6, 6)
+    torch.testing.assert_close(fast.eval()(x.clone()), seq.eval()(x.clone()))
+    x = torch.randn(2, 3, 6, 6)
+    y = accelerate(nn.Sequential(nn.LeakyReLU(0.2, inplace=True)))(x)
+    assert y is x  # in place, as before
+
+
+def test_norm_with_weight_but_no_bias_left_alone():
+    try:
+        norm = nn.InstanceNorm2d(4, affine=True, bias=False)
+    except TypeError:
+        pytest.skip("this torch's norms have no bias= argument")
+    seq = nn.Sequential(norm, nn.ReLU())
+    assert [type(m) for m in accelerate(seq)] == [nn.InstanceNorm2d, nn.ReLU]

@@ -1,10 +1,12 @@
 """fastgan.nn layers are drop-in equivalents of the torch.nn modules they replace."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
 
-from fastgan.nn import Conv2dLeakyReLU, InstanceNormAct, LeakyReLU
+from fastgan.nn import BatchNorm2dAct, Conv2dLeakyReLU, InstanceNormAct, LeakyReLU, ReflectPadConv2d
 from fastgan.ops import _triton_util
 
 
@@ -99,3 +101,112 @@ def test_training_with_triton_kernels_tracks_reference(monkeypatch):
     fast, ref = train("triton"), train("ref")
     assert fast[-1] < 0.9 * fast[0]  # it learns
     torch.testing.assert_close(fast, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("momentum,track,affine", [
+    (0.1, True, True),  # nn.BatchNorm2d's defaults
+    (None, True, True),  # cumulative average: the factor comes from num_batches_tracked
+    (0.3, False, False),  # no running statistics: batch statistics in eval mode too
+])
+@pytest.mark.parametrize("act", ["relu", "leaky_relu"])
+def test_batch_norm_act_matches_torch_over_steps(momentum, track, affine, act):
+    """Three training steps then eval: outputs, gradients, running statistics and num_batches_tracked."""
+    norm = nn.BatchNorm2d(5, eps=0.8, momentum=momentum, affine=affine, track_running_stats=track).double()
+    if affine:
+        nn.init.normal_(norm.weight)
+        nn.init.normal_(norm.bias)
+    ours = BatchNorm2dAct(5, act=act, negative_slope=0.1, eps=0.8, momentum=momentum, affine=affine,
+                          track_running_stats=track).double()
+    assert list(ours.state_dict()) == list(norm.state_dict())
+    ours.load_state_dict(norm.state_dict())
+    activation = nn.ReLU() if act == "relu" else nn.LeakyReLU(0.1)
+    theirs = nn.Sequential(norm, activation)
+    for step in range(4):
+        training = step < 3
+        ours.train(training)
+        theirs.train(training)
+        _same_outputs_and_grads(ours, theirs, torch.randn(3, 5, 4, 6, dtype=torch.float64) * 2 + step)
+        for k, v in norm.state_dict().items():
+            torch.testing.assert_close(ours.state_dict()[k], v, rtol=1e-12, atol=1e-12, msg=k)
+
+
+def test_batch_norm_act_loads_checkpoints_without_num_batches_tracked():
+    state = nn.BatchNorm2d(3).state_dict()
+    del state["num_batches_tracked"]
+    state._metadata = {"": {"version": 1}}
+    ours = BatchNorm2dAct(3)
+    ours.load_state_dict(state)  # strict, as nn.BatchNorm2d loads its own version-1 checkpoints
+    assert ours.num_batches_tracked.item() == 0
+
+
+def test_batch_norm_act_rejects_unbatched_like_batch_norm():
+    x = torch.randn(3, 4, 4)
+    with pytest.raises(ValueError, match=r"expected 4D input \(got 3D input\)"):
+        nn.BatchNorm2d(3)(x)
+    with pytest.raises(ValueError, match=r"expected 4D input \(got 3D input\)"):
+        BatchNorm2dAct(3)(x)
+
+
+def test_fused_convolutions_are_conv2d():
+    """isinstance(m, nn.Conv2d), nn.Conv2d's attributes, and the computation of the equivalent nn.Conv2d."""
+    rpc = ReflectPadConv2d(3, 4, 7, padding=3, stride=2)
+    assert isinstance(rpc, nn.Conv2d)
+    assert (rpc.kernel_size, rpc.stride, rpc.padding, rpc.padding_mode) == ((7, 7), (2, 2), (3, 3), "reflect")
+    conv = nn.Conv2d(3, 4, 7, stride=2, padding=3, padding_mode="reflect")
+    conv.load_state_dict(rpc.state_dict())
+    x = torch.randn(2, 3, 11, 9)
+    torch.testing.assert_close(rpc(x), conv(x))
+    fused = Conv2dLeakyReLU(3, 4, (3, 5), stride=(1, 2), padding=(1, 2), negative_slope=0.1, dilation=2,
+                            padding_mode="circular")
+    assert isinstance(fused, nn.Conv2d) and fused.kernel_size == (3, 5) and fused.dilation == (2, 2)
+    conv = nn.Conv2d(3, 4, (3, 5), stride=(1, 2), padding=(1, 2), dilation=2, padding_mode="circular")
+    conv.load_state_dict(fused.state_dict())
+    torch.testing.assert_close(fused(x), nn.functional.leaky_relu(conv(x), 0.1))
+    with pytest.raises(ValueError, match="must be square"):
+        ReflectPadConv2d(3, 4, (3, 5))
+
+
+@pytest.mark.parametrize("build", [
+    lambda: ReflectPadConv2d(3, 4, 3),
+    lambda: Conv2dLeakyReLU(3, 4, 3, padding=1),
+    lambda: InstanceNormAct(3, act="leaky_relu", affine=True),
+    lambda: LeakyReLU(0.1),
+], ids=["reflect_pad_conv", "conv_leaky_relu", "instance_norm_act", "leaky_relu"])
+def test_unbatched_input_and_script(build):
+    """[C, H, W] input gives the batched result's first sample; torch.jit.script runs the same computation."""
+    layer = build()
+    x = torch.randn(2, 3, 7, 6)
+    want = layer(x)
+    torch.testing.assert_close(layer(x[0]), want[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated in newer torch ...
+        warnings.simplefilter("ignore", DeprecationWarning)  # ... with one warning class or the other
+        scripted = torch.jit.script(layer)
+    torch.testing.assert_close(scripted(x), want)
+    torch.testing.assert_close(scripted(x[0]), want[0])
+
+
+def test_instance_norm_act_unbatched_residual_and_contiguous_output():
+    norm = InstanceNormAct(3, act="none", contiguous_output=True)
+    x, r = torch.randn(3, 5, 4), torch.randn(3, 5, 4)
+    torch.testing.assert_close(norm(x, r), nn.InstanceNorm2d(3)(x) + r)
+    x = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    assert norm(x).is_contiguous()  # as nn.InstanceNorm2d's output is
+
+
+def test_leaky_relu_in_place():
+    x = torch.randn(4, 5)
+    y = LeakyReLU(0.1, inplace=True)(x)
+    assert y is x and (x >= -0.1 * x.abs().max()).all() and (x < 0).any()
+
+
+def test_impl_validated_when_set():
+    with pytest.raises(ValueError, match="unknown impl='bogus'"):
+        LeakyReLU(impl="bogus")
+    with pytest.raises(ValueError, match="BatchNorm2dAct: impl='cuda'"):
+        BatchNorm2dAct(3, impl="cuda")
+    layer = Conv2dLeakyReLU(3, 4, 3)
+    layer.impl = "triton"
+    with pytest.raises(ValueError, match="Conv2dLeakyReLU: impl='cuda'"):
+        layer.impl = "cuda"
+    assert layer.impl == "triton"
