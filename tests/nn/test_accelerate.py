@@ -389,3 +389,13 @@ def test_norm_with_weight_but_no_bias_left_alone():
         pytest.skip("this torch's norms have no bias= argument")
     seq = nn.Sequential(norm, nn.ReLU())
     assert [type(m) for m in accelerate(seq)] == [nn.InstanceNorm2d, nn.ReLU]
+
+
+def test_export():
+    """torch.export of an accelerated model (every fusion, training mode with its running-stat updates)."""
+    torch.manual_seed(0)
+    fast = accelerate(_Mixed())
+    x = torch.randn(2, 3, 6, 7)
+    exported = torch.export.export(copy.deepcopy(fast), (x,)).module()
+    torch.testing.assert_close(exported(x), fast(x))
+    torch.testing.assert_close(list(exported.buffers()), list(fast.buffers()))

@@ -102,8 +102,7 @@ class UnetGenerator(nn.Module):
         for _ in range(num_downs - 5):
             block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, submodule=block, norm_layer=norm_layer,
                                             use_dropout=use_dropout)
-        block = UnetSkipConnectionBlock(ngf * 4, ngf * 8, submodule=block, norm_layer=norm_layer,
-                                        use_dropout=use_dropout)
+        block = UnetSkipConnectionBlock(ngf * 4, ngf * 8, submodule=block, norm_layer=norm_layer)
         block = UnetSkipConnectionBlock(ngf * 2, ngf * 4, submodule=block, norm_layer=norm_layer)
         block = UnetSkipConnectionBlock(ngf, ngf * 2, submodule=block, norm_layer=norm_layer)
         self.model = UnetSkipConnectionBlock(output_nc, ngf, input_nc=input_nc, submodule=block, outermost=True,
@@ -259,6 +258,7 @@ REPLICAS = {
                                 {ReflectPadConv2d: 6, InstanceNormAct: 9, "residual": 2}, True),
     "resnet_batch": (lambda: ResnetGenerator(norm_layer=BATCH), (3, 3, 16, 16),
                      {ReflectPadConv2d: 6, BatchNorm2dAct: 7, "residual": 0}, False),
+    # (dropout sits in the blocks beyond the fifth: num_downs=6 has one)
     "unet_batch_dropout": (lambda: UnetGenerator(norm_layer=BATCH, use_dropout=True, num_downs=6), (2, 3, 64, 64),
                            {BatchNorm2dAct: 0, InstanceNormAct: 0}, False),
     # (the U-Net concatenates along dim 1, so the original takes no unbatched input, even with instance norm)
