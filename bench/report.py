@@ -248,12 +248,12 @@ def train_impls(results: dict) -> dict[str, str]:
 
 
 def kernel_rows(results: dict, passes: tuple[str, ...] = ("fwd", "fwd+bwd"), dtype: str | None = None,
-                layout: str | None = None) -> list[list[str]]:
+                layout: str | None = None, fast_only: bool = True) -> list[list[str]]:
     rows = []
     for test in ("test_instance_norm_act", "test_leaky_relu"):
         for b in benchmarks(results, test):
             info = b["extra_info"]
-            if info["impl"] == "ref" or info["passes"] not in passes:
+            if (fast_only and info["impl"] == "ref") or info["passes"] not in passes:
                 continue
             if (dtype and info["dtype"] != dtype) or (layout and info["layout"] != layout):
                 continue
@@ -289,7 +289,7 @@ def loader_rows(results: dict) -> list[list[str]]:
             unit = "pairs/s" if "pairs_per_s" in info else "images/s"
             rows.append([info["dataset"], str(info["batch_size"]), f"{info['loader']} ({info['impl']})",
                          num(rate, unit), times(info.get("ratio_to_reference"))])
-    return rows
+    return sorted(rows, key=lambda row: (row[0], int(row[1]), row[2]))
 
 
 LOADER_HEADER = ["data", "batch", "loader", "rate", "× torch DataLoader"]
@@ -383,10 +383,10 @@ def summary_markdown(results: dict, name: str) -> str:
     if train:
         lines += ["", "## Training steps", ""] + train + ["", "What the layers ran, per variant:", ""]
         lines += [f"- {variant}: {impls}" for variant, impls in train_impls(results).items()]
-    rows = kernel_rows(results)
+    rows = kernel_rows(results, fast_only=False)
     if rows:
         gbps = copy_gbps(results)
-        lines += ["", "## Fused kernels", "", f"Device copy bandwidth: {num(gbps)} GB/s.", ""]
+        lines += ["", "## Fused kernels and their references", "", f"Device copy bandwidth: {num(gbps)} GB/s.", ""]
         lines += table(KERNEL_HEADER, rows)
     conv = []
     for b in benchmarks(results, "test_reflect_pad_conv2d"):
