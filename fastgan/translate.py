@@ -1,6 +1,8 @@
 """``python -m fastgan.translate CHECKPOINT --direction AtoB|BtoA INPUT --out DIR``: translate an image or
-a folder of images with an image-to-image checkpoint (``Model.inference == "translate"``: cyclegan);
-output files keep the input's names (and subfolders)."""
+a folder of images with an image-to-image checkpoint (``Model.inference == "translate"``: cyclegan,
+pix2pix); output files keep the input's names (and subfolders). The model says which of its generators
+translates a direction (``Model.translator``): cyclegan has one per direction, a pix2pix checkpoint only the
+one of its training's --direction, which is also its default."""
 
 from __future__ import annotations
 
@@ -22,11 +24,13 @@ DIRECTIONS = ("AtoB", "BtoA")
 
 
 def parse_args(argv):
-    parser = OneLineParser(PROG, description="Translate images with an image-to-image checkpoint (cyclegan).")
-    parser.add_argument("checkpoint", help="checkpoint-*.pt written by fastgan.train cyclegan")
+    parser = OneLineParser(PROG, description="Translate images with an image-to-image checkpoint (cyclegan, "
+                                             "pix2pix).")
+    parser.add_argument("checkpoint", help="checkpoint-*.pt written by fastgan.train cyclegan or pix2pix")
     parser.add_argument("input", help="an image file or a folder of images")
-    parser.add_argument("--direction", choices=DIRECTIONS, default="AtoB",
-                        help="AtoB translates domain A images into domain B (cyclegan: G_A), BtoA the reverse")
+    parser.add_argument("--direction", choices=DIRECTIONS, default=None,
+                        help="AtoB translates domain A images into domain B (cyclegan: G_A), BtoA the reverse "
+                             "(default: AtoB; pix2pix: the direction it was trained in, the only one it has)")
     parser.add_argument("--out", required=True, help="output directory (created); file names are kept")
     parser.add_argument("--size", default="checkpoint",
                         help="checkpoint (resize to the training resolution), input (keep each "
@@ -65,9 +69,10 @@ def _main(argv) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
     ckpt, model, nets = load_for_inference(args.checkpoint, "translate",
-                                           lambda model: [model.translators[args.direction]], device)
-    G = nets[model.translators[args.direction]]
-    multiple = model.size_multiple
+                                           lambda model: sorted(set(model.translators.values())), device)
+    direction, name = model.translator(ckpt["config"], args.direction)
+    G = nets[name]
+    multiple = model.input_multiple(ckpt["config"])
     size = _target_size(args.size, ckpt["config"]["image_size"], multiple)
     source = Path(args.input)
     if source.is_dir():
@@ -88,7 +93,7 @@ def _main(argv) -> int:
         target = out / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         save_image(to_unit(result.unsqueeze(0))[0], target)
-    print(f"{PROG}: translated {len(files)} image(s) {args.direction} into {out}/")
+    print(f"{PROG}: translated {len(files)} image(s) {direction} into {out}/")
     return 0
 
 

@@ -50,8 +50,8 @@ def build_loader(
     if impl == "device":
         if not spec.in_memory:
             raise UserError(
-                f"--loader device serves in-memory data (IDX, fashion-unpaired, synthetic); {spec.name} is "
-                "an image folder: use --loader torch or dali"
+                f"--loader device serves in-memory data (IDX, fashion-unpaired, fashion-edges, synthetic); {spec.name} "
+                "is an image folder: use --loader torch or dali"
             )
         return DeviceLoader(spec, req.batch_size, req.seed, device, memory_format, dtype)
     if req.workers < 0:

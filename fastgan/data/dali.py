@@ -138,6 +138,9 @@ class DaliLoader(_Loader):
             encoded, _ = fn.readers.file(files=list(feed["files"]), random_shuffle=False, name=f"reader{key}")
             # output_type RGB converts grey (replicated) and RGBA (alpha dropped), as PIL's convert("RGB").
             images = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.RGB)
+            if source.half:  # aligned A|B files (pix2pix): this domain's half, before the square resize
+                start = 0.5 if source.half == "right" else 0.0
+                images = fn.slice(images, rel_start=[start], rel_shape=[0.5], axis_names="W")
             if source.load_size:  # CycleGAN: square resize, then the plan's crop
                 images = fn.resize(
                     images, resize_x=source.load_size, resize_y=source.load_size,

@@ -20,6 +20,7 @@ FASHION_CLASSES = (
 IDX_SIZE = 28  # MNIST family
 FOLDER_SIZE = 64  # DCGAN on image folders (Radford et al.)
 UNPAIRED_SIZE = 256  # CycleGAN
+PAIRED_SIZE = 256  # pix2pix
 
 # What request.data names, before anything is read: origin -> in memory (device-resident by default) or not.
 ORIGINS = {
@@ -29,6 +30,8 @@ ORIGINS = {
     "idx-dir": True,
     "image-folder": False,
     "unpaired-folder": False,
+    "fashion-edges": True,  # fastgan.data.paired
+    "paired-folder": False,
 }
 
 
@@ -55,6 +58,7 @@ class FolderSource:
     image_size: int
     load_size: int  # > 0: resize to load_size square then crop image_size at the plan's offsets (CycleGAN)
     # 0: shorter side to image_size then centre crop (DCGAN)
+    half: str = ""  # aligned A|B files (pix2pix's layout): "left" or "right" half of each file, "" = all of it
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -64,7 +68,7 @@ class FolderSource:
         try:
             if self.load_size:
                 top, left = crop if crop is not None else ((self.load_size - self.image_size) // 2,) * 2
-                return folders.load_resized_crop(path, self.load_size, self.image_size, top, left)
+                return folders.load_resized_crop(path, self.load_size, self.image_size, top, left, self.half)
             return folders.load_center_crop(path, self.image_size)
         except (OSError, ValueError) as e:
             raise UserError(f"{path}: not a readable image ({e})") from None
@@ -73,17 +77,18 @@ class FolderSource:
 @dataclass
 class DataSpec:
     name: str  # shown in logs: fashion-mnist, fashion-unpaired(7,9), synthetic, or the directory
-    kind: str  # idx | folder | unpaired | synthetic
+    kind: str  # idx | folder | unpaired | paired | synthetic
     sources: dict[str, TensorSource | FolderSource]  # {"real": ...} or {"A": ..., "B": ...}
     channels: int  # of the batches (grey sources are replicated when this is 3)
     image_size: int  # of the batches (in-memory sources are resized on the device)
     num_classes: int  # 0 if unlabelled
     flip: bool  # random horizontal flip
     crop_range: int  # random crop offsets drawn in [0, crop_range]; 0 = no random crop
+    paired: bool = False  # the domains are aligned pairs: one epoch plan (order, flips, crops) serves them all
 
     @property
     def unpaired(self) -> bool:
-        return "A" in self.sources
+        return "A" in self.sources and not self.paired
 
     @property
     def in_memory(self) -> bool:
@@ -112,20 +117,31 @@ def data_origin(req: DataRequest) -> str:
     """What req.data names (a key of ORIGINS), checking only names and directories, not their files."""
     if req.kind not in KINDS:
         raise ValueError(f"DataRequest.kind {req.kind!r}: expected one of {', '.join(KINDS)}")
-    unpaired = req.kind == "unpaired"
+    unpaired, paired = req.kind == "unpaired", req.kind == "paired"
+    takes = "aligned A/B pairs" if paired else "two domains" if unpaired else "one domain of images"
     data = req.default_data
     if data == "synthetic":
         return data
     if data == "fashion-unpaired":
         if not unpaired:
             raise UserError(f"--data fashion-unpaired is a two-domain set for unpaired translation (cyclegan); "
-                            f"{req.who} takes one domain of images")
+                            f"{req.who} takes {takes}")
+        return data
+    if data == "fashion-edges":
+        if not paired:
+            raise UserError(f"--data fashion-edges is a set of aligned pairs (edge map, Fashion-MNIST image) for "
+                            f"paired translation; {req.who} takes {takes}")
         return data
     if data == "fashion-mnist":
         if unpaired:
             raise UserError(
                 f"--data fashion-mnist: {req.who} needs two domains; "
                 "use fashion-unpaired, synthetic or a trainA/ trainB/ folder"
+            )
+        if paired:
+            raise UserError(
+                f"--data fashion-mnist: {req.who} needs aligned A/B pairs; use fashion-edges, synthetic, a "
+                "train/ folder of side-by-side A|B images or trainA/ trainB/ folders of same-named images"
             )
         return data
     if not os.path.isdir(data):
@@ -135,6 +151,8 @@ def data_origin(req: DataRequest) -> str:
         )
     if unpaired:
         return "unpaired-folder"
+    if paired:
+        return "paired-folder"
     return "idx-dir" if is_idx_dir(data) else "image-folder"
 
 
@@ -156,11 +174,17 @@ def _fashion_domains(req: DataRequest) -> tuple[int, int]:
     return a, b
 
 
-def _unpaired_folder(req: DataRequest, split: str) -> DataSpec:
-    image_size = _image_size(req, UNPAIRED_SIZE)
+def _load_size(req: DataRequest, image_size: int) -> int:
+    """Folders of A/B data: the square the images are resized to before the random crop (CycleGAN, pix2pix)."""
     load_size = req.load_size or image_size * 286 // 256
     if load_size < image_size:
         raise UserError(f"--load-size {load_size} is smaller than --image-size {image_size}")
+    return load_size
+
+
+def _unpaired_folder(req: DataRequest, split: str) -> DataSpec:
+    image_size = _image_size(req, UNPAIRED_SIZE)
+    load_size = _load_size(req, image_size)
     sources = {}
     for domain in ("A", "B"):
         root = os.path.join(req.data, split + domain)
@@ -203,6 +227,12 @@ def _fashion_unpaired(req: DataRequest, split: str) -> DataSpec:
 
 def _synthetic(req: DataRequest, split: str) -> DataSpec:
     generator = torch.Generator().manual_seed(req.seed * 2 + (split != "train"))
+    if req.kind == "paired":
+        size = _image_size(req, PAIRED_SIZE)
+        n = synthetic.synthetic_size(3, size, req.batch_size)
+        a, b = synthetic.synthetic_pairs(n, size, generator)
+        sources = {"A": TensorSource(a, None), "B": TensorSource(b, None)}
+        return DataSpec("synthetic", "synthetic", sources, 3, size, 0, True, 0, paired=True)
     if req.kind == "unpaired":
         size = _image_size(req, UNPAIRED_SIZE)
         n = synthetic.synthetic_size(3, size, req.batch_size)
@@ -230,6 +260,10 @@ def resolve_data(req: DataRequest, split: str = "train") -> DataSpec:
         spec = _fashion_unpaired(req, split)
     elif origin == "unpaired-folder":
         spec = _unpaired_folder(req, split)
+    elif origin in ("fashion-edges", "paired-folder"):
+        from fastgan.data import paired  # it builds on the sources above
+
+        spec = paired.fashion_edges(req, split) if origin == "fashion-edges" else paired.paired_folder(req, split)
     else:
         spec = _image_folder(req)
     if req.kind == "labelled" and spec.num_classes == 0:

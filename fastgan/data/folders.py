@@ -1,5 +1,5 @@
 """Image folders: listing, decoding (grey/RGBA -> RGB), the check that skips or rejects unreadable files,
-and the per-image transforms of the torch loader (CycleGAN resize + crop, DCGAN resize + centre crop)."""
+and the per-image transforms of the torch loader (CycleGAN/pix2pix resize + crop, DCGAN resize + centre crop)."""
 
 from __future__ import annotations
 
@@ -100,9 +100,14 @@ def class_labels(root: str, paths: list[str]) -> tuple[torch.Tensor, int]:
     return torch.zeros(len(paths), dtype=torch.int64), 0
 
 
-def load_resized_crop(path: str, load_size: int, image_size: int, top: int, left: int) -> torch.Tensor:
-    """CycleGAN training transform: resize to load_size square (bicubic), crop image_size at (top, left)."""
-    img = _open_rgb(path, load_size).resize((load_size, load_size), Image.BICUBIC)
+def load_resized_crop(path: str, load_size: int, image_size: int, top: int, left: int, half: str = "") -> torch.Tensor:
+    """CycleGAN and pix2pix training transform: resize to load_size square (bicubic), crop image_size at
+    (top, left). ``half`` "left" or "right" first takes that half of an aligned A|B file (pix2pix)."""
+    img = _open_rgb(path, load_size)
+    if half:
+        w, h = img.width // 2, img.height
+        img = img.crop((0, 0, w, h) if half == "left" else (w, 0, 2 * w, h))
+    img = img.resize((load_size, load_size), Image.BICUBIC)
     return _to_tensor(img.crop((left, top, left + image_size, top + image_size)))
 
 

@@ -40,10 +40,14 @@ class DomainPlan:
 
 def epoch_plan(spec: DataSpec, seed: int, epoch: int) -> dict[str, DomainPlan]:
     """Per domain: a fresh permutation (repeated to the larger domain's length), flips and crop offsets,
-    each domain from its own generator so A and B are drawn independently. On the host (a few ms)."""
+    each domain from its own generator so A and B are drawn independently; aligned pairs (spec.paired) share
+    the first domain's plan, so A and B get the same images, flips and crops. On the host (a few ms)."""
     length = spec.num_images
     plans = {}
     for stream, (key, source) in enumerate(spec.sources.items()):
+        if spec.paired and plans:
+            plans[key] = next(iter(plans.values()))
+            continue
         g = torch.Generator().manual_seed(_stream_seed(seed, epoch, stream))
         n = len(source)
         order = torch.cat([torch.randperm(n, generator=g) for _ in range(math.ceil(length / n))])[:length]

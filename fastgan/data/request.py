@@ -11,15 +11,16 @@ KINDS = (
     "images",  # one domain of images; labels are served when the data has them (IDX, class subfolders)
     "labelled",  # one domain of images with class labels (refused when the data has none)
     "unpaired",  # two domains A and B, drawn independently (trainA/ trainB/ folders)
+    "paired",  # two domains A and B of aligned pairs: item i of A and item i of B show the same scene
 )
 
 
 @dataclass(frozen=True)
 class DataRequest:
     kind: str  # one of KINDS
-    data: str = ""  # fashion-mnist, fashion-unpaired, synthetic or a directory; "" = the kind's built-in set
-    image_size: int = 0  # of the batches; 0 = the data's own size (28 for IDX, 64 for folders, 256 for unpaired)
-    load_size: int = 0  # unpaired folders: resize to this square before the random crop; 0 = image_size * 286/256
+    data: str = ""  # fashion-mnist, fashion-unpaired, fashion-edges, synthetic or a directory; "" = the kind's own
+    image_size: int = 0  # of the batches; 0 = the data's own size (28 for IDX, 64 for folders, 256 for A/B data)
+    load_size: int = 0  # A/B folders: resize to this square before the random crop; 0 = image_size * 286/256
     batch_size: int = 64
     seed: int = 0  # the epoch order is a pure function of (seed, epoch)
     domains: str = "7,9"  # fashion-unpaired: the Fashion-MNIST classes used as domains A,B
@@ -30,9 +31,10 @@ class DataRequest:
 
     @property
     def who(self) -> str:
-        return self.model or {"images": "this model", "labelled": "a conditional model",
-                              "unpaired": "unpaired translation"}.get(self.kind, "this model")
+        who = {"images": "this model", "labelled": "a conditional model", "unpaired": "unpaired translation",
+               "paired": "paired translation"}
+        return self.model or who.get(self.kind, "this model")
 
     @property
     def default_data(self) -> str:
-        return self.data or ("fashion-unpaired" if self.kind == "unpaired" else "fashion-mnist")
+        return self.data or {"unpaired": "fashion-unpaired", "paired": "fashion-edges"}.get(self.kind, "fashion-mnist")

@@ -41,9 +41,26 @@ def synthetic_labelled(
 def synthetic_domain(n: int, image_size: int, domain: str, generator: torch.Generator) -> torch.Tensor:
     """n RGB images uint8 [n, 3, S, S]: domain "A" a coloured disc on black, domain "B" a coloured square
     on white, at random positions, sizes and colours (a simple shape-and-background translation)."""
+    return _draw_shapes(_shapes(n, image_size, generator), image_size, domain)
+
+
+def synthetic_pairs(n: int, image_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """n aligned pairs uint8 [n, 3, S, S] each: A a coloured disc on black, B the square of the same centre,
+    size and colour on white, so B is a function of A that a short paired training can learn."""
+    shapes = _shapes(n, image_size, generator)
+    return _draw_shapes(shapes, image_size, "A"), _draw_shapes(shapes, image_size, "B")
+
+
+def _shapes(n: int, image_size: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Random centres [n, 2], radii [n] and colours uint8 [n, 3]."""
     centre = image_size * (0.3 + 0.4 * torch.rand(n, 2, generator=generator))
     radius = image_size * (0.12 + 0.12 * torch.rand(n, generator=generator))
     colour = (64 + 191 * torch.rand(n, 3, generator=generator)).round().to(torch.uint8)
+    return centre, radius, colour
+
+
+def _draw_shapes(shapes: tuple[torch.Tensor, ...], image_size: int, domain: str) -> torch.Tensor:
+    centre, radius, colour = shapes
     y, x = _grid(image_size)
     dy, dx = y - centre[:, 0].view(-1, 1, 1), x - centre[:, 1].view(-1, 1, 1)
     r = radius.view(-1, 1, 1)

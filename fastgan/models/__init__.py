@@ -1,4 +1,4 @@
-"""fastgan.models: one file per model (gan, dcgan, cgan, cyclegan), built from fastgan.nn layers, and the
+"""fastgan.models: one file per model (gan, dcgan, cgan, cyclegan, pix2pix), built from fastgan.nn layers, and the
 registry that maps a model's name to its definition (fastgan.models.base.GanModel).
 
 Each file holds the networks and a ``Model`` class: recipe, data kind, phases, sampler, inference. The
@@ -66,4 +66,4 @@ def get_model(name: str):
 
 
 # The built-in models register themselves on import.
-from . import gan, dcgan, cgan, cyclegan  # noqa: E402, F401, I001
+from . import gan, dcgan, cgan, cyclegan, pix2pix  # noqa: E402, F401, I001

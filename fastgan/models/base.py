@@ -68,7 +68,7 @@ class GanModel:
     inference: ClassVar[str]  # "generate" (noise -> images) or "translate" (image -> image)
     conditional: ClassVar[bool] = False  # generate: the generator takes class labels
     translators: ClassVar[dict[str, str]] = {}  # translate: direction -> generator network
-    size_multiple: ClassVar[int] = 1  # translate: input sides must be multiples of this (down-sampling)
+    size_multiple: ClassVar[int] = 1  # translate: input sides must be multiples of this (see input_multiple)
     convolutional: ClassVar[bool] = True  # channels_last applies to its networks
     fixed_size: ClassVar[int] = SAMPLE_ROWS * GRID_COLUMNS  # images per domain a sample grid needs
     default_notes: ClassVar[dict[str, str]] = {}  # --help text of defaults that resolve() sets from the data
@@ -94,6 +94,19 @@ class GanModel:
     def defaults(self) -> dict[str, Any]:
         """The recipe: this model's default for each field it reads (data-dependent ones absent)."""
         return dict(self.recipe)
+
+    def translator(self, config: dict, direction: str | None) -> tuple[str, str]:
+        """translate: (direction, generator network) for a checkpoint trained with ``config``; ``direction``
+        None means the model's first one. A direction the checkpoint cannot translate is a UserError."""
+        direction = direction or next(iter(self.translators))
+        if direction not in self.translators:
+            raise UserError(f"--direction {direction}: a {self.name} checkpoint translates "
+                            f"{' or '.join(self.translators)}")
+        return direction, self.translators[direction]
+
+    def input_multiple(self, config: dict) -> int:
+        """translate: input sides are padded to a multiple of this for a checkpoint trained with ``config``."""
+        return self.size_multiple
 
 
 def fixed_noise(seed: int, n: int, z_dim: int, device: torch.device) -> Tensor:

@@ -45,6 +45,10 @@ class TrainConfig:
     lambda_cycle: float | None = None  # cycle-consistency L1 weight
     lambda_identity: float | None = None  # identity L1 weight, as a fraction of lambda_cycle
     pool_size: int | None = None  # image pool per domain (0 disables it)
+    direction: str | None = None  # paired data: AtoB learns A -> B, BtoA learns B -> A
+    norm: str | None = None  # normalisation of the U-Net and its PatchGAN: batch | instance
+    unet_depth: int | None = None  # U-Net down-sampling levels (8 = unet_256); image sides are multiples of 2^depth
+    lambda_l1: float | None = None  # weight of the L1 distance between the generator's output and the target
     # --- engine ---
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = False  # autocast mixed precision (losses stay fp32)
@@ -78,6 +82,6 @@ def config_fields() -> list[dataclasses.Field]:
 
 # The fields that belong to some models only (each model lists its own in Model.options).
 MODEL_OPTIONS = ("z_dim", "hidden", "ngf", "ndf", "domains", "load_size", "n_blocks", "upsample", "lambda_cycle",
-                 "lambda_identity", "pool_size")
+                 "lambda_identity", "pool_size", "direction", "norm", "unet_depth", "lambda_l1")
 
 __all__ = ["MODEL_OPTIONS", "TrainConfig", "config_fields", "field"]
