@@ -1,19 +1,32 @@
-"""Checkpoints: the whole training state in one file, written atomically (temp file + os.replace), the
-previous one removed only after the new one and the ``latest`` pointer are in place."""
+"""Checkpoints: the whole training state in one file, written atomically (temp file, fsync, os.replace),
+with its SHA-256 beside it (``checkpoint-XXXXXXXX.pt.sha256``, the format of ``sha256sum``, so
+``sha256sum -c`` checks it too). Reading verifies the file against it: torch.load alone reads a file
+with flipped bytes without complaint. The newest ``keep`` checkpoints stay; older ones are removed only
+after the new one and the ``latest`` pointer are in place, so a damaged newest file leaves an older one
+to resume from."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 import torch
 
 from ..errors import UserError
-from .files import atomic_write
+from .files import atomic_write, fsync_dir
 from .steps import Task
+from .stops import Diverged, first_nonfinite
 
 FORMAT_VERSION = 1  # bump when the layout changes; older readers refuse newer files
 LATEST = "latest"  # pointer file in the run directory: the name of the newest checkpoint
+CHECKSUM = ".sha256"  # suffix of the file beside each checkpoint that holds its SHA-256
+DAMAGED = ".damaged"  # suffix given to a checkpoint that failed verification when a run resumed past it
+
+
+class DamagedCheckpoint(UserError):
+    """A checkpoint file that cannot be read or does not match its checksum (not: another model, a newer
+    format); an older checkpoint of the run may still be good."""
 
 
 def checkpoint_name(step: int) -> str:
@@ -74,8 +87,36 @@ def _load_scheduler(scheduler, saved: dict) -> None:
     scheduler._last_lr = [float(group["lr"]) for group in scheduler.optimizer.param_groups]
 
 
-def save_checkpoint(out: Path, task: Task, *, step: int, epoch: int, config: dict, info: dict) -> Path:
-    """Writes out/checkpoint-<step>.pt and the ``latest`` pointer; removes older checkpoints."""
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + CHECKSUM)
+
+
+class _HashingWriter:
+    """A write-only file for torch.save that hashes what it writes, sparing a second read of the file."""
+
+    def __init__(self, f):
+        self.f, self.sha256 = f, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _sha256(path: Path) -> str:
+    sha256 = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            sha256.update(chunk)
+    return sha256.hexdigest()
+
+
+def save_checkpoint(out: Path, task: Task, *, step: int, epoch: int, config: dict, info: dict,
+                    keep: int = 2) -> Path:
+    """Writes out/checkpoint-<step>.pt with its checksum and points ``latest`` at it; keeps the newest
+    ``keep`` checkpoints. Raises Diverged, writing nothing, when a tensor of the state is NaN or infinite."""
     payload = {
         "format_version": FORMAT_VERSION,
         "model": config["model"],
@@ -86,12 +127,30 @@ def save_checkpoint(out: Path, task: Task, *, step: int, epoch: int, config: dic
         "rng": rng_state(task.device),
         **task_state(task),
     }
+    bad = first_nonfinite({group: payload[group] for group in ("nets", "optimizers", "state")})
+    if bad is not None:
+        last = latest_checkpoint(out) if out.is_dir() else None
+        raise Diverged(f"non-finite value in {bad}", step, str(last) if last else None)
     path = out / checkpoint_name(step)
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
-    atomic_write(out / LATEST, lambda tmp: tmp.write_text(path.name + "\n"))
-    for old in existing_checkpoints(out):
-        if old != path:
-            old.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            writer = _HashingWriter(f)
+            torch.save(payload, writer)
+            f.flush()
+            os.fsync(f.fileno())
+        # The checksum goes first: a checkpoint file never stands without the checksum of its content.
+        digest = writer.sha256.hexdigest()
+        atomic_write(checksum_path(path), lambda t: t.write_text(f"{digest}  {path.name}\n"))
+        os.replace(tmp, path)
+        fsync_dir(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    atomic_write(out / LATEST, lambda t: t.write_text(path.name + "\n"))
+    older = [p for p in existing_checkpoints(out) if p != path]
+    for old in older[:max(0, len(older) - (keep - 1))]:
+        old.unlink(missing_ok=True)  # the checkpoint first, so none ever stands without its checksum
+        checksum_path(old).unlink(missing_ok=True)
     return path
 
 
@@ -118,11 +177,12 @@ def load_checkpoint(path: str | os.PathLike, model: str | None = None, map_locat
         path = found
     if not path.is_file():
         raise UserError(f"checkpoint {path}: no such file; pass a checkpoint-*.pt written by fastgan.train")
+    verify_checksum(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch.load fails on foreign or truncated files in many different ways
-        raise UserError(f"checkpoint {path}: not a readable fastgan checkpoint ({type(e).__name__}); "
-                        "pass a checkpoint-*.pt written by fastgan.train") from None
+        raise DamagedCheckpoint(f"checkpoint {path}: not a readable fastgan checkpoint ({type(e).__name__}); "
+                                "pass a checkpoint-*.pt written by fastgan.train") from None
     if not isinstance(ckpt, dict) or "format_version" not in ckpt or "model" not in ckpt:
         raise UserError(f"checkpoint {path}: not a fastgan checkpoint (no format_version/model)")
     if ckpt["format_version"] > FORMAT_VERSION:
@@ -131,6 +191,33 @@ def load_checkpoint(path: str | os.PathLike, model: str | None = None, map_locat
     if model is not None and ckpt["model"] != model:
         raise UserError(f"checkpoint {path}: holds a {ckpt['model']} model, not {model}")
     return ckpt
+
+
+def verify_checksum(path: Path) -> None:
+    """Raises DamagedCheckpoint when ``path`` differs from the SHA-256 written beside it. A file without
+    one (written before fastgan kept checksums, or copied alone) is read unverified."""
+    sidecar = checksum_path(path)
+    if not sidecar.is_file():
+        return
+    expected = sidecar.read_text().split()[:1]
+    if expected != [_sha256(path)]:
+        raise DamagedCheckpoint(f"checkpoint {path}: damaged (its SHA-256 differs from the one in {sidecar.name})")
+
+
+def resume_candidates(out: Path) -> list[Path]:
+    """The run's checkpoints, newest step first: the order in which --resume auto tries them."""
+    return sorted(existing_checkpoints(out), reverse=True)
+
+
+def set_aside(path: Path) -> Path:
+    """Renames a damaged checkpoint (and its checksum) to ``*.damaged`` so that no later resume or pruning
+    takes it for a good one; the bytes stay for inspection."""
+    target = path.with_name(path.name + DAMAGED)
+    os.replace(path, target)
+    sidecar = checksum_path(path)
+    if sidecar.is_file():
+        os.replace(sidecar, checksum_path(target))
+    return target
 
 
 def load_for_inference(path: str | os.PathLike, inference: str, names, device: torch.device):

@@ -63,6 +63,7 @@ class TrainConfig:
     resume: str = ""  # "" (start fresh, refusing to overwrite a run) | auto | path to a checkpoint
     sample_every: int = 500  # iterations between sample grids (0 = only at the end)
     save_every: int = 1000  # iterations between checkpoints (0 = only at the end)
+    keep_checkpoints: int = 2  # newest checkpoints kept (--resume auto falls back to an older one if one is damaged)
     log_every: int = 50  # iterations between loss reads (the only host syncs of the loop)
     tensorboard: bool = False  # also write TensorBoard scalars (needs the tensorboard extra)
     seed: int = 0  # seeds the weights, the training noise and the epoch order

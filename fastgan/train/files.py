@@ -1,4 +1,6 @@
-"""Files the trainer writes are replaced whole: a partial write never takes the place of a good file."""
+"""Files the trainer writes are replaced whole: a partial write never takes the place of a good file, and
+a replaced file is on disk (fsync) before the rename that publishes it, so a crash of the machine, not only
+of the process, leaves the old file or the new one."""
 
 from __future__ import annotations
 
@@ -14,6 +16,23 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> No
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """Makes a rename in ``directory`` durable (where the file system supports it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a directory; the rename itself is still atomic
+    finally:
+        os.close(fd)

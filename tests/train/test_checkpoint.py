@@ -1,3 +1,5 @@
+import hashlib
+
 import pytest
 import torch
 
@@ -6,11 +8,14 @@ from fastgan.train import checkpoint
 from fastgan.train.checkpoint import (
     FORMAT_VERSION,
     LATEST,
+    DamagedCheckpoint,
+    checksum_path,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
 from fastgan.train.loop import resolve_config, train
+from fastgan.train.stops import Diverged
 from fastgan.train.tasks import build_task
 
 INFO = {"channels": 1, "num_classes": 10, "num_images": 64, "name": "test"}
@@ -22,16 +27,56 @@ def task_and_config(tiny, tmp_path):
     return build_task(cfg, INFO, "cpu"), cfg.to_dict()
 
 
+def names(path):
+    return sorted(p.name for p in path.iterdir())
+
+
 def test_keeps_only_the_newest_and_points_at_it(tmp_path, task_and_config):
     task, config = task_and_config
-    first = save_checkpoint(tmp_path, task, step=1, epoch=0, config=config, info=INFO)
-    second = save_checkpoint(tmp_path, task, step=2, epoch=0, config=config, info=INFO)
+    first = save_checkpoint(tmp_path, task, step=1, epoch=0, config=config, info=INFO, keep=1)
+    second = save_checkpoint(tmp_path, task, step=2, epoch=0, config=config, info=INFO, keep=1)
     assert not first.exists() and second.exists()
     assert (tmp_path / LATEST).read_text().strip() == second.name
     assert latest_checkpoint(tmp_path) == second
     ckpt = load_checkpoint(tmp_path, "dcgan")
     assert ckpt["step"] == 2 and ckpt["format_version"] == FORMAT_VERSION and ckpt["info"] == INFO
-    assert sorted(p.name for p in tmp_path.iterdir()) == [second.name, LATEST]
+    assert names(tmp_path) == [second.name, checksum_path(second).name, LATEST]
+
+
+@pytest.mark.parametrize("keep", [2, 3])
+def test_keeps_the_newest_k(tmp_path, task_and_config, keep):
+    task, config = task_and_config
+    paths = [save_checkpoint(tmp_path, task, step=s, epoch=0, config=config, info=INFO, keep=keep)
+             for s in range(1, 6)]
+    kept = paths[-keep:]
+    assert names(tmp_path) == sorted([p.name for p in kept] + [checksum_path(p).name for p in kept] + [LATEST])
+    assert latest_checkpoint(tmp_path) == paths[-1]
+
+
+def test_checksum_beside_each_checkpoint_catches_flipped_bytes(tmp_path, task_and_config):
+    task, config = task_and_config
+    path = save_checkpoint(tmp_path, task, step=1, epoch=0, config=config, info=INFO)
+    digest, name = checksum_path(path).read_text().split()
+    assert name == path.name and digest == hashlib.sha256(path.read_bytes()).hexdigest()  # sha256sum -c format
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a flip inside the tensor data: torch.load alone reads it without complaint
+    path.write_bytes(bytes(data))
+    torch.load(path, weights_only=True)
+    with pytest.raises(DamagedCheckpoint, match=r"checkpoint .*checkpoint-00000001.pt: damaged \(its SHA-256"):
+        load_checkpoint(path)
+    checksum_path(path).unlink()  # a file without a checksum (older fastgan, copied alone) is read unverified
+    assert load_checkpoint(path)["step"] == 1
+
+
+def test_a_non_finite_state_is_never_saved(tmp_path, task_and_config):
+    task, config = task_and_config
+    good = save_checkpoint(tmp_path, task, step=1, epoch=0, config=config, info=INFO)
+    with torch.no_grad():
+        task.nets["D"].net[2].running_var[1] = float("inf")
+    with pytest.raises(Diverged, match=r"step 2: non-finite value in nets.D.net.2.running_var; .* last good "
+                                       r"checkpoint is .*checkpoint-00000001.pt"):
+        save_checkpoint(tmp_path, task, step=2, epoch=0, config=config, info=INFO)
+    assert names(tmp_path) == [good.name, checksum_path(good).name, LATEST]
 
 
 def test_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, task_and_config, monkeypatch):
@@ -39,15 +84,14 @@ def test_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, task_and_c
     good = save_checkpoint(tmp_path, task, step=1, epoch=0, config=config, info=INFO)
     before = good.read_bytes()
 
-    def crash(obj, path):
-        with open(path, "wb") as f:
-            f.write(b"partial")
+    def crash(obj, f):
+        f.write(b"partial")
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint.torch, "save", crash)
     with pytest.raises(OSError):
         save_checkpoint(tmp_path, task, step=2, epoch=0, config=config, info=INFO)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [good.name, LATEST]
+    assert names(tmp_path) == [good.name, checksum_path(good).name, LATEST]
     assert good.read_bytes() == before
     assert latest_checkpoint(tmp_path) == good
 

@@ -17,7 +17,9 @@ def test_outputs_layout_and_cadence(tiny, tmp_path, idx_dir):
     assert summary["step"] == 7 and summary["epoch"] == 1
     assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
         "step-00000003.png", "step-00000006.png", "step-00000007.png"]
-    assert sorted(p.name for p in tmp_path.glob("checkpoint-*.pt")) == ["checkpoint-00000007.pt"]
+    # The newest --keep-checkpoints (default 2).
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*.pt")) == ["checkpoint-00000004.pt",
+                                                                        "checkpoint-00000007.pt"]
     assert (tmp_path / "latest").read_text().strip() == "checkpoint-00000007.pt"
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["image_size"] == 28 and config["gan_loss"] == "vanilla" and config["iters"] == 7
