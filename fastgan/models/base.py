@@ -77,6 +77,11 @@ class GanModel:
         """Fills, in place, the defaults that depend on the data (``origin``: what --data names, a
         fastgan.data.datasets.ORIGINS key), e.g. the image size; validates the model's own options."""
 
+    def check_size(self, cfg) -> None:
+        """Raises UserError when the networks cannot take ``cfg.image_size`` (or ``cfg.load_size``, for a model
+        that reads it), naming the sizes that work. Called on the resolved config, before any data or network
+        is built, so a size the architecture cannot take is one line at start, not a traceback in step 1."""
+
     def build_nets(self, cfg, info: dict) -> dict[str, nn.Module]:
         """The networks, uninitialised, from the resolved config and the loader's info."""
         raise NotImplementedError

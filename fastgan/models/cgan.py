@@ -75,6 +75,9 @@ class Model(base.GanModel):
         if cfg.batch_size is None:
             cfg.batch_size = 64 if cfg.image_size == 28 else 128
 
+    def check_size(self, cfg) -> None:
+        dcgan.check_size_flag(self.name, cfg.image_size)
+
     def build_nets(self, cfg, info: dict) -> dict[str, nn.Module]:
         channels, classes = info["channels"], info.get("num_classes", 0)
         if classes < 2:

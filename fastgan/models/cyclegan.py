@@ -214,6 +214,13 @@ class Model(base.GanModel):
         if cfg.load_size < cfg.image_size:
             raise UserError(f"--load-size {cfg.load_size}: must be at least --image-size {cfg.image_size}")
 
+    def check_size(self, cfg) -> None:
+        # The generator halves the side twice and must give the input's size back (a multiple of 4); the
+        # 70x70 PatchGAN's last InstanceNorm needs 2x2 positions, floor(image_size / 8) - 1 >= 2.
+        if cfg.image_size % self.size_multiple or cfg.image_size < 24:
+            raise UserError(f"--image-size {cfg.image_size}: cyclegan takes multiples of 4 from 24 up (e.g. 128 "
+                            "or 256): its generator halves the side twice, its PatchGAN needs at least 24")
+
     def build_nets(self, cfg, info: dict) -> dict[str, nn.Module]:
         channels = info["channels"]
         generators = {name: ResnetGenerator(channels, channels, cfg.ngf, cfg.n_blocks, cfg.upsample)

@@ -1,9 +1,11 @@
-"""DCGAN (Radford et al. 2015) in two sizes.
+"""DCGAN (Radford et al. 2015) in two layouts.
 
 - image_size=28, the MNIST-family variant: G projects z to a 7x7 map and doubles it twice with
   transposed convolutions; D halves 28 -> 14 -> 7 with strided convolutions and ends in a linear layer.
-- image_size=64, the pytorch/examples dcgan layout: G 1x1 -> 4 -> 8 -> 16 -> 32 -> 64, D its mirror
-  image (no BatchNorm on D's first layer, no biases before BatchNorm).
+- image_size 32, 64, 128 or 256, the pytorch/examples dcgan layout (written there for 64): G 1x1 -> 4 and
+  then one transposed-conv stage per doubling up to image_size, the width halving at each stage from
+  ngf * image_size/8 at 4x4 to ngf at image_size/2; D its mirror image (no BatchNorm on D's first layer,
+  no biases before BatchNorm). At 64 this is exactly pytorch/examples' network.
 
 Both D's return logits (the sigmoid belongs to the loss).
 """
@@ -14,15 +16,22 @@ import torch
 from torch import nn
 
 from .. import nn as fnn
+from ..errors import UserError
 from . import ArchitectureError, base, register
 
-IMAGE_SIZES = (28, 64)
+IMAGE_SIZES = (28, 32, 64, 128, 256)
+SIZES_TEXT = "28 (the MNIST-family layout) or 32, 64, 128, 256 (one stage per doubling)"
 
 
 def check_image_size(model: str, image_size: int) -> None:
     if image_size not in IMAGE_SIZES:
-        raise ArchitectureError(f"{model}: image_size={image_size} is not supported; use 28 (MNIST family) "
-                                f"or 64 (image folders)")
+        raise ArchitectureError(f"{model}: image_size={image_size} is not supported; use {SIZES_TEXT}")
+
+
+def check_size_flag(model: str, image_size: int) -> None:
+    """GanModel.check_size for the DCGAN backbones: the same rule, worded for the --image-size flag."""
+    if image_size not in IMAGE_SIZES:
+        raise UserError(f"--image-size {image_size}: {model} takes {SIZES_TEXT}")
 
 
 class Generator(nn.Module):
@@ -49,27 +58,19 @@ class Generator(nn.Module):
             )
         else:
             self.project = nn.Unflatten(1, (z_dim, 1, 1))
-            self.net = nn.Sequential(
-                nn.ConvTranspose2d(z_dim, ngf * 8, 4, 1, 0, bias=False),
-                nn.BatchNorm2d(ngf * 8),
-                nn.ReLU(inplace=True),
-                # state: (ngf*8) x 4 x 4
-                nn.ConvTranspose2d(ngf * 8, ngf * 4, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(ngf * 4),
-                nn.ReLU(inplace=True),
-                # state: (ngf*4) x 8 x 8
-                nn.ConvTranspose2d(ngf * 4, ngf * 2, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(ngf * 2),
-                nn.ReLU(inplace=True),
-                # state: (ngf*2) x 16 x 16
-                nn.ConvTranspose2d(ngf * 2, ngf, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(ngf),
-                nn.ReLU(inplace=True),
-                # state: ngf x 32 x 32
-                nn.ConvTranspose2d(ngf, channels, 4, 2, 1, bias=False),
-                nn.Tanh(),
-                # state: channels x 64 x 64
-            )
+            width = ngf * image_size // 8
+            layers = [nn.ConvTranspose2d(z_dim, width, 4, 1, 0, bias=False), nn.BatchNorm2d(width),
+                      nn.ReLU(inplace=True)]
+            # state: (ngf*image_size/8) x 4 x 4
+            side = 4
+            while side < image_size // 2:  # one stage per doubling
+                layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2),
+                           nn.ReLU(inplace=True)]
+                width, side = width // 2, side * 2
+                # state: width x side x side (at 64: (ngf*4) x 8 x 8, (ngf*2) x 16 x 16, ngf x 32 x 32)
+            layers += [nn.ConvTranspose2d(ngf, channels, 4, 2, 1, bias=False), nn.Tanh()]
+            # state: channels x image_size x image_size
+            self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(self.project(z))
@@ -95,24 +96,17 @@ class Discriminator(nn.Module):
                 # state: 1
             )
         else:
-            self.net = nn.Sequential(
-                fnn.Conv2dLeakyReLU(channels, ndf, 4, 2, 1, bias=False, negative_slope=0.2),
-                # state: ndf x 32 x 32
-                nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(ndf * 2),
-                fnn.LeakyReLU(0.2),
-                # state: (ndf*2) x 16 x 16
-                nn.Conv2d(ndf * 2, ndf * 4, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(ndf * 4),
-                fnn.LeakyReLU(0.2),
-                # state: (ndf*4) x 8 x 8
-                nn.Conv2d(ndf * 4, ndf * 8, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(ndf * 8),
-                fnn.LeakyReLU(0.2),
-                # state: (ndf*8) x 4 x 4
-                nn.Conv2d(ndf * 8, 1, 4, 1, 0, bias=False),
-                # state: 1 x 1 x 1
-            )
+            layers = [fnn.Conv2dLeakyReLU(channels, ndf, 4, 2, 1, bias=False, negative_slope=0.2)]
+            # state: ndf x image_size/2 x image_size/2
+            width, side = ndf, image_size // 2
+            while side > 4:  # one stage per halving
+                layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2),
+                           fnn.LeakyReLU(0.2)]
+                width, side = width * 2, side // 2
+                # state: width x side x side (at 64: (ndf*2) x 16 x 16, (ndf*4) x 8 x 8, (ndf*8) x 4 x 4)
+            layers.append(nn.Conv2d(width, 1, 4, 1, 0, bias=False))
+            # state: 1 x 1 x 1
+            self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).view(-1)
@@ -126,7 +120,7 @@ def size_for(origin: str) -> int:
 @register
 class Model(base.GanModel):
     name = "dcgan"
-    summary = "DCGAN (Radford et al. 2015): 28x28 on MNIST-family data, 64x64 on image folders"
+    summary = "DCGAN (Radford et al. 2015): 28x28 on MNIST-family data, 64x64 (or 32 to 256) on image folders"
     options = ("z_dim", "ngf", "ndf")
     recipe = {
         # pytorch/examples dcgan/main.py: Adam 2e-4 (0.5, 0.999), nz 100, ngf = ndf = 64, 25 epochs (--niter),
@@ -145,6 +139,9 @@ class Model(base.GanModel):
         cfg.image_size = cfg.image_size or size_for(origin)
         if cfg.batch_size is None:
             cfg.batch_size = 64 if cfg.image_size == 28 else 128
+
+    def check_size(self, cfg) -> None:
+        check_size_flag(self.name, cfg.image_size)
 
     def build_nets(self, cfg, info: dict) -> dict[str, nn.Module]:
         channels = info["channels"]

@@ -17,6 +17,7 @@ from . import config as config_module
 from .cli import OneLineParser, run
 from .config import MODEL_OPTIONS, TrainConfig, config_fields
 from .loop import CHOICES, train
+from .stops import TrainingStopped
 
 PROG = "fastgan.train"
 NOT_FLAGS = ("model",)  # the sub-command
@@ -76,7 +77,15 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
 
 
 def _train(argv: list[str] | None) -> int:
-    summary = train(parse_config(argv))
+    try:
+        summary = train(parse_config(argv))
+    except TrainingStopped as e:  # a signal or divergence: one line, and its exit code (fastgan/train/stops.py)
+        print(f"{PROG}: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
+    if summary["already_complete"]:
+        print(f"{PROG}: already complete at step {summary['step']} (epoch {summary['epoch']}); checkpoint "
+              f"{summary['checkpoint']}; raise --iters or --epochs to train further")
+        return 0
     print(f"{PROG}: step {summary['step']} (epoch {summary['epoch']}), {summary['it_per_s']:.2f} it/s; "
           f"checkpoint {summary['checkpoint']}; samples {summary['sample']}")
     return 0

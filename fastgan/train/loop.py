@@ -4,11 +4,17 @@ Run directory (--out, default runs/<model>):
     config.json                the resolved config of the latest start or resume
     losses.jsonl               one record per log interval: step, epoch, lr, mean losses since the last one
     samples/step-XXXXXXXX.png  sample grids from fixed noise (every --sample-every and at the end)
-    checkpoint-XXXXXXXX.pt     the full training state (every --save-every and at the end; newest kept)
+    checkpoint-XXXXXXXX.pt     the full training state (every --save-every, at the end and when stopped by
+                               SIGTERM/SIGINT; the newest --keep-checkpoints are kept)
+    checkpoint-XXXXXXXX.pt.sha256  its checksum, verified whenever the checkpoint is read
     latest                     the newest checkpoint's file name
+    lock                       flock-ed by the training process while it runs; holds its PID
     report.html                config, loss curves, sample grids and checkpoints (fastgan.report), rewritten with
                                every sample grid
     tensorboard/               scalars, with --tensorboard
+
+How a run ends early (fastgan/train/stops.py): SIGTERM/SIGINT finish the current iteration, save it and
+raise Interrupted; a non-finite loss or weight raises Diverged before anything non-finite is saved.
 """
 
 from __future__ import annotations
@@ -29,17 +35,22 @@ from ..errors import UserError
 from ..models import get_model, model_names
 from ..report import write_report
 from .checkpoint import (
+    DamagedCheckpoint,
     existing_checkpoints,
     latest_checkpoint,
     load_checkpoint,
     load_task_state,
+    resume_candidates,
     save_checkpoint,
+    set_aside,
     set_rng_state,
 )
 from .config import TrainConfig
 from .files import atomic_write
 from .graphs import check_cuda_graphs, configure_engine, make_train_step, memory_format
 from .images import save_image
+from .lock import RunLock
+from .stops import AMP_SKIPPED, Interrupted, StopSignals, check_losses
 from .tasks import build_task, data_request, with_recipe
 
 CHOICES = {
@@ -49,7 +60,8 @@ CHOICES = {
     "amp_dtype": ("bf16", "fp16"),
     "impl": ("auto", "ref"),
 }
-POSITIVE = ("batch_size", "image_size", "d_steps", "g_steps", "z_dim", "hidden", "ngf", "ndf", "log_every")
+POSITIVE = ("batch_size", "image_size", "d_steps", "g_steps", "z_dim", "hidden", "ngf", "ndf", "log_every",
+            "keep_checkpoints")
 NON_NEGATIVE = ("epochs", "epochs_decay", "iters", "workers", "n_blocks", "load_size",
                 "pool_size", "sample_every", "save_every", "lambda_cycle", "lambda_identity")
 # Fields that shape the networks or the data stream: a resumed run must use the checkpoint's values.
@@ -124,6 +136,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     missing = [name for name, value in cfg.to_dict().items() if value is None]
     if missing:  # a model whose recipe misses a field it reads
         raise RuntimeError(f"model {cfg.model!r} leaves {', '.join(missing)} unset: add it to its recipe")
+    model.check_size(cfg)
     if not cfg.out:
         # Resuming from a file continues in that file's run directory.
         resume_file = cfg.resume not in ("", "auto")
@@ -132,8 +145,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
 
 
 def _find_resume(cfg: TrainConfig, out: Path) -> Path | None:
-    if cfg.resume == "auto":
-        return latest_checkpoint(out) if out.is_dir() else None
+    """The checkpoint file given by --resume PATH, or None to start fresh (refusing an existing run)."""
     if cfg.resume:
         path = Path(cfg.resume)
         if out.is_dir() and existing_checkpoints(out) and path.resolve().parent != out.resolve():
@@ -144,6 +156,38 @@ def _find_resume(cfg: TrainConfig, out: Path) -> Path | None:
         raise UserError(f"--out {out}: already holds checkpoints; pass --resume auto to continue that run "
                         "or choose another --out")
     return None
+
+
+def _newest_valid(out: Path, model: str, device: torch.device) -> tuple[Path | None, dict | None]:
+    """--resume auto: the newest checkpoint that reads and verifies. Damaged newer ones are set aside
+    (renamed *.damaged) with a warning naming both files."""
+    damaged: list[tuple[Path, DamagedCheckpoint]] = []
+    for path in resume_candidates(out):
+        try:
+            ckpt = load_checkpoint(path, model, map_location=device)
+        except DamagedCheckpoint as e:
+            damaged.append((path, e))
+            continue
+        for bad, error in damaged:
+            aside = set_aside(bad)
+            print(f"fastgan.train: warning: {error}; resuming from {path} instead (the damaged file is kept as "
+                  f"{aside.name})", file=sys.stderr, flush=True)
+        return path, ckpt
+    if damaged:
+        raise UserError(f"{damaged[0][1]}; no older checkpoint of the run is valid either")
+    return None, None
+
+
+def _resume_point(cfg: TrainConfig, out: Path, device: torch.device) -> tuple[Path | None, dict | None]:
+    """The checkpoint to resume from (None to start fresh), loaded and checked against the config."""
+    if cfg.resume == "auto":
+        path, ckpt = _newest_valid(out, cfg.model, device) if out.is_dir() else (None, None)
+    else:
+        path = _find_resume(cfg, out)
+        ckpt = None if path is None else load_checkpoint(path, cfg.model, map_location=device)
+    if ckpt is not None:
+        _check_resume_config(cfg, ckpt["config"], path)
+    return path, ckpt
 
 
 def _check_resume_config(cfg: TrainConfig, saved: dict, path: Path) -> None:
@@ -175,18 +219,28 @@ def _setup_determinism(cfg: TrainConfig, device: torch.device) -> None:
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Trains cfg.model; returns a summary (step, epoch, last logged losses, paths, it/s)."""
+    """Trains cfg.model; returns a summary (step, epoch, last logged losses, paths, it/s, already_complete).
+
+    Holds the run directory's lock (fastgan.train.lock) from before it reads the run's checkpoints to the
+    end. Raises UserError for bad input, Interrupted after saving on SIGTERM/SIGINT, Diverged on a
+    non-finite loss or weight (fastgan.train.stops)."""
+    cfg = resolve_config(cfg)
+    lock = RunLock(cfg.out)
+    try:
+        return _train(cfg, lock)
+    finally:
+        lock.release()
+
+
+def _train(cfg: TrainConfig, lock: RunLock) -> dict:
     from ..data import build_loader
 
-    cfg = resolve_config(cfg)
     device = torch.device(cfg.device)
     check_cuda_graphs(cfg, device)
     out = Path(cfg.out)
-    resume_path = _find_resume(cfg, out)
-    ckpt = None
-    if resume_path is not None:
-        ckpt = load_checkpoint(resume_path, cfg.model, map_location=device)
-        _check_resume_config(cfg, ckpt["config"], resume_path)
+    if out.is_dir():
+        lock.acquire()  # before reading the run's checkpoints: no other trainer changes them from here on
+    resume_path, ckpt = _resume_point(cfg, out, device)
 
     _setup_determinism(cfg, device)
     torch.manual_seed(cfg.seed)
@@ -198,6 +252,11 @@ def train(cfg: TrainConfig) -> dict:
     info = dict(loader.info)
     task = configure_engine(build_task(cfg, info, device, batches_per_epoch), cfg)
     fixed = loader.fixed(task.fixed_size)
+    if not lock.held:  # a new run directory: created only now, once the config and the data are good
+        out.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+        if existing_checkpoints(out):  # another trainer started the same run meanwhile and has ended
+            resume_path, ckpt = _resume_point(cfg, out, device)
     step = 0
     if ckpt is not None:
         load_task_state(task, ckpt)
@@ -238,7 +297,10 @@ def train(cfg: TrainConfig) -> dict:
         keys = sorted(accum)
         # sync: the loop's only read of the losses, every --log-every iterations.
         values = torch.stack([accum[k].float() for k in keys]).tolist()
-        latest = {k: v / (pending * repeats[k.split("/")[0]]) for k, v in zip(keys, values)}
+        # Losses as means per update; fp16 loss-scale overflows (updates the GradScaler skipped) as counts.
+        latest = {k: int(v) if k.endswith("/" + AMP_SKIPPED) else v / (pending * repeats[k.split("/")[0]])
+                  for k, v in zip(keys, values)}
+        first_step = step - pending + 1
         accum, pending = {}, 0
         lr = float(next(iter(task.optimizers.values())).param_groups[0]["lr"])  # a tensor under --cuda-graphs
         record = {"step": step, "epoch": step // batches_per_epoch, "lr": lr} | latest
@@ -248,11 +310,15 @@ def train(cfg: TrainConfig) -> dict:
             for k, v in latest.items():
                 writer.add_scalar(k, v, step)
             writer.add_scalar("lr", lr, step)
-        short = {k: f"{v:.3g}" for k, v in latest.items() if k.endswith("total") or "cycle" in k}
+        short = {k: f"{v:.3g}" for k, v in latest.items()
+                 if k.endswith("total") or "cycle" in k or (k.endswith(AMP_SKIPPED) and v)}
         if bar.disable:
             print(f"step {step}/{total} " + " ".join(f"{k}={v}" for k, v in short.items()), flush=True)
         else:
             bar.set_postfix(short, refresh=False)
+        last_good = checkpoint_path or resume_path
+        check_losses({k: v for k, v in latest.items() if not k.endswith(AMP_SKIPPED)}, first_step, step,
+                     str(last_good) if last_good else None)
 
     def write_sample() -> Path:
         path = out / "samples" / f"step-{step:08d}.png"
@@ -260,10 +326,19 @@ def train(cfg: TrainConfig) -> dict:
         write_report(out)
         return path
 
+    def save() -> Path:
+        return save_checkpoint(out, task, step=step, epoch=step // batches_per_epoch, config=config, info=info,
+                               keep=cfg.keep_checkpoints)
+
+    def saved_now() -> bool:
+        return checkpoint_path is not None and checkpoint_path.name.endswith(f"{step:08d}.pt")
+
     sample_path = checkpoint_path = step_fn = None
+    stop = StopSignals()
     task.train()
     try:
-        while step < total:
+        stop.install()
+        while step < total and stop.signum is None:
             epoch, position = divmod(step, batches_per_epoch)
             for batch in loader.epoch(epoch, start=position):
                 if step_fn is None:  # graphs are captured for the first batch's shapes
@@ -283,20 +358,26 @@ def train(cfg: TrainConfig) -> dict:
                 if cfg.sample_every and step % cfg.sample_every == 0:
                     sample_path = write_sample()
                 if cfg.save_every and step % cfg.save_every == 0:
-                    checkpoint_path = save_checkpoint(out, task, step=step, epoch=step // batches_per_epoch,
-                                                      config=config, info=info)
-                if step >= total:
+                    checkpoint_path = save()
+                # Checked once per iteration: a stop lands between whole iterations (between graph replays).
+                if step >= total or stop.signum is not None:
                     break
         if pending:
             read_losses()
+        if stop.signum is not None and step < total:
+            if step > start_step and not saved_now():
+                checkpoint_path = save()
+                write_report(out)
+            saved = checkpoint_path or resume_path
+            raise Interrupted(stop.signum, step, str(saved) if saved else None)
         if step > start_step or ckpt is None:
             if sample_path is None or not sample_path.name.endswith(f"{step:08d}.png"):
                 sample_path = write_sample()
-            if checkpoint_path is None or not checkpoint_path.name.endswith(f"{step:08d}.pt"):
-                checkpoint_path = save_checkpoint(out, task, step=step, epoch=step // batches_per_epoch,
-                                                  config=config, info=info)
+            if not saved_now():
+                checkpoint_path = save()
             write_report(out)  # again: the final checkpoint came after the last grid
     finally:
+        stop.restore()
         bar.close()
         if writer is not None:
             writer.close()
@@ -305,5 +386,6 @@ def train(cfg: TrainConfig) -> dict:
     return {"model": cfg.model, "step": step, "epoch": step // batches_per_epoch, "losses": latest,
             "out": str(out), "checkpoint": str(checkpoint_path or latest_checkpoint(out)),
             "sample": str(sample_path) if sample_path else None,
+            "already_complete": ckpt is not None and iterations == 0,
             "it_per_s": iterations / seconds if seconds > 0 else 0.0,
             "images_per_s": iterations * cfg.batch_size / seconds if seconds > 0 else 0.0}

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from ..models.base import Phase, Sampler
 from .images import make_grid, to_unit
+from .stops import AMP_SKIPPED, amp_skipped
 
 __all__ = ["Phase", "Task", "run_phase", "set_trainable", "train_step"]
 
@@ -60,13 +61,16 @@ def set_trainable(task: Task, phase: Phase | None) -> None:
 
 def run_phase(task: Task, phase: Phase, batch: dict, autocast=None) -> dict[str, Tensor]:
     """One update of ``phase`` (gradients already cleared): loss, scaled backward, optimiser step and
-    loss-scale update. Returns its losses. ``autocast`` defaults to the task's; the CUDA-graph step
+    loss-scale update. Returns its losses (with fp16 loss scaling, also ``amp_skipped``: 1 where the
+    GradScaler skipped the update). ``autocast`` defaults to the task's; the CUDA-graph step
     passes its own (no weight-cast cache)."""
     optimizer, scaler = task.optimizers[phase.optimizer], task.scalers[phase.optimizer]
     with (autocast or task.autocast)():
         losses = phase.loss(batch)
     scaler.scale(losses["total"]).backward()
     scaler.step(optimizer)
+    if scaler.is_enabled():  # counted with the losses, on the device: the loop reports it at --log-every
+        losses = losses | {AMP_SKIPPED: amp_skipped(scaler, optimizer)}
     scaler.update()
     return losses
 

@@ -10,6 +10,8 @@ from fastgan.models import ArchitectureError, dcgan, init_weights
     (28, 1),  # MNIST family
     (64, 3),  # image folders
     (64, 1),  # grey folders
+    (32, 3),  # one stage per doubling: the smallest and the largest
+    (256, 3),
 ])
 def test_shapes(image_size, channels):
     g = dcgan.Generator(z_dim=12, ngf=8, channels=channels, image_size=image_size)
@@ -66,7 +68,7 @@ def test_mnist_variant_layout(n_params):
     assert n_params(d) == 16 * 64 + 64 + 64 * 128 * 16 + 2 * 128 + 128 * 49 + 1
 
 
-@pytest.mark.parametrize("image_size", [32, 0, 256])
+@pytest.mark.parametrize("image_size", [48, 0, 16, 512])  # not 28 nor a power of two from 32 to 256
 def test_rejects_unsupported_image_size(image_size):
     builders = (lambda: dcgan.Generator(100, 8, 1, image_size), lambda: dcgan.Discriminator(8, 1, image_size))
     for build in builders:
