@@ -159,7 +159,11 @@ def _instance_norm_act_fwd_kernel(
 
 @device_function
 def _instance_norm_act_bwd_channel(
-    W, B, MEAN, RSTD, n, c, c_mask, C,
+    W,  # weight, [C] (unused unless HAS_AFFINE)
+    B,  # bias, [C] (unused unless HAS_AFFINE)
+    MEAN,  # fp32, [N, C]
+    RSTD,  # fp32, [N, C]
+    n, c, c_mask, C,
     BLOCK_C: tl.constexpr, HAS_AFFINE: tl.constexpr,
 ):
     """mean, rstd, weight and bias of channels c of sample n (weight 1 and bias 0 if not affine), fp32."""
@@ -175,7 +179,11 @@ def _instance_norm_act_bwd_channel(
 
 @device_function
 def _instance_norm_act_bwd_tile(
-    X, DY, idx, mask, mean, rstd, w, b, negative_slope,
+    X,  # input, [N, C, S] with strides (stride_n, stride_c, stride_s)
+    DY,  # output gradient, like X
+    idx, mask,  # [BLOCK_C, BLOCK_S] offsets of the tile into X and DY, and which of them are in bounds
+    mean, rstd, w, b,  # fp32 [BLOCK_C], from _instance_norm_act_bwd_channel
+    negative_slope,
     ACT: tl.constexpr,
 ):
     """xhat and g = dy * act'(z) of one tile, fp32 (zero where masked off)."""
