@@ -170,16 +170,18 @@ class Model(base.GanModel):
         cfg.load_size = cfg.load_size or cfg.image_size * 286 // 256
         if cfg.load_size < cfg.image_size:
             raise UserError(f"--load-size {cfg.load_size}: must be at least --image-size {cfg.image_size}")
-        if cfg.unet_depth is None:
-            fitting = [d for d in range(RECIPE_DEPTH, MIN_DEPTH - 1, -1) if cfg.image_size % 2**d == 0]
-            if not fitting:
-                raise UserError(f"--image-size {cfg.image_size}: the U-Net needs a multiple of {2**MIN_DEPTH}")
-            cfg.unet_depth = fitting[0]
+        if cfg.unet_depth is None:  # unet_256, else the deepest U-Net the size takes (check_size says if none)
+            fitting = [d for d in range(RECIPE_DEPTH, MIN_DEPTH, -1) if cfg.image_size % 2**d == 0]
+            cfg.unet_depth = fitting[0] if fitting else MIN_DEPTH
+
+    def check_size(self, cfg) -> None:
+        # Every level halves the side, down to the bottleneck; the 70x70 PatchGAN then has at least 3x3
+        # positions at its last norm (floor(32 / 8) - 1).
         if cfg.unet_depth < MIN_DEPTH:
             raise UserError(f"--unet-depth {cfg.unet_depth}: must be at least {MIN_DEPTH}")
         if cfg.image_size % 2**cfg.unet_depth:
             raise UserError(f"--image-size {cfg.image_size}: a U-Net of depth {cfg.unet_depth} needs a multiple of "
-                            f"{2**cfg.unet_depth}; change --image-size or --unet-depth")
+                            f"{2**cfg.unet_depth} (e.g. 256 for unet_256); change --image-size or --unet-depth")
 
     def build_nets(self, cfg, info: dict) -> dict[str, nn.Module]:
         channels = info["channels"]

@@ -398,7 +398,7 @@ def _one_line(capsys, main, args, prog):
 @pytest.mark.parametrize("args, message", [
     (["--direction", "CtoD"], "--direction 'CtoD': choose from AtoB, BtoA"),
     (["--norm", "group"], "--norm 'group': choose from instance, batch"),
-    (["--image-size", "100"], "--image-size 100: the U-Net needs a multiple of 32"),
+    (["--image-size", "100"], "--image-size 100: a U-Net of depth 5 needs a multiple of 32"),
     (["--image-size", "64", "--unet-depth", "7"], "a U-Net of depth 7 needs a multiple of 128"),
     (["--unet-depth", "4"], "--unet-depth 4: must be at least 5"),
     (["--g-steps", "2"], "--g-steps 2"),
