@@ -35,7 +35,7 @@ from fastgan.errors import UserError
 from fastgan.train.config import TrainConfig
 from fastgan.train.graphs import configure_engine, make_train_step, memory_format
 from fastgan.train.loop import resolve_config
-from fastgan.train.tasks import build_task
+from fastgan.train.tasks import build_task, data_request
 
 _CUDA = torch.cuda.is_available()
 
@@ -202,7 +202,7 @@ def test_fashion_mnist_epoch(benchmark, record, bench_device):
     cfg = resolve_config(TrainConfig(model="dcgan", data="fashion-mnist", batch_size=64, loader="device",
                                      device=str(bench_device), amp=True, cuda_graphs=True))
     try:
-        loader = build_loader(cfg, bench_device, memory_format=memory_format(cfg, bench_device))
+        loader = build_loader(data_request(cfg), bench_device, memory_format=memory_format(cfg, bench_device))
     except UserError as err:
         pytest.skip(f"Fashion-MNIST not available: {err}")
     task = configure_engine(build_task(cfg, dict(loader.info), bench_device, len(loader)), cfg)
