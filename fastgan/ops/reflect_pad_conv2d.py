@@ -90,5 +90,11 @@ def reflect_pad_conv2d(x, weight, bias=None, padding=1, stride=1, impl="auto"):
         on the extension path.
     """
     if _dispatch.resolve("reflect_pad_conv2d", impl, x.device) == "cuda":
+        if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
+            # Autocast casts the inputs of ATen's convolutions but not of a custom op, whose kernels take one
+            # dtype: under --amp a bf16 activation would meet fp32 weights. Apply conv2d's autocast policy.
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = None if bias is None else bias.to(dtype)
         return torch.ops.fastgan.reflect_pad_conv2d(x, weight, bias, padding, stride)
     return reflect_pad_conv2d_ref(x, weight, bias, padding, stride)
