@@ -54,8 +54,8 @@ def cpu_standin(model: str, amp_dtype: str | None = None, loader: str = "device"
     from ..data import build_loader
     from ..train.config import TrainConfig
     from ..train.graphs import configure_engine, memory_format
-    from ..train.loop import data_request, resolve_config
-    from ..train.tasks import build_task
+    from ..train.loop import resolve_config
+    from ..train.tasks import build_task, data_request
 
     fields = dict(model=model, data="synthetic", device="cpu", loader=loader, workers=0, seed=3,
                   channels_last=True, amp=amp_dtype is not None, amp_dtype=amp_dtype or "bf16",
