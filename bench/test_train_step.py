@@ -33,7 +33,7 @@ from conftest import synchronize
 from fastgan import ops
 from fastgan.errors import UserError
 from fastgan.train.config import TrainConfig
-from fastgan.train.graphs import configure_engine, make_train_step, memory_format
+from fastgan.train.graphs import compile_nets, configure_engine, make_train_step, memory_format
 from fastgan.train.loop import resolve_config
 from fastgan.train.tasks import build_task, data_request
 
@@ -83,20 +83,13 @@ def case_id(model, image_size, batch_size, overrides):
 def make_case(model, image_size, batch_size, overrides, flags, device):
     flags = dict(flags)
     compile_mode = flags.pop("compile_mode", None)  # not a trainer flag: compiled here, after configure_engine
-    if flags.get("compile") or compile_mode:
-        # torch 2.11 (the GPU machines') skips the guard on a parameter's requires_grad when its module's
-        # dict is unchanged (pytorch/pytorch#139476, fixed by #177158): set_trainable freezes G in the D phase,
-        # and G compiled there keeps running without autograd in the G phase ("element 0 of tensors does not
-        # require grad"). Checking the tensors' guards again costs microseconds per call.
-        torch._dynamo.config.skip_tensor_guards_with_matching_dict_tags = False
     cfg = resolve_config(TrainConfig(model=model, image_size=image_size, batch_size=batch_size,
                                      device=str(device), **overrides, **flags))
     channels = 3 if model == "cyclegan" else 1
     info = {"channels": channels, "num_classes": 10 if model == "cgan" else 0, "num_images": 1000}
     task = configure_engine(build_task(cfg, info, device), cfg)
     if compile_mode is not None:
-        for net in task.nets.values():
-            net.compile(mode=compile_mode)
+        compile_nets(task.nets.values(), compile_mode)
     shape = (batch_size, channels, image_size, image_size)
     fmt = memory_format(cfg, device)
 

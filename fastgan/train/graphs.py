@@ -45,8 +45,8 @@ from ..models import get_model
 from ..nn import set_impl
 from .steps import Task, run_phase, set_trainable, train_step
 
-__all__ = ["GraphedTrainStep", "check_cuda_graphs", "configure_engine", "make_train_step", "memory_format",
-           "WARMUP_ITERS"]
+__all__ = ["GraphedTrainStep", "check_cuda_graphs", "compile_nets", "configure_engine", "make_train_step",
+           "memory_format", "WARMUP_ITERS"]
 
 WARMUP_ITERS = 3  # eager iterations before capture: autotuning and cuDNN choice settle in 1-2
 
@@ -71,6 +71,17 @@ def memory_format(cfg, device: torch.device) -> torch.memory_format:
     return torch.channels_last if on else torch.contiguous_format
 
 
+def compile_nets(nets, mode: str | None = None) -> None:
+    """``nn.Module.compile`` on each network, in place (``mode``: torch.compile's, e.g. "reduce-overhead")."""
+    # torch 2.11 (the GPU machines') skips the guard on a parameter's requires_grad when its module's dict is
+    # unchanged (pytorch/pytorch#139476, fixed by #177158): set_trainable freezes G in the D phase, and G
+    # compiled there would keep running without autograd in the G phase ("element 0 of tensors does not
+    # require grad"). Checking the tensors' guards again costs microseconds per call.
+    torch._dynamo.config.skip_tensor_guards_with_matching_dict_tags = False
+    for net in nets:
+        net.compile(mode=mode)
+
+
 def configure_engine(task: Task, cfg) -> Task:
     """Applies --impl, --channels-last and --compile to the task's networks, in place; call it before
     loading a checkpoint so the optimiser state follows the parameters' memory format.
@@ -83,8 +94,8 @@ def configure_engine(task: Task, cfg) -> Task:
         set_impl(net, cfg.impl)
         if fmt is torch.channels_last:
             net.to(memory_format=fmt)
-        if cfg.compile:
-            net.compile()
+    if cfg.compile:
+        compile_nets(task.nets.values())
     return task
 
 
