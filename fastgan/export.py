@@ -51,12 +51,7 @@ def export_specs(checkpoint, direction: str | None = None, size: int | None = No
     device = torch.device(device)
 
     def names(model):
-        if model.inference == "generate":
-            return ["G"]
-        if direction is not None and direction not in model.translators:
-            raise UserError(f"--direction {direction}: {model.name} translates {', '.join(model.translators)}")
-        chosen = [direction] if direction else list(model.translators)
-        return [model.translators[d] for d in chosen]
+        return ["G"] if model.inference == "generate" else sorted(set(model.translators.values()))
 
     ckpt = load_checkpoint(checkpoint, map_location=device)
     model = get_model(ckpt["model"])
@@ -82,12 +77,14 @@ def export_specs(checkpoint, direction: str | None = None, size: int | None = No
         specs.append(ExportSpec("G", G, inputs, dynamic if batch is not None else None))
         return specs, ckpt
     size = size or cfg["image_size"]
-    multiple = model.size_multiple
+    multiple = model.input_multiple(cfg)
     if size < multiple or size % multiple:
         raise UserError(f"--size {size}: {model.name} takes sides that are multiples of {multiple} "
                         f"(it down-samples by {multiple}), e.g. {max(multiple, size // multiple * multiple)}")
-    for d in ([direction] if direction else list(model.translators)):
-        net = _prepare(nets[model.translators[d]], dtype)
+    if dynamic_size and size == multiple:
+        size = 2 * multiple  # torch.export specialises a side of one block (size 1 deep inside the network)
+    for d, generator in _directions(model, cfg, direction).items():
+        net = _prepare(nets[generator], dtype)
         x = torch.rand(n, info["channels"], size, size, device=device, dtype=dtype) * 2 - 1
         dims = {}
         if batch is not None:
@@ -98,6 +95,23 @@ def export_specs(checkpoint, direction: str | None = None, size: int | None = No
             dims[3] = multiple * torch.export.Dim("width_blocks", min=1, max=1024)
         specs.append(ExportSpec(d, net, {"image": x}, {"image": dims} if dims else None))
     return specs, ckpt
+
+
+def _directions(model, cfg: dict, direction: str | None) -> dict[str, str]:
+    """direction -> generator network to export: the one asked for, or one file per generator the
+    checkpoint has (cyclegan: AtoB and BtoA; pix2pix: the direction it was trained in)."""
+    if direction is not None:
+        chosen, generator = model.translator(cfg, direction)
+        return {chosen: generator}
+    found: dict[str, str] = {}
+    for d in model.translators:
+        try:
+            chosen, generator = model.translator(cfg, d)
+        except UserError:
+            continue  # a direction this checkpoint has no generator for
+        if generator not in found.values():
+            found[chosen] = generator
+    return found
 
 
 def _prepare(net: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
@@ -141,7 +155,7 @@ def onnx_metadata(ckpt: dict, spec: ExportSpec) -> dict:
     """What inference needs besides the graph: the model, the training size, classes, the direction."""
     model = get_model(ckpt["model"])
     info = {"fastgan_model": model.name, "image_size": ckpt["config"]["image_size"],
-            "num_classes": ckpt["info"].get("num_classes", 0), "size_multiple": model.size_multiple,
+            "num_classes": ckpt["info"].get("num_classes", 0), "size_multiple": model.input_multiple(ckpt["config"]),
             "inference": model.inference}
     if model.inference == "translate":
         info["direction"] = spec.name

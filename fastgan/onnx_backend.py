@@ -67,4 +67,12 @@ class OnnxGenerator:
         for name, value in zip(self.inputs, args):
             array = value.detach().cpu().numpy()
             feeds[name] = array if array.dtype == np.int64 else array.astype(self.dtype)
-        return torch.from_numpy(self.session.run(None, feeds)[0].astype(np.float32))
+        try:
+            out = self.session.run(None, feeds)[0]
+        except Exception as e:  # onnxruntime's own error types; the usual cause is a shape the export fixed
+            shapes = {i.name: i.shape for i in self.session.get_inputs()}
+            raise UserError(f"{self.path}: cannot run on inputs of shape "
+                            f"{ {k: list(v.shape) for k, v in feeds.items()} } (the model takes {shapes}; "
+                            f"export with --dynamic-batch/--dynamic-size, or --size checkpoint): "
+                            f"{str(e).splitlines()[0]}") from None
+        return torch.from_numpy(out.astype(np.float32))

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from .data.folders import list_images, load_image
 from .errors import UserError
+from .onnx_backend import BACKENDS, OnnxGenerator, resolve_backend
 from .train.checkpoint import load_for_inference
 from .train.cli import OneLineParser, run
 from .train.images import save_image, to_unit
@@ -26,7 +27,8 @@ DIRECTIONS = ("AtoB", "BtoA")
 def parse_args(argv):
     parser = OneLineParser(PROG, description="Translate images with an image-to-image checkpoint (cyclegan, "
                                              "pix2pix).")
-    parser.add_argument("checkpoint", help="checkpoint-*.pt written by fastgan.train cyclegan or pix2pix")
+    parser.add_argument("checkpoint", help="checkpoint-*.pt written by fastgan.train cyclegan or pix2pix, a run "
+                        "directory, or a .onnx file written by fastgan.export")
     parser.add_argument("input", help="an image file or a folder of images")
     parser.add_argument("--direction", choices=DIRECTIONS, default=None,
                         help="AtoB translates domain A images into domain B (cyclegan: G_A), BtoA the reverse "
@@ -36,6 +38,9 @@ def parse_args(argv):
                         help="checkpoint (resize to the training resolution), input (keep each "
                              "image's size), or N pixels (square)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="torch (a checkpoint) or onnxruntime (a .onnx file from fastgan.export); "
+                             "auto: by the file's suffix")
     return parser.parse_args(argv)
 
 
@@ -68,12 +73,20 @@ def translate_image(G: torch.nn.Module, image: torch.Tensor, size: int | None, m
 def _main(argv) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
-    ckpt, model, nets = load_for_inference(args.checkpoint, "translate",
-                                           lambda model: sorted(set(model.translators.values())), device)
-    direction, name = model.translator(ckpt["config"], args.direction)
-    G = nets[name]
-    multiple = model.input_multiple(ckpt["config"])
-    size = _target_size(args.size, ckpt["config"]["image_size"], multiple)
+    if resolve_backend(args.checkpoint, args.backend) == "onnxruntime":
+        G = OnnxGenerator(args.checkpoint).require("translate")
+        direction, trained = G.meta["direction"], int(G.meta["image_size"])
+        if args.direction not in (None, direction):
+            raise UserError(f"--direction {args.direction}: {args.checkpoint} translates {direction} only "
+                            f"(fastgan.export writes one file per direction)")
+        multiple, device = int(G.meta["size_multiple"]), torch.device("cpu")
+    else:
+        ckpt, model, nets = load_for_inference(args.checkpoint, "translate",
+                                               lambda model: sorted(set(model.translators.values())), device)
+        direction, name = model.translator(ckpt["config"], args.direction)
+        G, trained = nets[name], ckpt["config"]["image_size"]
+        multiple = model.input_multiple(ckpt["config"])
+    size = _target_size(args.size, trained, multiple)
     source = Path(args.input)
     if source.is_dir():
         files = [Path(p) for p in list_images(str(source))]

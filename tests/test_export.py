@@ -1,9 +1,11 @@
 """fastgan.export: every model's generator as ONNX (checked by onnx, run by onnxruntime) and as a
 torch.export program, equal to the PyTorch reference path; generate --backend onnxruntime; bad input."""
 
+import numpy as np
 import pytest
 import torch
 
+from fastgan.errors import UserError
 from fastgan.export import export_one, export_specs
 from fastgan.export import main as export_main
 from fastgan.generate import generate
@@ -18,7 +20,9 @@ ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed
 pytest.importorskip("onnxscript", reason="the onnx extra is not installed: pip install 'fastgan[onnx]'")
 
 TINY = dict(device="cpu", data="synthetic", dry_run=True, z_dim=8, hidden=16, ngf=4, ndf=4, batch_size=4)
-CASES = {"gan": {}, "dcgan": {}, "cgan": {}, "cyclegan": dict(image_size=32, n_blocks=1, batch_size=1)}
+CASES = {"gan": {}, "dcgan": {}, "cgan": {}, "cyclegan": dict(image_size=32, n_blocks=1, batch_size=1),
+         # 32 px: a depth-5 U-Net, whose innermost blocks (the ones with test-time dropout) are absent.
+         "pix2pix": dict(image_size=32, batch_size=1, direction="BtoA")}
 TOLERANCE = 1e-4  # max |onnxruntime - PyTorch| in fp32 on outputs in [-1, 1]
 
 
@@ -80,6 +84,21 @@ def test_cyclegan_onnx_standard_ops_and_dynamic_size(checkpoints, tmp_path):
             assert (run_onnx(path, x) - expected).abs().max() <= TOLERANCE, size
 
 
+def test_pix2pix_exports_its_trained_direction(checkpoints, tmp_path):
+    specs, _ = export_specs(checkpoints["pix2pix"], dynamic_size=True)
+    assert [s.name for s in specs] == ["BtoA"]  # one generator, for the direction it was trained in
+    path = export_one(specs[0], tmp_path / "p.onnx", "onnx")
+    check_onnx_graph(path)
+    G = reference(checkpoints["pix2pix"], "G")
+    for size in (32, 64):
+        x = torch.rand(1, 3, size, size) * 2 - 1
+        with torch.no_grad():
+            expected = G(x)
+        assert (run_onnx(path, x) - expected).abs().max() <= TOLERANCE, size
+    with pytest.raises(UserError, match="--direction AtoB"):
+        export_specs(checkpoints["pix2pix"], direction="AtoB")
+
+
 def test_exported_program_reloads_with_the_same_outputs(checkpoints, tmp_path):
     specs, _ = export_specs(checkpoints["cyclegan"], direction="AtoB", dynamic_size=True)
     path = export_one(specs[0], tmp_path / "g.pt2", "exported-program")
@@ -126,6 +145,35 @@ def test_bad_input_is_one_line(checkpoints, capsys, model, args, words):
         export_main([checkpoints[model], *args])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and words in err, err
+
+
+def test_translate_with_onnxruntime_equals_torch(checkpoints, tmp_path, capsys):
+    from PIL import Image
+
+    from fastgan.translate import main as translate_main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = torch.Generator().manual_seed(0)
+    for name, size in (("a.png", (40, 36)), ("b.png", (32, 32))):
+        pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=rng, dtype=torch.uint8).numpy()
+        Image.fromarray(pixels).save(photos / name)
+    onnx_file = tmp_path / "g.onnx"
+    assert export_main([checkpoints["cyclegan"], "--direction", "BtoA", "--dynamic-size", "--out", str(onnx_file)]) == 0
+    for size in ("checkpoint", "input"):  # 32x32, and each image's own size (padded to a multiple of 4)
+        outs = {}
+        for backend, source in (("onnxruntime", onnx_file), ("torch", checkpoints["cyclegan"])):
+            outs[backend] = tmp_path / f"{backend}-{size}"
+            assert translate_main([str(source), str(photos), "--direction", "BtoA", "--size", size,
+                                   "--out", str(outs[backend]), "--device", "cpu"]) == 0
+        for name in ("a.png", "b.png"):
+            a = torch.tensor(np.asarray(Image.open(outs["onnxruntime"] / name)), dtype=torch.int16)
+            b = torch.tensor(np.asarray(Image.open(outs["torch"] / name)), dtype=torch.int16)
+            assert a.shape == b.shape and (a - b).abs().max() <= 1  # 8-bit rounding of outputs 1e-4 apart
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        translate_main([str(onnx_file), str(photos), "--direction", "AtoB", "--out", str(tmp_path / "x")])
+    assert "translates BtoA only" in capsys.readouterr().err
 
 
 def test_generate_refuses_foreign_onnx_files(tmp_path, capsys):
