@@ -1,0 +1,119 @@
+"""Every Triton specialisation fastgan launches compiles for sm_80 and sm_90, without spills and within the
+register and shared-memory limits (fastgan.testing.specialisations; ``-s`` shows the table).
+
+The launches are recorded from the launchers themselves, driven by traces of the models' GPU runs and by
+every public option; by default the CI tier is compiled (every specialisation of the models' --amp bf16
+channels_last runs for both targets, a pairwise cover of the rest for sm_90), FASTGAN_SPECIALISATIONS=all
+compiles all of them for both (minutes).
+"""
+
+import functools
+import importlib
+import os
+import pkgutil
+import time
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="triton is not installed")
+
+from fastgan.ops import _triton_util  # noqa: E402
+from fastgan.testing import specialisations as sp  # noqa: E402
+
+# Problems the check found and reported (issue 10) in kernels this test does not own, as
+# (kernel, specialisation, arch). Each must still occur: remove it when its kernel is fixed.
+KNOWN_PROBLEMS = {
+    # 2048 fp32 elements per program in NCHW at C=3, S=37*53 (no 16-divisible sizes: scalar accesses).
+    ("_leaky_relu_bwd_kernel", "fp32 stride_s=1 SPLIT=1 BLOCK_C=2 BLOCK_S=2048 TILES=1 HAS_BIAS=True div16=4 warps=4",
+     "sm_90"),
+    ("_batch_norm_act_bwd_kernel", "fp16/fp32 stride_c=1 BLOCK_C=4 BLOCK_S=512 HAS_AFFINE=False ACT=0 div16=8 warps=4",
+     "sm_90"),
+}
+
+
+@functools.cache
+def _launches():
+    return sp.model_launches() + sp.public_launches()
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    start = time.perf_counter()
+    launches = _launches()
+    recorded = time.perf_counter()
+    results = sp.compile_all(launches, everything=os.environ.get("FASTGAN_SPECIALISATIONS") == "all")
+    print("\n" + sp.table(results))
+    print(f"{len(launches)} launches recorded in {recorded - start:.1f} s")
+    print(sp.summary(results, time.perf_counter() - recorded))
+    return results
+
+
+def _key(result):
+    return (result.spec.kernel.rsplit(".", 1)[-1], result.spec.describe(), result.arch)
+
+
+def test_no_specialisation_spills_or_exceeds_a_limit(compiled):
+    problems = {_key(r): r for r in compiled if r.problems()}
+    new = sp.check([r for key, r in problems.items() if key not in KNOWN_PROBLEMS])
+    assert not new, "\n".join(new)
+    if os.environ.get("FASTGAN_SPECIALISATIONS") != "all":  # the CI tier compiles both known ones
+        fixed = KNOWN_PROBLEMS - set(problems)
+        assert not fixed, f"fixed, remove from KNOWN_PROBLEMS: {sorted(fixed)}"
+
+
+def test_both_targets_and_every_kernel_are_compiled(compiled):
+    kernels = {f"{k.fn.__module__}.{k.fn.__name__}" for k in _all_kernels()}
+    assert {r.spec.kernel for r in compiled} == kernels
+    assert {r.arch for r in compiled} == set(sp.TARGETS)
+    primary = {r.spec for r in compiled if r.arch == "sm_80"}
+    assert primary and all(any(r.spec == s and r.arch == "sm_90" for r in compiled) for s in primary)
+
+
+def test_every_model_run_launches_triton_kernels():
+    origins = {launch.origin for launch in _launches()}
+    for model, overrides in sp.MODEL_RUNS:
+        for layout in ("nhwc", "nchw"):
+            assert f"{sp.run_name(model, overrides)} {layout} bfloat16" in origins
+
+
+def test_model_launches_follow_the_launch_heuristics():
+    """The CycleGAN 256x256 launches carry the tiles _triton_util.tile picks for its shapes."""
+    launches = [launch for launch in _launches() if launch.origin.startswith("cyclegan") and "nhwc" in launch.origin]
+    tiles = {(launch.kwargs["BLOCK_C"], launch.kwargs["BLOCK_S"]) for launch in launches
+             if "_instance_norm_act_fwd" in launch.kernel.fn.__name__}
+    expected = {_triton_util.tile(c, s * s, stride_c=1) for c, s in ((64, 256), (128, 128), (256, 64))}
+    assert expected <= tiles, (expected, tiles)
+
+
+def _all_kernels():
+    ops = importlib.import_module("fastgan.ops")
+    found = []
+    for info in pkgutil.iter_modules(ops.__path__):
+        module = importlib.import_module(f"fastgan.ops.{info.name}")
+        found += [v for v in vars(module).values() if isinstance(v, _triton_util.kernel)]
+    return found
+
+
+# --- the check catches what it is for ------------------------------------------------------------
+def test_a_spilling_block_size_is_caught(monkeypatch):
+    """A launch heuristic that picks 16x larger tiles: the two fp32 [BLOCK_C, BLOCK_S] accumulators of the
+    backward statistics kernel no longer fit in registers."""
+    tile = _triton_util.tile
+    monkeypatch.setattr(_triton_util, "tile", lambda c, s, stride_c, elems=2048: tile(c, s, stride_c, elems * 16))
+    launches = sp.model_launches(runs=[("cyclegan", {"batch_size": 1, "n_blocks": 1})], dtypes=[torch.bfloat16],
+                                 layouts=[True])
+    stats = [launch for launch in launches if "_instance_norm_act_bwd_stats" in launch.kernel.fn.__name__][:1]
+    assert stats and stats[0].kwargs["BLOCK_C"] * stats[0].kwargs["BLOCK_S"] == 32768
+    results = sp.compile_all(stats, jobs=1)
+    problems = sp.check(results)
+    assert problems and all("spills" in p for p in problems), problems
+
+
+def test_a_kernel_that_does_not_compile_fails_the_run(monkeypatch):
+    """A constexpr combination the kernel cannot take (a tile that is not a power of two) is a compile
+    error here, as it would be at the first launch on a GPU."""
+    launch = next(launch for launch in _launches() if launch.primary)
+    broken = sp.Launch(launch.kernel, launch.grid, launch.args, dict(launch.kwargs, BLOCK_S=48), "planted", True)
+    with pytest.raises(Exception, match="(?i)power of 2|arange"):
+        sp.compile_all([broken], jobs=1)
