@@ -27,6 +27,11 @@ def synthetic_split(split: str):
     return source.images, source.labels
 
 
+@pytest.fixture(name="synthetic_split")
+def _synthetic_split_fixture():
+    return synthetic_split
+
+
 def write_idx(path, array: np.ndarray) -> None:
     header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     with open(path, "wb") as f:
