@@ -96,6 +96,9 @@ def test_bf16_stays_bf16(name):
 @pytest.mark.parametrize("name", RUNS)
 def test_no_hidden_layout_change(name):
     trace = _trace(name)
+    if trace.fused_layers_without_fast_op():
+        pytest.skip(f"this build lacks {', '.join(sorted(_unavailable_on_cuda()))} on CUDA: the reference "
+                    "path's layouts are not a GPU build's")
     changes = trace.layout_changes() + trace.layout_changes(backward=True)
     assert trace.keys(changes) == KNOWN_LAYOUT[name], "\n".join(changes)
 
@@ -136,9 +139,10 @@ def test_a_forced_reference_fallback_is_caught(monkeypatch):
     monkeypatch.setitem(_dispatch._FAST, "instance_norm_act", type(fast)(fast.name, lambda device: "planted"))
     with pytest.warns(UserWarning, match="falls back to the reference path: planted"):
         trace = _tiny_trace()
-    missing = trace.fused_layers_without_fast_op()
-    assert missing and all("(InstanceNormAct)" in m for m in missing)
-    assert "G_A.net.1 (InstanceNormAct)" in missing[0]
+    missing = [m for m in trace.fused_layers_without_fast_op() if "(InstanceNormAct)" in m]
+    assert missing and "G_A.net.1 (InstanceNormAct)" in missing[0]
+    assert len(missing) == sum(isinstance(m, layers.InstanceNormAct) for net in trace.nets.values()
+                               for m in net.modules())
 
 
 def test_a_layout_copy_is_caught(monkeypatch):
