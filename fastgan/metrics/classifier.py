@@ -120,7 +120,8 @@ def load_classifier(path: str | os.PathLike, device: torch.device | str = "cpu")
     if saved.get("version", 0) > VERSION:
         raise UserError(f"classifier {path}: format version {saved['version']} is newer than this fastgan "
                         f"reads ({VERSION}); upgrade fastgan")
-    net = DomainClassifier(saved["num_classes"])
+    with torch.random.fork_rng(devices=[]):  # the initialisation is overwritten: keep the global RNG as it was
+        net = DomainClassifier(saved["num_classes"])
     try:
         net.load_state_dict(saved["state_dict"])
     except (RuntimeError, KeyError) as e:

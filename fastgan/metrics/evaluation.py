@@ -297,26 +297,28 @@ def training_metrics(results: Mapping[str, Mapping]) -> dict[str, float]:
     return flat
 
 
-def evaluate_during_training(task, cfg, step: int, out: str | os.PathLike,
-                             metrics: tuple[str, ...] = ("fid", "kid")) -> dict:
+def evaluate_during_training(task, cfg, step: int, out: str | os.PathLike, *, feature: str | None = None,
+                             n: int | None = None, metrics: tuple[str, ...] = ("fid", "kid")) -> dict:
     """Evaluates the task's networks on its device between training steps and appends
-    ``{"step", "fid", ...}`` to ``out/metrics.jsonl``.
+    ``{"step", "fid", "kid", ...}`` to ``out/metrics.jsonl`` (translators: "fid/AtoB", ... and their mean).
 
-    Reads cfg.model, cfg.eval_feature ("" = inception: weights from $FASTGAN_INCEPTION_WEIGHTS or the torch
-    hub cache; or classifier:PATH), cfg.eval_n, cfg.seed and the data fields. The networks return to the
-    mode they had and the global RNG (CPU and the task's CUDA device) is restored, so training continues
-    exactly as without the evaluation. Records of this step or later (left by a run that is now resumed
-    from an earlier checkpoint) are dropped first.
+    ``feature`` and ``n`` default to cfg.eval_feature ("" = inception, weights from
+    $FASTGAN_INCEPTION_WEIGHTS or the torch hub cache) and cfg.eval_n (5000 when cfg has none); the
+    data, seed and model come from cfg. The networks return to the mode they had and the global RNG (CPU
+    and the task's CUDA device) is restored, so training continues exactly as without the evaluation.
+    Records of this step or later (left by a run that is now resumed from an earlier checkpoint) are
+    dropped first.
 
     Returns the record plus "best": True when its FID is the lowest so far (the loop keeps best.pt).
     """
-    spec = getattr(cfg, "eval_feature", "") or "inception"
+    spec = (feature if feature is not None else getattr(cfg, "eval_feature", "")) or "inception"
     if spec not in _SPACES:
         _SPACES[spec] = feature_space(spec)
     space = _SPACES[spec]
     config = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
     model = get_model(config["model"])
-    settings = Settings(metrics=metrics, n=config["eval_n"], seed=config.get("seed", 0))
+    settings = Settings(metrics=metrics, n=n if n is not None else config.get("eval_n", 5000),
+                        seed=config.get("seed", 0))
     device = torch.device(task.device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         results, notes = evaluate(model, task.nets, config, space, settings, device)
