@@ -35,7 +35,7 @@ def test_discriminator_sees_one_hot_label_maps(n_params):
     torch.testing.assert_close(logits, d.dcgan(torch.cat([x, one_hot], 1)))
 
 
-@pytest.mark.parametrize("image_size", [32, 128])
+@pytest.mark.parametrize("image_size", [48, 512])  # the DCGAN backbones take 28 and powers of two 32-256
 def test_rejects_unsupported_image_size(image_size):
     with pytest.raises(ArchitectureError, match=f"cgan: image_size={image_size}"):
         cgan.Generator(100, 10, 8, 1, image_size)
