@@ -205,3 +205,22 @@ def test_process_exit_code_and_single_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("fastgan.train: error: ")
     assert "Traceback" not in proc.stderr
+
+
+def test_resume_keeps_each_models_own_options(capsys, tmp_path):
+    # The model's options shape its networks or data, so a resumed run must keep them; loss weights may change.
+    args = ["--data", "synthetic", "--device", "cpu", "--image-size", "32", "--ngf", "4", "--ndf", "4",
+            "--out", str(tmp_path)]
+    assert main(["pix2pix", "--dry-run", "--direction", "BtoA", *args]) == 0
+    capsys.readouterr()
+    assert "--direction 'AtoB' differs from 'BtoA'" in run_main(capsys, "pix2pix", "--resume", "auto",
+                                                                "--direction", "AtoB", *args)
+    assert "--norm 'instance' differs" in run_main(capsys, "pix2pix", "--resume", "auto", "--direction", "BtoA",
+                                                   "--norm", "instance", *args)
+    assert main(["pix2pix", "--resume", "auto", "--direction", "BtoA", "--lambda-l1", "50", "--iters", "2",
+                 *args]) == 0
+
+
+def test_model_choices_are_flags_choices(capsys):
+    assert "--norm: invalid choice: 'group'" in run_main(capsys, "pix2pix", "--norm", "group")
+    assert "--upsample: invalid choice: 'pixelshuffle'" in run_main(capsys, "cyclegan", "--upsample", "pixelshuffle")

@@ -71,6 +71,7 @@ class GanModel:
     size_multiple: ClassVar[int] = 1  # translate: input sides must be multiples of this (see input_multiple)
     convolutional: ClassVar[bool] = True  # channels_last applies to its networks
     fixed_size: ClassVar[int] = SAMPLE_ROWS * GRID_COLUMNS  # images per domain a sample grid needs
+    choices: ClassVar[dict[str, tuple]] = {}  # the values each of its options takes (checked, listed in --help)
     default_notes: ClassVar[dict[str, str]] = {}  # --help text of defaults that resolve() sets from the data
 
     def resolve(self, cfg, origin: str) -> None:

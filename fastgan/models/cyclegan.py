@@ -201,6 +201,7 @@ class Model(base.GanModel):
         "domains": "7,9",  # fashion-unpaired: sneaker <-> ankle boot (fastgan's built-in demo)
     }
     default_notes = {"n_blocks": "9 at 256x256, 6 below", "load_size": "image_size * 286 / 256"}
+    choices = {"upsample": UPSAMPLE_MODES}
     data_kind = "unpaired"
     optimizers = {"G": ["G_A", "G_B"], "D": ["D_A", "D_B"]}
     inference = "translate"

@@ -151,6 +151,7 @@ class Model(base.GanModel):
     }
     default_notes = {"unet_depth": "8 (unet_256), or the deepest of 7, 6, 5 that divides --image-size",
                      "load_size": "image_size * 286 / 256"}
+    choices = {"direction": DIRECTIONS, "norm": NORMS}
     data_kind = "paired"
     optimizers = {"G": ["G"], "D": ["D"]}
     inference = "translate"

@@ -56,8 +56,9 @@ def _add_model_parser(subparsers, model, helps: dict[str, str]) -> None:
             continue
         type_name = f.type if isinstance(f.type, str) else f.type.__name__
         kind = {"int": int, "float": float, "str": str}[type_name.removesuffix(" | None")]
-        parser.add_argument(flag, type=kind, default=default, choices=CHOICES.get(f.name),
-                            metavar=None if f.name in CHOICES else f.name.upper(), help=help_text)
+        choices = (CHOICES | model.choices).get(f.name)
+        parser.add_argument(flag, type=kind, default=default, choices=choices,
+                            metavar=None if choices else f.name.upper(), help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:

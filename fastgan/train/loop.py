@@ -53,9 +53,8 @@ from .lock import RunLock
 from .stops import AMP_SKIPPED, Interrupted, StopSignals, check_losses
 from .tasks import build_task, data_request, with_recipe
 
-CHOICES = {
+CHOICES = {  # the shared fields'; a model's own options take Model.choices
     "loader": LOADERS,
-    "upsample": ("deconv", "resize"),
     "gan_loss": ("lsgan", "vanilla"),
     "amp_dtype": ("bf16", "fp16"),
     "impl": ("auto", "ref"),
@@ -66,9 +65,13 @@ NON_NEGATIVE = ("epochs", "epochs_decay", "iters", "workers", "n_blocks", "load_
                 "pool_size", "sample_every", "save_every", "lambda_cycle", "lambda_identity")
 # Fields that shape the networks or the data stream: a resumed run must use the checkpoint's values.
 # The schedule (--epochs, --epochs-decay, --iters) may change; Adam's settings live in the optimiser state.
-RESUME_FIXED = ("model", "data", "domains", "image_size", "load_size", "batch_size", "z_dim", "hidden", "ngf",
-                "ndf", "n_blocks", "upsample", "gan_loss", "pool_size", "seed", "lr", "beta1",
-                "beta2")
+RESUME_FIXED = ("model", "data", "image_size", "batch_size", "gan_loss", "seed", "lr", "beta1", "beta2")
+
+
+def resume_fixed(model) -> tuple[str, ...]:
+    """The fields a resumed run of ``model`` must take from its checkpoint: the shared ones above and the
+    model's own options, which shape its networks or its data, except loss weights (``lambda_*``)."""
+    return RESUME_FIXED + tuple(name for name in model.options if not name.startswith("lambda_"))
 
 
 def _flag(name: str) -> str:
@@ -103,7 +106,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     for name, value in model.defaults().items():  # before validating: a recipe value is checked like a flag
         if getattr(cfg, name) is None:
             setattr(cfg, name, value)
-    for name, choices in CHOICES.items():
+    for name, choices in (CHOICES | model.choices).items():
         value = getattr(cfg, name)
         if value is not None and value not in choices:
             raise UserError(f"{_flag(name)} {value!r}: choose from {', '.join(choices)}")
@@ -191,7 +194,7 @@ def _resume_point(cfg: TrainConfig, out: Path, device: torch.device) -> tuple[Pa
 
 
 def _check_resume_config(cfg: TrainConfig, saved: dict, path: Path) -> None:
-    for name in RESUME_FIXED:
+    for name in resume_fixed(get_model(cfg.model)):
         if name in saved and saved[name] != getattr(cfg, name):
             raise UserError(f"{_flag(name)} {getattr(cfg, name)!r} differs from {saved[name]!r} in "
                             f"checkpoint {path}; resume with the same value")
