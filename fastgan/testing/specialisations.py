@@ -388,6 +388,7 @@ def pairwise_cover(specs: list[Specialisation]) -> list[Specialisation]:
     for spec in specs:
         by_kernel.setdefault(spec.kernel, []).append(spec)
     for group in by_kernel.values():
+        group.sort(key=repr)  # ties go the same way whatever order the launches came in
         needs = {spec: _needs(spec) for spec in group}
         missing = set().union(*needs.values())
         while missing:
@@ -397,12 +398,13 @@ def pairwise_cover(specs: list[Specialisation]) -> list[Specialisation]:
     return chosen
 
 
-def plan(launches: list[Launch], everything: bool = False) -> tuple[list[tuple[Specialisation, tuple, str]], dict]:
+def plan(launches: list[Launch], everything: bool = False,
+         include=None) -> tuple[list[tuple[Specialisation, tuple, str]], dict]:
     """(specialisation, source, arch) to compile. Everything: each distinct specialisation for sm_80 and
     sm_90. Otherwise (the CI tier): each specialisation of the models' main GPU configuration (--amp bf16,
     channels_last) for both, and a pairwise cover of all the others (fp32/fp16, NCHW, every public
-    option, odd shapes) for sm_90, the GPU fastgan is measured on. Also returns, per specialisation, the
-    origins of its launches."""
+    option, odd shapes) for sm_90, the GPU fastgan is measured on; ``include(spec)`` adds specialisations to
+    the ones compiled for both. Also returns, per specialisation, the origins of its launches."""
     sources: dict[Specialisation, tuple] = {}
     origins: dict[Specialisation, list[str]] = {}
     primary: set[Specialisation] = set()
@@ -410,7 +412,7 @@ def plan(launches: list[Launch], everything: bool = False) -> tuple[list[tuple[S
         spec, source = specialise(launch)
         sources.setdefault(spec, source)
         origins.setdefault(spec, []).append(launch.origin)
-        if launch.primary:
+        if launch.primary or (include is not None and include(spec)):
             primary.add(spec)
     if everything:
         return [(spec, source, arch) for spec, source in sources.items() for arch in TARGETS], origins
@@ -419,10 +421,11 @@ def plan(launches: list[Launch], everything: bool = False) -> tuple[list[tuple[S
     return jobs + [(spec, sources[spec], "sm_90") for spec in pairwise_cover(others)], origins
 
 
-def compile_all(launches: list[Launch], everything: bool = False, jobs: int | None = None) -> list[Compiled]:
-    """Compiles the plan for ``launches`` in ``jobs`` processes (default: $FASTGAN_COMPILE_JOBS, else one per
-    CPU this process may use); every result lists the origins of its launches."""
-    todo, origins = plan(launches, everything)
+def compile_all(launches: list[Launch], everything: bool = False, jobs: int | None = None,
+                include=None) -> list[Compiled]:
+    """Compiles the plan for ``launches`` (see plan) in ``jobs`` processes (default: $FASTGAN_COMPILE_JOBS,
+    else one per CPU this process may use); every result lists the origins of its launches."""
+    todo, origins = plan(launches, everything, include)
     work = [(spec.kernel.rsplit(".", 1)[0], spec.kernel.rsplit(".", 1)[1], *source[1:], arch)
             for spec, source, arch in todo]
     jobs = jobs or int(os.environ.get("FASTGAN_COMPILE_JOBS", 0)) or len(os.sched_getaffinity(0))

@@ -22,7 +22,8 @@ from fastgan.ops import _triton_util  # noqa: E402
 from fastgan.testing import specialisations as sp  # noqa: E402
 
 # Problems the check found and reported (issue 10) in kernels this test does not own, as
-# (kernel, specialisation, arch). Each must still occur: remove it when its kernel is fixed.
+# (kernel, specialisation, arch). They are compiled in every tier and tolerated where they occur (they
+# depend on the Triton version: Triton 3.8 spills in the first, 3.6 does not); any other problem fails.
 KNOWN_PROBLEMS = {
     # 2048 fp32 elements per program in NCHW at C=3, S=37*53 (no 16-divisible sizes: scalar accesses).
     ("_leaky_relu_bwd_kernel", "fp32 stride_s=1 SPLIT=1 BLOCK_C=2 BLOCK_S=2048 TILES=1 HAS_BIAS=True div16=4 warps=4",
@@ -30,6 +31,10 @@ KNOWN_PROBLEMS = {
     ("_batch_norm_act_bwd_kernel", "fp16/fp32 stride_c=1 BLOCK_C=4 BLOCK_S=512 HAS_AFFINE=False ACT=0 div16=8 warps=4",
      "sm_90"),
 }
+
+
+def _known(spec) -> bool:
+    return any((spec.kernel.rsplit(".", 1)[-1], spec.describe()) == known[:2] for known in KNOWN_PROBLEMS)
 
 
 @functools.cache
@@ -42,7 +47,8 @@ def compiled():
     start = time.perf_counter()
     launches = _launches()
     recorded = time.perf_counter()
-    results = sp.compile_all(launches, everything=os.environ.get("FASTGAN_SPECIALISATIONS") == "all")
+    results = sp.compile_all(launches, everything=os.environ.get("FASTGAN_SPECIALISATIONS") == "all",
+                             include=_known)
     print("\n" + sp.table(results))
     print(f"{len(launches)} launches recorded in {recorded - start:.1f} s")
     print(sp.summary(results, time.perf_counter() - recorded))
@@ -57,9 +63,7 @@ def test_no_specialisation_spills_or_exceeds_a_limit(compiled):
     problems = {_key(r): r for r in compiled if r.problems()}
     new = sp.check([r for key, r in problems.items() if key not in KNOWN_PROBLEMS])
     assert not new, "\n".join(new)
-    if os.environ.get("FASTGAN_SPECIALISATIONS") != "all":  # the CI tier compiles both known ones
-        fixed = KNOWN_PROBLEMS - set(problems)
-        assert not fixed, f"fixed, remove from KNOWN_PROBLEMS: {sorted(fixed)}"
+    print("known problems seen:", sp.check([r for key, r in problems.items() if key in KNOWN_PROBLEMS]) or "none")
 
 
 def test_both_targets_and_every_kernel_are_compiled(compiled):
