@@ -242,7 +242,9 @@ def evaluate_translator(nets: Mapping[str, nn.Module], model, config: Mapping, s
         device = next(G.parameters()).device
         source = reference(request, split, source_domain, settings.n)
         target = reference(request, split, target_domain, settings.n) if set(settings.metrics) & set(BINARY) else None
-        check_sizes(space, settings.metrics, len(source), target, flag=f"{source.name}: --n")
+        if len(source) < settings.n:  # the test split, not --n, limits the set: a refusal names the data
+            check_sizes(space, settings.metrics, settings.n, source)
+        check_sizes(space, settings.metrics, len(source), target)
         bar = _bar(len(source), f"translating {direction}", settings.progress)
         training = G.training
         G.eval()
