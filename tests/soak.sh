@@ -57,12 +57,13 @@ echo "soak: SIGKILL ${count[KILL]}, SIGTERM ${count[TERM]}, SIGINT ${count[INT]}
 
 "$python" - "$work/whole" "$work/run" <<'EOF'
 import sys
+from pathlib import Path
 
 import torch
 
 from fastgan.train.checkpoint import latest_checkpoint, load_checkpoint
 
-whole, run = sys.argv[1:]
+whole, run = map(Path, sys.argv[1:])
 logs = [open(f"{d}/losses.jsonl").read() for d in (whole, run)]
 assert logs[0] == logs[1], "the loss logs differ"
 a, b = (load_checkpoint(latest_checkpoint(d)) for d in (whole, run))
