@@ -46,8 +46,9 @@ TARGETS = {"sm_80": 80, "sm_90": 90}  # A100, H100/H200
 MAX_REGISTERS = 255  # per thread: more do not exist, ptxas spills instead
 MAX_SHARED = {"sm_80": 163 * 1024, "sm_90": 227 * 1024}  # dynamic shared memory per block
 
-# What a GPU run of each model trains on (the recipe's batch unless given). The CycleGAN generator repeats
-# one residual block shape n_blocks times, so one block makes the same distinct launches as nine.
+# What a GPU run of each registered model trains on (the recipe's batch unless given). The CycleGAN
+# generator repeats one residual block shape n_blocks times, so one block makes the same distinct launches
+# as nine.
 MODEL_RUNS = (
     ("gan", {}),
     ("dcgan", {}),
@@ -55,6 +56,7 @@ MODEL_RUNS = (
     ("dcgan", {"image_size": 64, "batch_size": 128}),
     ("cyclegan", {"batch_size": 1, "n_blocks": 1}),
     ("cyclegan", {"batch_size": 4, "n_blocks": 1}),
+    ("pix2pix", {"batch_size": 1}),
 )
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 

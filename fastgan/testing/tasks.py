@@ -27,6 +27,7 @@ TINY = {
     "dcgan": dict(batch_size=8, z_dim=8, ngf=4, ndf=4),
     "cgan": dict(batch_size=8, z_dim=8, ngf=4, ndf=4),
     "cyclegan": dict(batch_size=2, image_size=32, load_size=36, ngf=4, ndf=4, n_blocks=1, pool_size=3),
+    "pix2pix": dict(batch_size=2, image_size=32, load_size=36, ngf=4, ndf=4, unet_depth=5),
 }
 
 

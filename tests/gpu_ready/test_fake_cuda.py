@@ -48,7 +48,19 @@ KNOWN_LAYOUT = {
     "dcgan 64x64 bs128": set(),
     "cyclegan bs1": _CYCLEGAN,
     "cyclegan bs4": _CYCLEGAN,
+    # The same L1-loss gradient (AbsBackward0), and the U-Net's skip concatenations: their backward adds
+    # an NCHW slice of the gradient to an NHWC one (CatBackward0) ahead of mixed convolution backwards.
+    "pix2pix bs1": {"aten.mul.Tensor in AbsBackward0", "aten.tanh_backward.default in TanhBackward0",
+                    "aten.add.Tensor in CatBackward0", "aten.convolution_backward.default in ConvolutionBackward0"},
 }
+
+
+def test_every_registered_model_is_traced():
+    from fastgan.models import REGISTRY
+
+    assert {model for model, _ in MODEL_RUNS} == set(REGISTRY)
+
+
 KNOWN_DTYPE = {name: {"aten._to_copy.default in pool_A", "aten._to_copy.default in pool_B"}
                if name.startswith("cyclegan") else set() for name in RUNS}
 

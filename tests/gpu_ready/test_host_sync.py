@@ -10,13 +10,18 @@ host code, and the per-batch path of each loader. Each check is shown to catch a
 import pytest
 import torch
 
+from fastgan.models import REGISTRY
 from fastgan.testing.host_sync import HostSyncRecorder
-from fastgan.testing.tasks import cpu_standin, graphed_standin
+from fastgan.testing.tasks import TINY, cpu_standin, graphed_standin
 from fastgan.train.steps import train_step
 
-MODELS = ["gan", "dcgan", "cgan", "cyclegan"]
+MODELS = list(REGISTRY)
 # fp32 and fp16 (GradScaler, scaler.step into fused Adam) for every model; bf16 autocast for the largest.
 CASES = [(model, amp) for model in MODELS for amp in (None, "fp16")] + [("cyclegan", "bf16")]
+
+
+def test_every_model_has_tiny_sizes():
+    assert set(TINY) == set(REGISTRY)
 
 
 def _standin_recorder(**kwargs):
