@@ -115,7 +115,9 @@ def _leaky_relu_bwd(dy, y, negative_slope, has_bias):
     """Returns dx (y's layout and dtype) and fp32 dbias [C] (empty without a bias)."""
     n, c, s, strides = _view(y, has_bias)
     dy = _triton_util.same_layout(dy, y)
-    block_c, block_s = _triton_util.tile(c, s, strides[1], elems=4096)
+    # Half the forward's tile: with a bias the backward also keeps an fp32 partial-sum tile, and 4096 fp32
+    # elements per program spilled registers in NCHW (ptxas -v, Triton 3.8; tests/gpu_ready).
+    block_c, block_s = _triton_util.tile(c, s, strides[1])
     c_blocks = -(-c // block_c)
     if has_bias:
         split, tiles = _triton_util.split(n, c_blocks, s, block_s, _MAX_SPLIT)

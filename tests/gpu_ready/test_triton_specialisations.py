@@ -25,9 +25,6 @@ from fastgan.testing import specialisations as sp  # noqa: E402
 # (kernel, specialisation, arch). They are compiled in every tier and tolerated where they occur (they
 # depend on the Triton version: Triton 3.8 spills in the first, 3.6 does not); any other problem fails.
 KNOWN_PROBLEMS = {
-    # 2048 fp32 elements per program in NCHW at C=3, S=37*53 (no 16-divisible sizes: scalar accesses).
-    ("_leaky_relu_bwd_kernel", "fp32 stride_s=1 SPLIT=1 BLOCK_C=2 BLOCK_S=2048 TILES=1 HAS_BIAS=True div16=4 warps=4",
-     "sm_90"),
     ("_batch_norm_act_bwd_kernel", "fp16/fp32 stride_c=1 BLOCK_C=4 BLOCK_S=512 HAS_AFFINE=False ACT=0 div16=8 warps=4",
      "sm_90"),
 }
