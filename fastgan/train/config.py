@@ -65,6 +65,9 @@ class TrainConfig:
     save_every: int = 1000  # iterations between checkpoints (0 = only at the end)
     keep_checkpoints: int = 2  # newest checkpoints kept (--resume auto falls back to an older one if one is damaged)
     log_every: int = 50  # iterations between loss reads (the only host syncs of the loop)
+    eval_every: int = 0  # iterations between evaluations appended to metrics.jsonl, best.pt by FID (0 = none)
+    eval_n: int = 5000  # generated images per evaluation (FID needs more than the feature dimension)
+    eval_feature: str = ""  # "" = inception (weights from $FASTGAN_INCEPTION_WEIGHTS) | classifier:PATH
     tensorboard: bool = False  # also write TensorBoard scalars (needs the tensorboard extra)
     seed: int = 0  # seeds the weights, the training noise and the epoch order
     dry_run: bool = False  # run one iteration and stop (smoke tests)

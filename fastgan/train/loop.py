@@ -20,8 +20,10 @@ raise Interrupted; a non-finite loss or weight raises Diverged before anything n
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -59,10 +61,10 @@ CHOICES = {  # the shared fields'; a model's own options take Model.choices
     "amp_dtype": ("bf16", "fp16"),
     "impl": ("auto", "ref"),
 }
-POSITIVE = ("batch_size", "image_size", "d_steps", "g_steps", "z_dim", "hidden", "ngf", "ndf", "log_every",
+POSITIVE = ("batch_size", "image_size", "d_steps", "g_steps", "z_dim", "hidden", "ngf", "ndf", "log_every", "eval_n",
             "keep_checkpoints")
 NON_NEGATIVE = ("epochs", "epochs_decay", "iters", "workers", "n_blocks", "load_size",
-                "pool_size", "sample_every", "save_every", "lambda_cycle", "lambda_identity")
+                "pool_size", "sample_every", "save_every", "lambda_cycle", "lambda_identity", "eval_every")
 # Fields that shape the networks or the data stream: a resumed run must use the checkpoint's values.
 # The schedule (--epochs, --epochs-decay, --iters) may change; Adam's settings live in the optimiser state.
 RESUME_FIXED = ("model", "data", "image_size", "batch_size", "gan_loss", "seed", "lr", "beta1", "beta2")
@@ -336,6 +338,10 @@ def _train(cfg: TrainConfig, lock: RunLock) -> dict:
     def saved_now() -> bool:
         return checkpoint_path is not None and checkpoint_path.name.endswith(f"{step:08d}.pt")
 
+    if cfg.eval_every:  # a missing weights or classifier file fails now, not at the first evaluation
+        from ..metrics import evaluate_during_training, feature_space
+        feature_space(cfg.eval_feature or "inception")
+
     sample_path = checkpoint_path = step_fn = None
     stop = StopSignals()
     task.train()
@@ -362,6 +368,11 @@ def _train(cfg: TrainConfig, lock: RunLock) -> dict:
                     sample_path = write_sample()
                 if cfg.save_every and step % cfg.save_every == 0:
                     checkpoint_path = save()
+                if cfg.eval_every and step % cfg.eval_every == 0:
+                    record = evaluate_during_training(task, cfg, step, out)
+                    if record["best"]:  # best.pt: a copy of the checkpoint of the lowest FID so far
+                        checkpoint_path = checkpoint_path if saved_now() else save()
+                        atomic_write(out / "best.pt", functools.partial(shutil.copyfile, checkpoint_path))
                 # Checked once per iteration: a stop lands between whole iterations (between graph replays).
                 if step >= total or stop.signum is not None:
                     break

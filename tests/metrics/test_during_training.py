@@ -48,3 +48,28 @@ def test_translators_log_each_direction_and_their_mean(tmp_path, random_classifi
                                       n=200, metrics=("fid",))
     assert record["fid"] == pytest.approx((record["fid/AtoB"] + record["fid/BtoA"]) / 2)
     assert set(json.loads((tmp_path / "metrics.jsonl").read_text())) == {"step", "fid", "fid/AtoB", "fid/BtoA"}
+
+
+def test_the_training_loop_evaluates_every_eval_every(tmp_path, random_classifier):
+    from fastgan.train.__main__ import main
+
+    out = tmp_path / "run"
+    assert main(["dcgan", "--data", "synthetic", "--device", "cpu", "--batch-size", "8", "--z-dim=8", "--ngf=4",
+                 "--ndf=4", "--iters", "4", "--eval-every", "2", "--eval-n", "200", "--log-every", "1",
+                 "--eval-feature", f"classifier:{random_classifier}", "--out", str(out)]) == 0
+    assert steps(out / "metrics.jsonl") == [2, 4]
+    assert (out / "best.pt").is_file() and "Metrics" in (out / "report.html").read_text()
+    best = torch.load(out / "best.pt", weights_only=False)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert best["step"] == min(records, key=lambda r: r["fid"])["step"]
+
+
+def test_a_missing_classifier_fails_at_start(tmp_path, capsys):
+    from fastgan.train.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["dcgan", "--data", "synthetic", "--device", "cpu", "--iters", "2", "--eval-every", "1",
+              "--eval-feature", f"classifier:{tmp_path / 'none.pt'}", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "none.pt" in err
+    assert not (tmp_path / "run" / "checkpoint-00000001.pt").exists()
