@@ -135,6 +135,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
                             "pip install tensorboard, or drop the flag") from None
     device = resolve_device(cfg.device)
     cfg.device = str(device)
+    cfg.eval_feature = cfg.eval_feature or "inception"
     if cfg.channels_last is None:
         cfg.channels_last = device.type == "cuda" and model.convolutional
     cfg = with_recipe(cfg)
@@ -340,7 +341,7 @@ def _train(cfg: TrainConfig, lock: RunLock) -> dict:
 
     if cfg.eval_every:  # a missing weights or classifier file fails now, not at the first evaluation
         from ..metrics import evaluate_during_training, feature_space
-        feature_space(cfg.eval_feature or "inception")
+        feature_space(cfg.eval_feature)
 
     sample_path = checkpoint_path = step_fn = None
     stop = StopSignals()

@@ -380,8 +380,8 @@ def test_help_shows_the_recipe(capsys):
     with pytest.raises(SystemExit):
         train_main(["pix2pix", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for expected in ("--lambda-l1 LAMBDA_L1", "(default: 100.0)", "--direction DIRECTION", "(default: AtoB)",
-                     "--norm NORM", "(default: batch)", "8 (unet_256)", "(default: fashion-edges)"):
+    for expected in ("--lambda-l1 LAMBDA_L1", "(default: 100.0)", "--direction {AtoB,BtoA}", "(default: AtoB)",
+                     "--norm {instance,batch}", "(default: batch)", "8 (unet_256)", "(default: fashion-edges)"):
         assert expected in text, expected
     assert "--pool-size" not in text and "--lambda-cycle" not in text and "--z-dim" not in text
 
@@ -396,8 +396,9 @@ def _one_line(capsys, main, args, prog):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--direction", "CtoD"], "--direction 'CtoD': choose from AtoB, BtoA"),
-    (["--norm", "group"], "--norm 'group': choose from instance, batch"),
+    # Model.choices: refused by the flag's own choices.
+    (["--direction", "CtoD"], "argument --direction: invalid choice: 'CtoD' (choose from 'AtoB', 'BtoA')"),
+    (["--norm", "group"], "argument --norm: invalid choice: 'group' (choose from 'instance', 'batch')"),
     (["--image-size", "100"], "--image-size 100: a U-Net of depth 5 needs a multiple of 32"),
     (["--image-size", "64", "--unet-depth", "7"], "a U-Net of depth 7 needs a multiple of 128"),
     (["--unet-depth", "4"], "--unet-depth 4: must be at least 5"),
