@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
+from .metrics.evaluation import read_records
 from .train.cli import OneLineParser, run
 from .train.files import atomic_write
 
@@ -22,18 +23,6 @@ PROG = "fastgan.report"
 REPORT = "report.html"
 LOSS_PLOT = "losses.png"
 MAX_TABLE_ROWS = 200  # without matplotlib: the newest records of the loss log
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut by a crash: the rest of the log is still worth showing
-    return records
 
 
 def _loss_keys(records: list[dict]) -> list[str]:
@@ -80,8 +69,8 @@ def render(run_dir: Path, plotted: bool) -> str:
     """The report page of ``run_dir`` as HTML (links relative to run_dir)."""
     config_path = run_dir / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    records = _read_jsonl(run_dir / "losses.jsonl")
-    metrics = _read_jsonl(run_dir / "metrics.jsonl")
+    records = read_records(run_dir / "losses.jsonl")
+    metrics = read_records(run_dir / "metrics.jsonl")
     samples = sorted((run_dir / "samples").glob("step-*.png"), reverse=True)
     checkpoints = sorted(run_dir.glob("checkpoint-*.pt"), reverse=True)
     title = f"fastgan {config.get('model', '')} run: {run_dir.name}"
@@ -133,7 +122,7 @@ def write_report(run_dir: str | Path) -> Path:
         raise UserError(f"{run_dir}: no such run directory")
     if not (run_dir / "config.json").is_file():
         raise UserError(f"{run_dir}: not a fastgan run directory (no config.json)")
-    records = _read_jsonl(run_dir / "losses.jsonl")
+    records = read_records(run_dir / "losses.jsonl")
     plotted = bool(records) and plot_losses(records, run_dir / LOSS_PLOT)
     page = render(run_dir, plotted)
     path = run_dir / REPORT

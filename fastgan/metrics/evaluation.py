@@ -337,6 +337,7 @@ def evaluate_during_training(task, cfg, step: int, out: str | os.PathLike, *, fe
 
 
 def read_records(path: Path) -> list[dict]:
+    """The records of a JSONL log (metrics.jsonl, losses.jsonl); [] when it does not exist."""
     if not path.is_file():
         return []
     records = []

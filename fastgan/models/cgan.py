@@ -53,30 +53,14 @@ class Discriminator(nn.Module):
 
 
 @register
-class Model(base.GanModel):
+class Model(dcgan.Model):
+    """DCGAN's recipe, sizes and checks (its Model), with class labels in both networks."""
+
     name = "cgan"
     summary = "class-conditional DCGAN (Mirza & Osindero 2014) on labelled data"
-    options = ("z_dim", "ngf", "ndf")
-    recipe = {
-        # The DCGAN recipe on MNIST-family data (pytorch/examples dcgan/main.py: Adam 2e-4 (0.5, 0.999),
-        # nz 100, ngf = ndf = 64, 25 epochs; batch 64 as PyTorch-GAN's cgan.py), BCE loss.
-        "epochs": 25, "epochs_decay": 0, "lr": 2e-4, "beta1": 0.5, "beta2": 0.999,
-        "gan_loss": "vanilla", "z_dim": 100, "ngf": 64, "ndf": 64,
-    }
-    default_notes = {"image_size": "28 on MNIST-family data, 64 on image folders",
-                     "batch_size": "64 at 28x28, 128 at 64x64"}
+    # recipe: dcgan's on MNIST-family data (pytorch/examples dcgan/main.py; batch 64 as PyTorch-GAN's cgan.py).
     data_kind = "labelled"
-    optimizers = {"D": ["D"], "G": ["G"]}
-    inference = "generate"
     conditional = True
-
-    def resolve(self, cfg, origin: str) -> None:
-        cfg.image_size = cfg.image_size or dcgan.size_for(origin)
-        if cfg.batch_size is None:
-            cfg.batch_size = 64 if cfg.image_size == 28 else 128
-
-    def check_size(self, cfg) -> None:
-        dcgan.check_size_flag(self.name, cfg.image_size)
 
     def build_nets(self, cfg, info: dict) -> dict[str, nn.Module]:
         channels, classes = info["channels"], info.get("num_classes", 0)
