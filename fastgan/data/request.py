@@ -28,6 +28,11 @@ class DataRequest:
     workers: int = 2  # torch DataLoader worker processes (folders)
     strict: bool = False  # stop at the first unreadable image instead of skipping it with a warning
     model: str = ""  # who asks, named in error messages ("" = a generic description of the kind)
+    # Data-parallel training (torchrun): a step's global batch is batch_size * world_size epoch positions, of
+    # which rank r serves the r-th block of batch_size, so N ranks of batch B see what one process of batch N*B
+    # would. Defaults: a single process.
+    rank: int = 0
+    world_size: int = 1
 
     @property
     def who(self) -> str:
