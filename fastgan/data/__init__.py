@@ -35,7 +35,17 @@ def build_loader(
     memory_format: torch.memory_format = torch.contiguous_format,
     dtype: torch.dtype = torch.float32,
 ):
-    """The loader of req.data for `split` ("train" | "test"), serving batches on `device`."""
+    """The loader of req.data for `split` ("train" | "test"), serving batches on `device`.
+
+    Data-parallel training: with req.world_size W > 1 the loader serves rank req.rank's share of every step.
+    Step i takes the global batch of epoch positions [i*B*W, (i+1)*B*W) (B = req.batch_size, per process)
+    and rank r serves [i*B*W + r*B, i*B*W + (r+1)*B), so W ranks see exactly the batches one process of
+    batch W*B sees, split by rows; len(loader) = num_images // (B*W) on every rank, one epoch covers the data
+    once across the ranks, and `epoch(e, start=k)` is the tail of `epoch(e)` on every rank (exact resume).
+    `fixed(n)` is the same on every rank. loader.info carries "world_size" and "global_batch" (B*W). A
+    global batch larger than the data is a UserError naming --batch-size and the number of processes; a
+    rank outside [0, world_size) a ValueError.
+    """
     device = torch.device(device)
     if req.loader not in LOADERS:
         raise UserError(f"--loader {req.loader}: expected one of {', '.join(LOADERS)}")
@@ -53,10 +63,12 @@ def build_loader(
                 f"--loader device serves in-memory data (IDX, fashion-unpaired, fashion-edges, synthetic); {spec.name} "
                 "is an image folder: use --loader torch or dali"
             )
-        return DeviceLoader(spec, req.batch_size, req.seed, device, memory_format, dtype)
+        return DeviceLoader(spec, req.batch_size, req.seed, device, memory_format, dtype, req.rank, req.world_size)
     if req.workers < 0:
         raise UserError(f"--workers {req.workers}: must be 0 or more")
-    return TorchLoader(spec, req.batch_size, req.seed, device, memory_format, dtype, req.workers)
+    return TorchLoader(
+        spec, req.batch_size, req.seed, device, memory_format, dtype, req.workers, req.rank, req.world_size
+    )
 
 
 __all__ = ["DataRequest", "KINDS", "LOADERS", "build_loader", "choose_loader"]

@@ -17,8 +17,13 @@ whose file lists are that plan's order from position start * batch_size on and w
 fed per batch from the same plan; nothing before `start` is decoded. DALI's own `random_shuffle` is not
 used: it shuffles within a buffer rather than drawing a permutation, and it cannot start mid-epoch.
 
-Sharding: shard k of n serves plan positions [k * m, (k + 1) * m) with m = num_images // n, so shards
-cover disjoint images in an epoch and all have the same number of batches (a multi-GPU step needs that).
+Sharding (data-parallel training, DataRequest.rank/world_size): as the other loaders, rank r of W serves
+the positions [i*B*W + r*B, i*B*W + (r+1)*B) of step i, so W ranks of batch B see what one process of batch
+W*B sees, and every rank has the same number of batches. Each rank's pipeline reads only its own positions:
+its file list and fed crops/flips are its part of the plan. DALI's reader sharding (`shard_id/num_shards`)
+is not used: it splits the file list into contiguous blocks (moved every epoch unless stick_to_shard), so a
+rank's batch i would not be its rows of the global batch i, and the in-memory sets do not go through a
+reader at all.
 
 Unreadable files are found before training by the PIL check of fastgan.data.folders (DALI stops a
 pipeline at a corrupt image instead of skipping it): skipped with a warning naming the file, or a
@@ -56,20 +61,10 @@ class DaliLoader(_Loader):
         device: torch.device,
         memory_format: torch.memory_format,
         dtype: torch.dtype,
-        shard_id: int = 0,
-        num_shards: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
     ):
-        super().__init__(spec, batch_size, seed, device, memory_format, dtype)
-        if not 0 <= shard_id < num_shards:
-            raise ValueError(f"shard_id {shard_id}: expected 0 <= shard_id < num_shards ({num_shards})")
-        self.shard_id = shard_id
-        self.num_shards = num_shards
-        self.shard_size = spec.num_images // num_shards
-        if self.shard_size < batch_size:
-            raise UserError(
-                f"--batch-size {batch_size}: a shard of {spec.name} holds {self.shard_size} images "
-                f"({spec.num_images} over {num_shards} shards); use a batch size up to {self.shard_size}"
-            )
+        super().__init__(spec, batch_size, seed, device, memory_format, dtype, rank, world_size)
         if device.type == "cuda":
             self.device_id = device.index if device.index is not None else torch.cuda.current_device()
         else:
@@ -82,9 +77,6 @@ class DaliLoader(_Loader):
             for key, source in spec.sources.items()
             if not isinstance(source, FolderSource)
         }
-
-    def __len__(self) -> int:
-        return self.shard_size // self.batch_size  # drop_last
 
     # --- the pipeline ---
 
@@ -258,8 +250,7 @@ class DaliLoader(_Loader):
         if batches == 0:
             return
         b = self.batch_size
-        first = self.shard_id * self.shard_size + start * b
-        window = slice(first, first + batches * b)
+        window = self._positions(start).numpy()  # this rank's positions, batch after batch
         plans = epoch_plan(self.spec, self.seed, epoch)
         positions = {k: p.order.numpy()[window] for k, p in plans.items()}
         flips = {k: None if p.flip is None else p.flip.numpy()[window] for k, p in plans.items()}
@@ -281,18 +272,16 @@ def build_dali_loader(
     split: str = "train",
     memory_format: torch.memory_format = torch.contiguous_format,
     dtype: torch.dtype = torch.float32,
-    shard_id: int = 0,
-    num_shards: int = 1,
 ) -> DaliLoader:
-    """The DALI loader of req.data for `split`, serving shard `shard_id` of `num_shards` on `device`.
+    """The DALI loader of req.data for `split`, serving rank req.rank's share of every step on `device`.
 
     Args:
-        req: what to load (data, image_size, load_size, batch_size, seed, strict).
+        req: what to load (data, image_size, load_size, batch_size, seed, strict) and, for data-parallel
+            training, which share: rank req.rank of req.world_size (fastgan.data.loaders, module docstring).
         device: where batches land; "cpu" runs DALI's CPU operators (device_id=None).
         split: "train" or "test" (trainA/trainB or testA/testB for unpaired folders).
         memory_format: torch.contiguous_format (DALI writes CHW) or torch.channels_last (HWC).
         dtype: torch.float32, float16 (written by DALI) or bfloat16 (converted on the copy out).
-        shard_id, num_shards: this process's part of every epoch, for data-parallel training.
     """
     device = torch.device(device)
     if device.type not in ("cpu", "cuda"):
@@ -300,7 +289,7 @@ def build_dali_loader(
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype {dtype}: expected torch.float32, float16 or bfloat16")
     spec = resolve_data(req, split)
-    return DaliLoader(spec, req.batch_size, req.seed, device, memory_format, dtype, shard_id, num_shards)
+    return DaliLoader(spec, req.batch_size, req.seed, device, memory_format, dtype, req.rank, req.world_size)
 
 
 __all__ = ["DaliLoader", "build_dali_loader"]

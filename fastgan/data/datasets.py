@@ -227,19 +227,21 @@ def _fashion_unpaired(req: DataRequest, split: str) -> DataSpec:
 
 def _synthetic(req: DataRequest, split: str) -> DataSpec:
     generator = torch.Generator().manual_seed(req.seed * 2 + (split != "train"))
+    # Sized by the global batch, so N processes of batch B get the set that one process of batch N*B gets.
+    global_batch = req.batch_size * max(req.world_size, 1)
     if req.kind == "paired":
         size = _image_size(req, PAIRED_SIZE)
-        n = synthetic.synthetic_size(3, size, req.batch_size)
+        n = synthetic.synthetic_size(3, size, global_batch)
         a, b = synthetic.synthetic_pairs(n, size, generator)
         sources = {"A": TensorSource(a, None), "B": TensorSource(b, None)}
         return DataSpec("synthetic", "synthetic", sources, 3, size, 0, True, 0, paired=True)
     if req.kind == "unpaired":
         size = _image_size(req, UNPAIRED_SIZE)
-        n = synthetic.synthetic_size(3, size, req.batch_size)
+        n = synthetic.synthetic_size(3, size, global_batch)
         sources = {d: TensorSource(synthetic.synthetic_domain(n, size, d, generator), None) for d in "AB"}
         return DataSpec("synthetic", "synthetic", sources, 3, size, 0, True, 0)
     size = _image_size(req, IDX_SIZE)
-    n = synthetic.synthetic_size(1, size, req.batch_size)
+    n = synthetic.synthetic_size(1, size, global_batch)
     images, labels = synthetic.synthetic_labelled(n, size, generator)
     source = TensorSource(images, labels)
     return DataSpec("synthetic", "synthetic", {"real": source}, 1, size, synthetic.NUM_CLASSES, False, 0)
@@ -271,9 +273,21 @@ def resolve_data(req: DataRequest, split: str = "train") -> DataSpec:
             f"--data {spec.name}: {req.who} needs class labels; use an IDX directory, synthetic, "
             "or an image folder with one subfolder per class"
         )
-    if req.batch_size < 1 or req.batch_size > spec.num_images:
-        raise UserError(
-            f"--batch-size {req.batch_size} does not fit the dataset "
-            f"({spec.num_images} images in {spec.name}); use 1 to {spec.num_images}"
-        )
+    check_batch(req.batch_size, spec, req.rank, req.world_size)
     return spec
+
+
+def check_batch(batch_size: int, spec: DataSpec, rank: int = 0, world_size: int = 1) -> None:
+    """A step takes batch_size * world_size epoch positions (the global batch; rank r serves the r-th block
+    of batch_size), so the global batch must fit one epoch of the data."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank}, world_size {world_size}: expected world_size >= 1 and 0 <= rank < world_size")
+    n = spec.num_images
+    if batch_size < 1 or (world_size == 1 and batch_size > n):
+        raise UserError(f"--batch-size {batch_size} does not fit the dataset ({n} images in {spec.name}); "
+                        f"use 1 to {n}")
+    if batch_size * world_size > n:
+        fix = f"--batch-size up to {n // world_size} or fewer processes" if n >= world_size else \
+            f"at most {n} processes"
+        raise UserError(f"--batch-size {batch_size} on {world_size} processes: a step takes a global batch of "
+                        f"{batch_size * world_size} images but {spec.name} has {n}; use {fix}")

@@ -1,10 +1,17 @@
 """The loaders behind build_loader: device-resident (in-memory sets) and torch DataLoader (folders).
 
 Both follow one epoch plan, a pure function of (seed, epoch): per domain the image order and the random
-flips and crop offsets of every position in the epoch. A batch is positions [i*B, (i+1)*B) of the plan,
-so `epoch(e, start=k)` is exactly the tail of `epoch(e)` and a resumed run sees the batches an
-uninterrupted one would. The host only delivers uint8 images; conversion, normalisation to [-1, 1],
-resizing of in-memory sets, flips, dtype and memory format happen on the device in `finish_batch`."""
+flips and crop offsets of every position in the epoch. A step consumes a global batch of G = B * W
+consecutive plan positions (B = batch_size per process, W = world_size processes of a torchrun job), and
+rank r serves its block [i*G + r*B, i*G + (r+1)*B) of step i. So W ranks of batch B see exactly the images,
+flips and crops one process of batch W*B sees (rank r's batch is rows r*B .. (r+1)*B of that batch), one
+epoch covers the dataset once across the ranks, and `len(loader)` = num_images // G (drop_last) is the same
+on every rank. The plan is sliced, not split into per-rank blocks of the epoch, for that equivalence: a
+data-parallel run is the single-process run of the global batch. `epoch(e, start=k)` is exactly the tail
+of `epoch(e)` on every rank, so a resumed run sees the batches an uninterrupted one would. `fixed(n)`
+(sample grids, evaluation) is not sharded: every rank gets the same n images. The host only delivers uint8
+images; conversion, normalisation to [-1, 1], resizing of in-memory sets, flips, dtype and memory format
+happen on the device in `finish_batch`."""
 
 from __future__ import annotations
 
@@ -15,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fastgan.data.datasets import DataSpec
+from fastgan.data.datasets import DataSpec, check_batch
 
 FIXED_EPOCH = -1  # the plan stream of loader.fixed(n), apart from every training epoch
 _MASK64 = (1 << 64) - 1
@@ -83,17 +90,22 @@ class _Loader:
     impl = ""
 
     def __init__(
-        self, spec: DataSpec, batch_size: int, seed: int, device: torch.device, memory_format, dtype
-    ):
+        self, spec: DataSpec, batch_size: int, seed: int, device: torch.device, memory_format, dtype,
+        rank: int = 0, world_size: int = 1,
+    ):  # fmt: skip
+        check_batch(batch_size, spec, rank, world_size)
         self.spec = spec
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # per rank
+        self.rank = rank
+        self.world_size = world_size
+        self.global_batch = batch_size * world_size  # epoch positions one step takes across the ranks
         self.seed = seed
         self.device = device
         self.memory_format = memory_format
         self.dtype = dtype
 
     def __len__(self) -> int:
-        return self.spec.num_images // self.batch_size  # drop_last
+        return self.spec.num_images // self.global_batch  # drop_last; the same on every rank
 
     @property
     def info(self) -> dict:
@@ -106,11 +118,20 @@ class _Loader:
             "num_images": spec.num_images,
             "kind": spec.kind,
             "impl": self.impl,
+            # The same on every rank (rank itself is left out, so info can be logged or saved by rank 0 alone).
+            "world_size": self.world_size,
+            "global_batch": self.global_batch,
         }
 
     def _check_start(self, start: int) -> None:
         if not 0 <= start <= len(self):
             raise ValueError(f"start {start}: expected a batch index in [0, {len(self)}]")
+
+    def _positions(self, start: int) -> torch.Tensor:
+        """int64 [(len - start) * batch_size]: the epoch positions of this rank's batches start, ..., len - 1,
+        batch after batch (batch i is rows [(i - start) * B, (i - start + 1) * B))."""
+        steps = torch.arange(start, len(self)).view(-1, 1)
+        return (steps * self.global_batch + self.rank * self.batch_size + torch.arange(self.batch_size)).view(-1)
 
     def _fixed_plan(self, n: int) -> dict[str, torch.Tensor]:
         """First n positions of a plan kept apart from training epochs, cycled if n exceeds a domain."""
@@ -126,8 +147,8 @@ class DeviceLoader(_Loader):
 
     impl = "device"
 
-    def __init__(self, spec, batch_size, seed, device, memory_format, dtype):
-        super().__init__(spec, batch_size, seed, device, memory_format, dtype)
+    def __init__(self, spec, batch_size, seed, device, memory_format, dtype, rank=0, world_size=1):
+        super().__init__(spec, batch_size, seed, device, memory_format, dtype, rank, world_size)
         self.images = {k: s.images.to(device) for k, s in spec.sources.items()}
         self.labels = {k: s.labels.to(device) for k, s in spec.sources.items() if s.labels is not None}
 
@@ -140,11 +161,12 @@ class DeviceLoader(_Loader):
     def epoch(self, epoch: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         self._check_start(start)
         plans = epoch_plan(self.spec, self.seed, epoch)
-        # Once per epoch: the plan moves to the device, so a step slices it with no host work.
-        order = {k: p.order.to(self.device) for k, p in plans.items()}
-        flip = {k: None if p.flip is None else p.flip.to(self.device) for k, p in plans.items()}
+        # Once per epoch: this rank's part of the plan moves to the device, so a step slices it with no host work.
+        positions = self._positions(start)
+        order = {k: p.order[positions].to(self.device) for k, p in plans.items()}
+        flip = {k: None if p.flip is None else p.flip[positions].to(self.device) for k, p in plans.items()}
         b = self.batch_size
-        for i in range(start, len(self)):
+        for i in range(len(self) - start):
             sl = slice(i * b, (i + 1) * b)
             yield self._batch(
                 {k: o[sl] for k, o in order.items()}, {k: f if f is None else f[sl] for k, f in flip.items()}
@@ -184,8 +206,8 @@ class TorchLoader(_Loader):
 
     impl = "torch"
 
-    def __init__(self, spec, batch_size, seed, device, memory_format, dtype, workers: int):
-        super().__init__(spec, batch_size, seed, device, memory_format, dtype)
+    def __init__(self, spec, batch_size, seed, device, memory_format, dtype, workers: int, rank=0, world_size=1):
+        super().__init__(spec, batch_size, seed, device, memory_format, dtype, rank, world_size)
         self.workers = workers
 
     def _to_device(self, batch: dict[str, torch.Tensor], flips: dict[str, torch.Tensor | None]) -> dict:
@@ -197,9 +219,10 @@ class TorchLoader(_Loader):
     def epoch(self, epoch: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         self._check_start(start)
         plans = epoch_plan(self.spec, self.seed, epoch)
-        flip = {k: None if p.flip is None else p.flip.to(self.device) for k, p in plans.items()}
+        positions = self._positions(start)
+        flip = {k: None if p.flip is None else p.flip[positions].to(self.device) for k, p in plans.items()}
         b = self.batch_size
-        batches = [range(i * b, (i + 1) * b) for i in range(start, len(self))]
+        batches = positions.view(-1, b).tolist()
         if not batches:
             return
         data = torch.utils.data.DataLoader(
@@ -211,7 +234,7 @@ class TorchLoader(_Loader):
             # every new iterator, which would shift the training RNG and break exact resume.
             generator=torch.Generator().manual_seed(_stream_seed(self.seed, epoch, -1)),
         )
-        for i, batch in zip(range(start, len(self)), data):
+        for i, batch in enumerate(data):
             sl = slice(i * b, (i + 1) * b)
             yield self._to_device(batch, {k: f if f is None else f[sl] for k, f in flip.items()})
 

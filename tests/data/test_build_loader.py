@@ -12,7 +12,8 @@ from fastgan.errors import UserError
 from fastgan.models import get_model
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
-INFO_KEYS = {"name", "channels", "image_size", "num_classes", "num_images", "kind", "impl"}
+INFO_KEYS = {"name", "channels", "image_size", "num_classes", "num_images", "kind", "impl", "world_size",
+             "global_batch"}
 
 
 def _cfg(cfg, model=None, **changes):
@@ -166,6 +167,8 @@ def test_real_fashion_mnist_defaults(cfg, monkeypatch):
         "num_images": 60000,
         "kind": "idx",
         "impl": "device",
+        "world_size": 1,
+        "global_batch": 64,
     }
     assert len(loader) == 937
     batch = next(loader.epoch(0, start=936))

@@ -96,7 +96,7 @@ def test_unpaired_batches_shape_dtype_layout_range(mixed_folder, memory_format, 
     assert len(loader) == 3  # 7 images in A (the larger domain), batch 2, drop_last
     assert loader.info == {
         "name": mixed_folder, "channels": 3, "image_size": IMAGE_SIZE, "num_classes": 0, "num_images": 7,
-        "kind": "unpaired", "impl": "dali",
+        "kind": "unpaired", "impl": "dali", "world_size": 1, "global_batch": 2,
     }  # fmt: skip
     batches = list(loader.epoch(0))
     assert len(batches) == 3
@@ -193,23 +193,6 @@ def test_determinism_independent_shuffles_and_resume(solid_folder):
     assert orders[0][0][:5] != orders[0][1][:5] or orders[1][0][:5] != orders[1][1][:5]  # A, B independent
     other_seed = build_dali_loader(_cyclegan(solid_folder, seed=4), torch.device("cpu"))
     assert [i for batch in other_seed.epoch(0) for i in _ids(batch["A"])] != orders[0][0]
-
-
-def test_sharding_covers_each_file_once(solid_folder):
-    cfg = _cyclegan(solid_folder)
-    seen = {"A": [], "B": []}
-    for shard in range(2):
-        loader = build_dali_loader(cfg, torch.device("cpu"), shard_id=shard, num_shards=2)
-        assert len(loader) == 2  # 8 positions / 2 shards / batch 2
-        for batch in loader.epoch(5):
-            for key in seen:
-                seen[key] += _ids(batch[key])
-    assert sorted(seen["A"]) == list(range(8))
-    unsharded = build_dali_loader(cfg, torch.device("cpu")).epoch(5)
-    unsharded = [i for batch in unsharded for i in _ids(batch["B"])]
-    assert seen["B"] == unsharded  # the shards split the unsharded epoch between them
-    with pytest.raises(ValueError, match="shard_id"):
-        build_dali_loader(cfg, torch.device("cpu"), shard_id=2, num_shards=2)
 
 
 def test_out_buffers_receive_the_batches(solid_folder):
