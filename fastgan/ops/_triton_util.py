@@ -10,6 +10,11 @@ import torch
 
 from . import _dispatch
 
+try:
+    import triton.language as tl
+except ImportError:  # the device functions below are then never called (check() says why)
+    tl = None
+
 _FAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -82,6 +87,50 @@ def _device_function_type():
             return self._interpreted(*args, **kwargs)
 
     return DeviceFunction
+
+
+# Device functions shared by the normalisation kernels (instance_norm_act, batch_norm_act) -------------
+# Only triton.language builtins inside: tl's own @jit helpers are compiled-only when TRITON_INTERPRET=1 is
+# set after triton's import, as a test does.
+@device_function
+def norm_act_channel(
+    W,  # weight, [C] (unused unless HAS_AFFINE)
+    B,  # bias, [C] (unused unless HAS_AFFINE)
+    MEAN,  # fp32, [..., C]: per-channel means (batch_norm_act: [C]; instance_norm_act: [N, C])
+    RSTD,  # fp32, like MEAN: 1 / sqrt(var + eps)
+    stats, c, c_mask,  # offset of this program's row in MEAN and RSTD (0, or n * C); channels; which exist
+    BLOCK_C: tl.constexpr, HAS_AFFINE: tl.constexpr,
+):
+    """mean, rstd, weight and bias of channels c (weight 1 and bias 0 if not affine), fp32 [BLOCK_C] each."""
+    mean = tl.load(MEAN + stats + c, mask=c_mask, other=0.0)
+    rstd = tl.load(RSTD + stats + c, mask=c_mask, other=0.0)
+    w = tl.full([BLOCK_C], 1.0, tl.float32)
+    b = tl.full([BLOCK_C], 0.0, tl.float32)
+    if HAS_AFFINE:
+        w = tl.load(W + c, mask=c_mask, other=0.0).to(tl.float32)
+        b = tl.load(B + c, mask=c_mask, other=0.0).to(tl.float32)
+    return mean, rstd, w, b
+
+
+@device_function
+def norm_act_bwd_tile(
+    X,  # input, [N, C, S] with strides (stride_n, stride_c, stride_s)
+    DY,  # output gradient, like X
+    idx, mask,  # [BLOCK_C, BLOCK_S] offsets of the tile into X and DY, and which of them are in bounds
+    mean, rstd, w, b,  # fp32 [BLOCK_C], from norm_act_channel
+    negative_slope,
+    ACT: tl.constexpr,  # 0 none, 1 relu, 2 leaky_relu
+):
+    """xhat = (x - mean) * rstd and g = dy * act'(xhat * w + b) of one tile, fp32 (zero where masked off)."""
+    xhat = (tl.load(X + idx, mask=mask, other=0.0).to(tl.float32) - mean[:, None]) * rstd[:, None]
+    g = tl.load(DY + idx, mask=mask, other=0.0).to(tl.float32)
+    if ACT != 0:
+        z = xhat * w[:, None] + b[:, None]
+        if ACT == 1:
+            g = tl.where(z > 0, g, 0.0)
+        else:
+            g = tl.where(z > 0, g, g * negative_slope)
+    return xhat, g
 
 
 def device_guard(x: torch.Tensor):

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _dispatch, _triton_util
-from ._triton_util import kernel
+from ._triton_util import kernel, norm_act_bwd_tile, norm_act_channel
 
 try:
     import triton.language as tl
@@ -167,13 +167,7 @@ def _batch_norm_act_bwd_stats_kernel(
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
     offset = n.to(tl.int64) * stride_n + c * stride_c
-    mean = tl.load(MEAN + c, mask=c_mask, other=0.0)
-    rstd = tl.load(RSTD + c, mask=c_mask, other=0.0)
-    w = tl.full([BLOCK_C], 1.0, tl.float32)
-    b = tl.full([BLOCK_C], 0.0, tl.float32)
-    if HAS_AFFINE:
-        w = tl.load(W + c, mask=c_mask, other=0.0).to(tl.float32)
-        b = tl.load(B + c, mask=c_mask, other=0.0).to(tl.float32)
+    mean, rstd, w, b = norm_act_channel(W, B, MEAN, RSTD, 0, c, c_mask, BLOCK_C, HAS_AFFINE)
     first = piece * split_len
     acc_g = tl.full([BLOCK_C, BLOCK_S], 0.0, tl.float32)
     acc_gx = tl.full([BLOCK_C, BLOCK_S], 0.0, tl.float32)
@@ -182,14 +176,7 @@ def _batch_norm_act_bwd_stats_kernel(
         s = first + i + tl.arange(0, BLOCK_S)
         mask = c_mask[:, None] & (s < S)[None, :]
         idx = offset[:, None] + s[None, :] * stride_s
-        xhat = (tl.load(X + idx, mask=mask, other=0.0).to(tl.float32) - mean[:, None]) * rstd[:, None]
-        g = tl.load(DY + idx, mask=mask, other=0.0).to(tl.float32)
-        if ACT != 0:
-            z = xhat * w[:, None] + b[:, None]
-            if ACT == 1:
-                g = tl.where(z > 0, g, 0.0)
-            else:
-                g = tl.where(z > 0, g, g * negative_slope)
+        xhat, g = norm_act_bwd_tile(X, DY, idx, mask, mean, rstd, w, b, negative_slope, ACT)
         if WRITE_DX:
             tl.store(DX + idx, (g * (rstd * w)[:, None]).to(DX.dtype.element_ty), mask=mask)
         acc_g += g
@@ -218,23 +205,10 @@ def _batch_norm_act_bwd_kernel(
     s = pid_s.to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)
     mask = c_mask[:, None] & (s < S)[None, :]
     idx = n.to(tl.int64) * stride_n + c[:, None] * stride_c + s[None, :] * stride_s
-    mean = tl.load(MEAN + c, mask=c_mask, other=0.0)
-    rstd = tl.load(RSTD + c, mask=c_mask, other=0.0)
-    w = tl.full([BLOCK_C], 1.0, tl.float32)
-    b = tl.full([BLOCK_C], 0.0, tl.float32)
-    if HAS_AFFINE:
-        w = tl.load(W + c, mask=c_mask, other=0.0).to(tl.float32)
-        b = tl.load(B + c, mask=c_mask, other=0.0).to(tl.float32)
+    mean, rstd, w, b = norm_act_channel(W, B, MEAN, RSTD, 0, c, c_mask, BLOCK_C, HAS_AFFINE)
     mean_g = tl.load(SUMS + c, mask=c_mask, other=0.0) / M
     mean_gx = tl.load(SUMS + C + c, mask=c_mask, other=0.0) / M
-    xhat = (tl.load(X + idx, mask=mask, other=0.0).to(tl.float32) - mean[:, None]) * rstd[:, None]
-    g = tl.load(DY + idx, mask=mask, other=0.0).to(tl.float32)
-    if ACT != 0:
-        z = xhat * w[:, None] + b[:, None]
-        if ACT == 1:
-            g = tl.where(z > 0, g, 0.0)
-        else:
-            g = tl.where(z > 0, g, g * negative_slope)
+    xhat, g = norm_act_bwd_tile(X, DY, idx, mask, mean, rstd, w, b, negative_slope, ACT)
     dx = (rstd * w)[:, None] * (g - mean_g[:, None] - xhat * mean_gx[:, None])
     tl.store(DX + idx, dx.to(DX.dtype.element_ty), mask=mask)
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _dispatch, _triton_util
-from ._triton_util import device_function, kernel
+from ._triton_util import kernel, norm_act_bwd_tile, norm_act_channel
 
 try:
     import triton.language as tl
@@ -157,47 +157,6 @@ def _instance_norm_act_fwd_kernel(
         tl.store(Y + idx, z.to(Y.dtype.element_ty), mask=mask)
 
 
-@device_function
-def _instance_norm_act_bwd_channel(
-    W,  # weight, [C] (unused unless HAS_AFFINE)
-    B,  # bias, [C] (unused unless HAS_AFFINE)
-    MEAN,  # fp32, [N, C]
-    RSTD,  # fp32, [N, C]
-    n, c, c_mask, C,
-    BLOCK_C: tl.constexpr, HAS_AFFINE: tl.constexpr,
-):
-    """mean, rstd, weight and bias of channels c of sample n (weight 1 and bias 0 if not affine), fp32."""
-    mean = tl.load(MEAN + n * C + c, mask=c_mask, other=0.0)
-    rstd = tl.load(RSTD + n * C + c, mask=c_mask, other=0.0)
-    w = tl.full([BLOCK_C], 1.0, tl.float32)
-    b = tl.full([BLOCK_C], 0.0, tl.float32)
-    if HAS_AFFINE:
-        w = tl.load(W + c, mask=c_mask, other=0.0).to(tl.float32)
-        b = tl.load(B + c, mask=c_mask, other=0.0).to(tl.float32)
-    return mean, rstd, w, b
-
-
-@device_function
-def _instance_norm_act_bwd_tile(
-    X,  # input, [N, C, S] with strides (stride_n, stride_c, stride_s)
-    DY,  # output gradient, like X
-    idx, mask,  # [BLOCK_C, BLOCK_S] offsets of the tile into X and DY, and which of them are in bounds
-    mean, rstd, w, b,  # fp32 [BLOCK_C], from _instance_norm_act_bwd_channel
-    negative_slope,
-    ACT: tl.constexpr,
-):
-    """xhat and g = dy * act'(z) of one tile, fp32 (zero where masked off)."""
-    xhat = (tl.load(X + idx, mask=mask, other=0.0).to(tl.float32) - mean[:, None]) * rstd[:, None]
-    g = tl.load(DY + idx, mask=mask, other=0.0).to(tl.float32)
-    if ACT != 0:
-        z = xhat * w[:, None] + b[:, None]
-        if ACT == 1:
-            g = tl.where(z > 0, g, 0.0)
-        else:
-            g = tl.where(z > 0, g, g * negative_slope)
-    return xhat, g
-
-
 @kernel
 def _instance_norm_act_bwd_stats_kernel(
     X,  # input, [N, C, S] with strides (stride_n, stride_c, stride_s)
@@ -215,7 +174,7 @@ def _instance_norm_act_bwd_stats_kernel(
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
     offset = n.to(tl.int64) * stride_n + c * stride_c
-    mean, rstd, w, b = _instance_norm_act_bwd_channel(W, B, MEAN, RSTD, n, c, c_mask, C, BLOCK_C, HAS_AFFINE)
+    mean, rstd, w, b = norm_act_channel(W, B, MEAN, RSTD, n * C, c, c_mask, BLOCK_C, HAS_AFFINE)
     acc_g = tl.full([BLOCK_C, BLOCK_S], 0.0, tl.float32)
     acc_gx = tl.full([BLOCK_C, BLOCK_S], 0.0, tl.float32)
     start = pid_split * (TILES * BLOCK_S)
@@ -223,7 +182,7 @@ def _instance_norm_act_bwd_stats_kernel(
         s = start + s0 + tl.arange(0, BLOCK_S)
         mask = c_mask[:, None] & (s < S)[None, :]
         idx = offset[:, None] + s[None, :] * stride_s
-        xhat, g = _instance_norm_act_bwd_tile(X, DY, idx, mask, mean, rstd, w, b, negative_slope, ACT)
+        xhat, g = norm_act_bwd_tile(X, DY, idx, mask, mean, rstd, w, b, negative_slope, ACT)
         acc_g += g
         acc_gx += g * xhat
     out = (n * C + c) * SPLIT + pid_split
@@ -249,7 +208,7 @@ def _instance_norm_act_bwd_kernel(
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
     offset = n.to(tl.int64) * stride_n + c * stride_c
-    mean, rstd, w, b = _instance_norm_act_bwd_channel(W, B, MEAN, RSTD, n, c, c_mask, C, BLOCK_C, HAS_AFFINE)
+    mean, rstd, w, b = norm_act_channel(W, B, MEAN, RSTD, n * C, c, c_mask, BLOCK_C, HAS_AFFINE)
     mean_dxhat = w * tl.load(SUMS + n * C + c, mask=c_mask, other=0.0) / S
     mean_dxhat_xhat = w * tl.load(SUMS + NC + n * C + c, mask=c_mask, other=0.0) / S
     start = pid_split * (TILES * BLOCK_S)
@@ -257,7 +216,7 @@ def _instance_norm_act_bwd_kernel(
         s = start + s0 + tl.arange(0, BLOCK_S)
         mask = c_mask[:, None] & (s < S)[None, :]
         idx = offset[:, None] + s[None, :] * stride_s
-        xhat, g = _instance_norm_act_bwd_tile(X, DY, idx, mask, mean, rstd, w, b, negative_slope, ACT)
+        xhat, g = norm_act_bwd_tile(X, DY, idx, mask, mean, rstd, w, b, negative_slope, ACT)
         dx = rstd[:, None] * (g * w[:, None] - mean_dxhat[:, None] - xhat * mean_dxhat_xhat[:, None])
         tl.store(DX + idx, dx.to(DX.dtype.element_ty), mask=mask)
 
