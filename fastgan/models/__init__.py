@@ -23,7 +23,8 @@ class ArchitectureError(UserError, ValueError):
 
 
 _CONV_LINEAR = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, fnn.ReflectPadConv2d, fnn.Conv2dLeakyReLU)
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm, nn.LayerNorm, fnn.InstanceNormAct)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm, nn.LayerNorm, fnn.InstanceNormAct,
+          fnn.BatchNorm2dAct)
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> nn.Module:

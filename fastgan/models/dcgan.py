@@ -7,7 +7,10 @@
   ngf * image_size/8 at 4x4 to ngf at image_size/2; D its mirror image (no BatchNorm on D's first layer,
   no biases before BatchNorm). At 64 this is exactly pytorch/examples' network.
 
-Both D's return logits (the sigmoid belongs to the loss).
+Both D's return logits (the sigmoid belongs to the loss). Each BatchNorm and the activation after it are one
+fastgan.nn.BatchNorm2dAct followed by an nn.Identity where the activation was, as fastgan.accelerate leaves
+such a pair: the layer indices, and so the state_dict keys, are those of the unfused networks (at 64,
+pytorch/examples' own G keys under ``net.`` instead of ``main.``).
 """
 
 from __future__ import annotations
@@ -45,12 +48,12 @@ class Generator(nn.Module):
             self.project = nn.Linear(z_dim, ngf * 2 * 7 * 7, bias=False)
             self.net = nn.Sequential(
                 nn.Unflatten(1, (ngf * 2, 7, 7)),
-                nn.BatchNorm2d(ngf * 2),
-                nn.ReLU(inplace=True),
+                fnn.BatchNorm2dAct(ngf * 2, act="relu"),
+                nn.Identity(),
                 # state: (ngf*2) x 7 x 7
                 nn.ConvTranspose2d(ngf * 2, ngf, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(ngf),
-                nn.ReLU(inplace=True),
+                fnn.BatchNorm2dAct(ngf, act="relu"),
+                nn.Identity(),
                 # state: ngf x 14 x 14
                 nn.ConvTranspose2d(ngf, channels, 4, 2, 1),
                 nn.Tanh(),
@@ -59,13 +62,13 @@ class Generator(nn.Module):
         else:
             self.project = nn.Unflatten(1, (z_dim, 1, 1))
             width = ngf * image_size // 8
-            layers = [nn.ConvTranspose2d(z_dim, width, 4, 1, 0, bias=False), nn.BatchNorm2d(width),
-                      nn.ReLU(inplace=True)]
+            layers = [nn.ConvTranspose2d(z_dim, width, 4, 1, 0, bias=False), fnn.BatchNorm2dAct(width, act="relu"),
+                      nn.Identity()]
             # state: (ngf*image_size/8) x 4 x 4
             side = 4
             while side < image_size // 2:  # one stage per doubling
-                layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2),
-                           nn.ReLU(inplace=True)]
+                layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False),
+                           fnn.BatchNorm2dAct(width // 2, act="relu"), nn.Identity()]
                 width, side = width // 2, side * 2
                 # state: width x side x side (at 64: (ngf*4) x 8 x 8, (ngf*2) x 16 x 16, ngf x 32 x 32)
             layers += [nn.ConvTranspose2d(ngf, channels, 4, 2, 1, bias=False), nn.Tanh()]
@@ -88,8 +91,8 @@ class Discriminator(nn.Module):
                 fnn.Conv2dLeakyReLU(channels, ndf, 4, 2, 1, negative_slope=0.2),
                 # state: ndf x 14 x 14
                 nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(ndf * 2),
-                fnn.LeakyReLU(0.2),
+                fnn.BatchNorm2dAct(ndf * 2, act="leaky_relu", negative_slope=0.2),
+                nn.Identity(),
                 # state: (ndf*2) x 7 x 7
                 nn.Flatten(),
                 nn.Linear(ndf * 2 * 7 * 7, 1),
@@ -100,8 +103,8 @@ class Discriminator(nn.Module):
             # state: ndf x image_size/2 x image_size/2
             width, side = ndf, image_size // 2
             while side > 4:  # one stage per halving
-                layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2),
-                           fnn.LeakyReLU(0.2)]
+                layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False),
+                           fnn.BatchNorm2dAct(width * 2, act="leaky_relu", negative_slope=0.2), nn.Identity()]
                 width, side = width * 2, side // 2
                 # state: width x side x side (at 64: (ndf*2) x 16 x 16, (ndf*4) x 8 x 8, (ndf*8) x 4 x 4)
             layers.append(nn.Conv2d(width, 1, 4, 1, 0, bias=False))

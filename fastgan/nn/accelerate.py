@@ -71,9 +71,17 @@ import torch
 from torch import nn
 
 from ..ops import _dispatch
-from .layers import FAST_LAYERS, BatchNorm2dAct, Conv2dLeakyReLU, InstanceNormAct, LeakyReLU, ReflectPadConv2d
+from .layers import (
+    FAST_LAYERS,
+    BatchNorm2dAct,
+    Conv2dLeakyReLU,
+    InstanceNormAct,
+    LeakyReLU,
+    NormThenAct,
+    ReflectPadConv2d,
+)
 
-__all__ = ["accelerate", "REFLECT_CONV_KERNELS", "REFLECT_CONV_STRIDES"]
+__all__ = ["accelerate", "unfuse_batch_norm_act", "REFLECT_CONV_KERNELS", "REFLECT_CONV_STRIDES"]
 
 REFLECT_CONV_KERNELS = range(1, 8)  # square kernel sizes the fused reflect-pad convolution takes
 REFLECT_CONV_STRIDES = (1, 2)
@@ -104,6 +112,35 @@ def accelerate(module: nn.Module, impl: str = "auto") -> nn.Module:
     if blocked:
         warnings.warn("fastgan.accelerate left these pairs unfused because hooks on them would see the tensor "
                       "between the two modules: " + "; ".join(blocked), stacklevel=2)
+    return module
+
+
+def unfuse_batch_norm_act(module: nn.Module) -> nn.Module:
+    """Replaces every BatchNorm2dAct inside ``module`` by a NormThenAct around a plain nn.BatchNorm2d, in place.
+
+    For synchronised BatchNorm (data-parallel training): BatchNorm2dAct is not an nn.BatchNorm2d, so
+    ``nn.SyncBatchNorm.convert_sync_batchnorm`` (or any converter that swaps BatchNorm modules) passes it by.
+    Call this first, then the converter; it swaps each NormThenAct's ``norm``::
+
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(fastgan.nn.unfuse_batch_norm_act(net))
+
+    The nn.BatchNorm2d holds the same Parameter and buffer objects (an optimiser built before the call keeps
+    working) with the same eps, momentum, affine and track_running_stats; state_dict keys do not change, so
+    checkpoints load into the fused and the unfused model alike; hooks move to the NormThenAct. The
+    activation then runs as its own op (fastgan.ops is not used). ``module`` itself is never replaced (a bare
+    BatchNorm2dAct comes back unchanged).
+    """
+    for name, child in list(module.named_children()):
+        if isinstance(child, BatchNorm2dAct):
+            with torch.device("meta"):  # the real parameters and buffers are adopted below
+                norm = nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                      child.track_running_stats)
+            norm = _adopt(norm, child, ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"])
+            new = NormThenAct(norm, child.act, child.negative_slope).train(child.training)
+            _move_hooks(child, new)
+            setattr(module, name, new)
+        else:
+            unfuse_batch_norm_act(child)
     return module
 
 

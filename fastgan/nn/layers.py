@@ -18,8 +18,8 @@ from torch import nn
 from .. import ops
 from ..ops import _dispatch
 
-__all__ = ["BatchNorm2dAct", "Conv2dLeakyReLU", "InstanceNormAct", "LeakyReLU", "ReflectPadConv2d", "set_impl",
-           "FAST_LAYERS"]
+__all__ = ["BatchNorm2dAct", "Conv2dLeakyReLU", "InstanceNormAct", "LeakyReLU", "NormThenAct", "ReflectPadConv2d",
+           "set_impl", "FAST_LAYERS"]
 
 _ACTS = ("relu", "leaky_relu", "none")
 
@@ -202,7 +202,10 @@ class BatchNorm2dAct(_FastLayer, nn.Module):
     when running stats are not tracked), and the same output layout (x's). Named after BatchNorm2d so that
     class-name based initialisers (``classname.find("BatchNorm2d")``, as GAN code often has) still find it;
     it is not an nn.BatchNorm2d subclass, so that module converters such as
-    ``nn.SyncBatchNorm.convert_sync_batchnorm`` cannot swap it for a norm without the activation.
+    ``nn.SyncBatchNorm.convert_sync_batchnorm`` cannot swap it for a norm without the activation. To
+    synchronise its statistics across processes, :func:`fastgan.nn.unfuse_batch_norm_act` first turns it
+    into a :class:`NormThenAct` around a plain nn.BatchNorm2d (same Parameters, same state_dict keys), which
+    such converters then find.
     """
 
     _ops = ("batch_norm_act",)
@@ -272,6 +275,48 @@ class BatchNorm2dAct(_FastLayer, nn.Module):
     def extra_repr(self):
         return (f"{self.num_features}, act={self.act}, eps={self.eps}, momentum={self.momentum}, "
                 f"affine={self.affine}, track_running_stats={self.track_running_stats}, impl={self.impl}")
+
+
+class NormThenAct(nn.Module):
+    """``act(norm(x))``: a norm module (nn.BatchNorm2d, nn.SyncBatchNorm, ...) then ReLU / LeakyReLU / nothing,
+    with the norm's state_dict keys at this module's own level (no ``norm.`` in them).
+
+    What :func:`fastgan.nn.unfuse_batch_norm_act` turns a BatchNorm2dAct into, so that a converter that swaps
+    BatchNorm modules (``nn.SyncBatchNorm.convert_sync_batchnorm``) finds ``self.norm`` while checkpoints
+    load into the fused layer and back: the state_dict of a NormThenAct is that of the BatchNorm2dAct it
+    replaced.
+    """
+
+    def __init__(self, norm: nn.Module, act="relu", negative_slope=0.2):
+        super().__init__()
+        _check_act("NormThenAct", act)
+        self.norm, self.act, self.negative_slope = norm, act, negative_slope
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _act(self.norm(x), self.act, self.negative_slope)
+
+    def state_dict(self, *args, destination=None, prefix="", keep_vars=False):
+        out = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        inner = prefix + "norm."
+        # The norm's entries were added last (this module has no state of its own), so re-adding them in
+        # order keeps the dict's order.
+        for key in [k for k in out if k.startswith(inner)]:
+            out[prefix + key[len(inner):]] = out.pop(key)
+        metadata = getattr(out, "_metadata", None)
+        if metadata is not None and inner[:-1] in metadata:  # the norm's version, for loading into either layer
+            metadata[prefix[:-1]] = metadata.pop(inner[:-1])
+        return out
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # Module.load_state_dict hands the norm the entries under prefix + "norm." after this call.
+        for key in [k for k in state_dict if k.startswith(prefix) and "." not in k[len(prefix):]]:
+            state_dict[prefix + "norm." + key[len(prefix):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def extra_repr(self):
+        return f"act={self.act}, negative_slope={self.negative_slope}"
 
 
 class LeakyReLU(_FastLayer, nn.Module):

@@ -162,6 +162,7 @@ class OpCall:
     layer_type: str
     in_fused_layer: str  # qualified name of the enclosing fastgan.nn layer, "" when none
     backward: bool  # recorded during the backward pass (then ``layer`` names the autograd node)
+    requires_grad: bool = False  # forward: an input requires grad, so autograd records a backward for it
     args: tuple = ()  # fastgan ops only: (args, kwargs) with TensorSpec for tensors, for replays
 
 
@@ -222,11 +223,13 @@ class OpTrace:
             fused = self._names.get(outer_fused, "")
         replay = torch.utils._pytree.tree_map(_spec, (args, kwargs)) if func.namespace == "fastgan" else ()
         outputs = _infos(out)
+        flat, _ = torch.utils._pytree.tree_flatten((args, kwargs))
+        requires_grad = any(isinstance(t, torch.Tensor) and t.requires_grad for t in flat)
         self.calls.append(OpCall(
             op=str(func), namespace=func.namespace, is_view=func.is_view,
             launches=not func.is_view and func not in _NO_KERNEL and bool(outputs),
             inputs=_infos((args, kwargs)), outputs=outputs, layer=layer, layer_type=layer_type,
-            in_fused_layer=fused, backward=self.in_backward, args=replay))
+            in_fused_layer=fused, backward=self.in_backward, requires_grad=requires_grad, args=replay))
 
     @contextlib.contextmanager
     def backward_pass(self):
@@ -244,8 +247,10 @@ class OpTrace:
     def launches(self, backward: bool = False) -> list[OpCall]:
         return [c for c in self.calls if c.launches and c.backward == backward]
 
-    def op_counts(self, backward: bool = False) -> Counter:
-        return Counter(c.op for c in self.launches(backward))
+    def op_counts(self, backward: bool = False, requires_grad: bool = False) -> Counter:
+        """Launches per op; with ``requires_grad``, only the forward ones that autograd records (a
+        generator's forward in the discriminator's phase, its output detached, has no backward)."""
+        return Counter(c.op for c in self.launches(backward) if c.requires_grad or not requires_grad)
 
     def fused_layers_without_fast_op(self) -> list[str]:
         """fastgan.nn layers whose forward ran no fastgan custom op: a fallback to the reference path."""

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch import nn
 
 from fastgan.models import ArchitectureError, cgan, dcgan
 
@@ -43,8 +44,16 @@ def test_rejects_unsupported_image_size(image_size):
         cgan.Discriminator(8, 10, 1, image_size)
 
 
-@pytest.mark.parametrize("image_size, leaky_relus", [(28, 2), (64, 4)])
-def test_discriminator_uses_every_fused_layer(check_fused_layers, image_size, leaky_relus):
+@pytest.mark.parametrize("image_size, batch_norms", [(28, 1), (64, 3)])
+def test_discriminator_uses_every_fused_layer(check_fused_layers, image_size, batch_norms):
     d = cgan.Discriminator(8, 10, 3, image_size)
+    assert not [m for m in d.modules() if isinstance(m, nn.BatchNorm2d)]
     check_fused_layers(d, torch.randn(2, 3, image_size, image_size), torch.tensor([1, 7]),
-                       expected={"leaky_relu": leaky_relus})
+                       expected={"leaky_relu": 1, "batch_norm_act": batch_norms})
+
+
+@pytest.mark.parametrize("image_size, batch_norms", [(28, 2), (64, 4)])
+def test_generator_uses_every_fused_layer(check_fused_layers, image_size, batch_norms):
+    g = cgan.Generator(12, 10, 8, 3, image_size)
+    assert not [m for m in g.modules() if isinstance(m, (nn.BatchNorm2d, nn.ReLU))]
+    check_fused_layers(g, torch.randn(2, 12), torch.tensor([1, 7]), expected={"batch_norm_act": batch_norms})

@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch import nn
 
+from fastgan import nn as fnn
 from fastgan.errors import UserError
 from fastgan.models import ArchitectureError, dcgan, init_weights
 
@@ -62,8 +63,8 @@ def test_mnist_variant_layout(n_params):
     g, d = dcgan.Generator(100, 64, 1, 28), dcgan.Discriminator(64, 1, 28)
     # G: linear to (ngf*2) x 7 x 7 (no bias: BatchNorm follows), two transposed convs; D: two convs + linear.
     assert isinstance(g.project, nn.Linear) and g.project.out_features == 128 * 7 * 7
-    assert [type(m) for m in g.net if isinstance(m, (nn.ConvTranspose2d, nn.BatchNorm2d))] == \
-        [nn.BatchNorm2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.ConvTranspose2d]
+    assert [type(m) for m in g.net if isinstance(m, (nn.ConvTranspose2d, fnn.BatchNorm2dAct))] == \
+        [fnn.BatchNorm2dAct, nn.ConvTranspose2d, fnn.BatchNorm2dAct, nn.ConvTranspose2d]
     assert n_params(g) == 100 * 6272 + 2 * 128 + 128 * 64 * 16 + 2 * 64 + 64 * 16 + 1
     assert n_params(d) == 16 * 64 + 64 + 64 * 128 * 16 + 2 * 128 + 128 * 49 + 1
 
@@ -77,7 +78,39 @@ def test_rejects_unsupported_image_size(image_size):
         assert isinstance(err.value, ValueError) and isinstance(err.value, UserError)
 
 
-@pytest.mark.parametrize("image_size, leaky_relus", [(28, 2), (64, 4)])
-def test_discriminator_uses_every_fused_layer(check_fused_layers, image_size, leaky_relus):
+@pytest.mark.parametrize("image_size, batch_norms", [(28, 1), (64, 3)])
+def test_discriminator_uses_every_fused_layer(check_fused_layers, image_size, batch_norms):
     d = dcgan.Discriminator(8, 3, image_size)
-    check_fused_layers(d, torch.randn(2, 3, image_size, image_size), expected={"leaky_relu": leaky_relus})
+    assert not [m for m in d.modules() if isinstance(m, nn.BatchNorm2d)]
+    check_fused_layers(d, torch.randn(2, 3, image_size, image_size),
+                       expected={"leaky_relu": 1, "batch_norm_act": batch_norms})
+
+
+@pytest.mark.parametrize("image_size, batch_norms", [(28, 2), (64, 4)])
+def test_generator_uses_every_fused_layer(check_fused_layers, image_size, batch_norms):
+    g = dcgan.Generator(12, 8, 3, image_size)
+    assert not [m for m in g.modules() if isinstance(m, (nn.BatchNorm2d, nn.ReLU))]
+    check_fused_layers(g, torch.randn(2, 12), expected={"batch_norm_act": batch_norms})
+
+
+def test_state_dict_keys_are_those_of_the_unfused_networks():
+    # At 64: pytorch/examples' keys (its nn.Sequential is ``main``, ours ``net``), so checkpoints from before
+    # the fusion, and from that script, load.
+    plain_g, plain_d = _pytorch_examples_layout(10, 4, 4, 3)
+    g, d = dcgan.Generator(10, 4, 3, 64), dcgan.Discriminator(4, 3, 64)
+    assert list(g.state_dict()) == ["net." + k for k in plain_g.state_dict()]
+    g.load_state_dict({"net." + k: v for k, v in plain_g.state_dict().items()})
+    # D's first pair was already one Conv2dLeakyReLU: its keys from index 1 on are the unfused ones, shifted.
+    plain_d_keys = [k for k in plain_d.state_dict() if not k.startswith("0.")]
+    assert list(d.state_dict())[1:] == ["net." + str(int(k.split(".")[0]) - 1) + "." + k.split(".", 1)[1]
+                                        for k in plain_d_keys]
+    # The 28x28 layout, as it was written with nn.BatchNorm2d and nn.ReLU / LeakyReLU.
+    g28, d28 = dcgan.Generator(12, 8, 1, 28), dcgan.Discriminator(8, 1, 28)
+    assert [k for k in g28.state_dict() if k.startswith("net.")] == [
+        f"net.{i}.{name}" for i, names in ((1, BN), (3, ("weight",)), (4, BN), (6, ("weight", "bias")))
+        for name in names]
+    assert list(d28.state_dict()) == ["net.0.weight", "net.0.bias", "net.1.weight",
+                                      *(f"net.2.{name}" for name in BN), "net.5.weight", "net.5.bias"]
+
+
+BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")

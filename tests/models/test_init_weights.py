@@ -13,7 +13,7 @@ def _by_role(model):
     for m in model.modules():
         if isinstance(m, CONV_LINEAR):
             convs.append(m.weight)
-        elif isinstance(m, (nn.BatchNorm2d, fnn.InstanceNormAct)) and m.weight is not None:
+        elif isinstance(m, (nn.BatchNorm2d, fnn.InstanceNormAct, fnn.BatchNorm2dAct)) and m.weight is not None:
             norms.append(m.weight)
         else:
             continue
@@ -30,7 +30,7 @@ def test_init_statistics(std):
     convs, norms, biases = _by_role(model)
     # every conv kind is reached, including the fused ones that are not nn.Conv2d subclasses
     kinds = {type(m) for m in model.modules()}
-    assert {fnn.ReflectPadConv2d, fnn.Conv2dLeakyReLU, nn.ConvTranspose2d, nn.Conv2d} <= kinds
+    assert {fnn.ReflectPadConv2d, fnn.Conv2dLeakyReLU, nn.ConvTranspose2d, nn.Conv2d, fnn.BatchNorm2dAct} <= kinds
     conv_values = torch.cat([w.flatten() for w in convs])
     norm_values = torch.cat([w.flatten() for w in norms])
     assert abs(conv_values.mean()) < std / 50 and abs(conv_values.std() / std - 1) < 0.02
