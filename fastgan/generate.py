@@ -7,16 +7,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from .errors import UserError
-from .models import REGISTRY
-from .models.base import GRID_COLUMNS
-from .onnx_backend import BACKENDS, OnnxGenerator, resolve_backend
-from .train.checkpoint import load_for_inference
+from .image_files import GRID_COLUMNS, make_grid, save_image, to_unit
+from .noise import generator_noise
+from .onnx_backend import BACKENDS, OnnxGenerator, check_cpu, resolve_backend
 from .train.cli import OneLineParser, run
-from .train.images import make_grid, save_image, to_unit
-from .train.loop import resolve_device
 
 PROG = "fastgan.generate"
 
@@ -39,48 +36,58 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def _load_generator(checkpoint, backend: str, device: torch.device):
-    """(G, z_dim, num_classes (0: unconditional), model name) from a checkpoint or an exported .onnx file."""
+def _load_generator(checkpoint, backend: str, device: str):
+    """(G: numpy inputs -> numpy images, z_dim, num_classes (0: unconditional), model name) from a checkpoint
+    or an exported .onnx file. Only the torch backend imports torch."""
     if backend == "onnxruntime":
+        check_cpu(device)
         G = OnnxGenerator(checkpoint).require("generate")
         conditional = "labels" in G.inputs
         return G, int(G.session.get_inputs()[0].shape[1]), int(G.meta["num_classes"]) if conditional else 0, G.model
+    import torch
+
+    from .train.checkpoint import load_for_inference
+    from .train.loop import resolve_device
+
+    device = resolve_device(device)
     ckpt, model, nets = load_for_inference(checkpoint, "generate", lambda model: ["G"], device)
     classes = ckpt["info"]["num_classes"] if model.conditional else 0
-    return nets["G"], ckpt["config"]["z_dim"], classes, model.name
+
+    def G(*inputs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            images = nets["G"](*(torch.from_numpy(x).to(device) for x in inputs))
+        return images.float().cpu().numpy()  # sync: the images go to files
+
+    return G, ckpt["config"]["z_dim"], classes, model.name
 
 
 def generate(checkpoint, n: int = 64, label: int | None = None, seed: int = 0, columns: int = GRID_COLUMNS,
-             device="cpu", backend: str = "auto") -> torch.Tensor:
-    """n images [n, C, H, W] in [-1, 1] from a gan/dcgan/cgan checkpoint file (or run directory), or from
-    an exported .onnx generator (``backend`` onnxruntime; auto picks it by the file's suffix)."""
+             device: str = "cpu", backend: str = "auto") -> np.ndarray:
+    """n images, float32 [n, C, H, W] in [-1, 1], from a gan/dcgan/cgan checkpoint file (or run directory), or
+    from an exported .onnx generator (``backend`` onnxruntime; auto picks it by the file's suffix). The noise
+    is fastgan.noise.generator_noise(seed), so both backends draw the same images."""
     if n < 1:
         raise UserError(f"--n {n}: must be at least 1")
     if columns < 1:
         raise UserError(f"--columns {columns}: must be at least 1")
-    device = torch.device(device)
     G, z_dim, classes, name = _load_generator(checkpoint, resolve_backend(checkpoint, backend), device)
-    z = torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed)).to(device)
-    with torch.no_grad():
-        if not classes:
-            if label is not None:
-                conditional = [m.name for m in REGISTRY.values() if m.conditional]
-                raise UserError(f"--label {label}: only {' or '.join(conditional)} checkpoints take a class; "
-                                f"this is {name}")
-            return G(z)
-        if label is not None and not 0 <= label < classes:
-            raise UserError(f"--label {label}: this {name} has classes 0 to {classes - 1}")
-        if label is None:
-            labels = (torch.arange(n, device=device) // columns) % classes  # one row per class
-        else:
-            labels = torch.full((n,), label, device=device, dtype=torch.long)
-        return G(z, labels)
+    z = generator_noise(seed, n, z_dim)
+    if not classes:
+        if label is not None:
+            raise UserError(f"--label {label}: this {name} is unconditional; only a model trained on classes takes one")
+        return G(z)
+    if label is not None and not 0 <= label < classes:
+        raise UserError(f"--label {label}: this {name} has classes 0 to {classes - 1}")
+    if label is None:
+        labels = (np.arange(n) // columns) % classes  # one row per class
+    else:
+        labels = np.full(n, label)
+    return G(z, labels.astype(np.int64))
 
 
 def _main(argv) -> int:
     args = parse_args(argv)
-    device = resolve_device(args.device)
-    images = generate(args.checkpoint, args.n, args.label, args.seed, args.columns, device, args.backend)
+    images = generate(args.checkpoint, args.n, args.label, args.seed, args.columns, args.device, args.backend)
     out = Path(args.out)
     if out.is_dir() or not out.suffix:
         out.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,9 @@ and fastgan.translate): the same command as for a checkpoint, on a graph that ne
 The export (fastgan.export) writes what inference needs into the ONNX model's metadata_props: the model
 name, how it is served (generate or translate), the training size, the number of classes and, for
 image-to-image models, the direction and the down-sampling factor.
+
+Nothing here imports torch: with numpy, Pillow and onnxruntime installed, the onnxruntime backend runs
+where PyTorch is not.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .errors import UserError
 
@@ -30,8 +32,14 @@ def resolve_backend(path, backend: str) -> str:
     return backend
 
 
+def check_cpu(device: str) -> None:
+    """onnxruntime runs here on its CPU provider: refuse a GPU rather than ignore the flag."""
+    if device not in ("auto", "cpu"):
+        raise UserError(f"--device {device}: --backend onnxruntime runs on the CPU; use --device cpu (or auto)")
+
+
 class OnnxGenerator:
-    """Calls an ONNX generator like the torch network: torch tensors in, a torch tensor out (on the CPU)."""
+    """Calls an ONNX generator like the torch network, on numpy arrays: float32 (int64 labels) in, float32 out."""
 
     def __init__(self, path: str | Path):
         try:
@@ -62,10 +70,9 @@ class OnnxGenerator:
                             f"{self.meta['inference']}")
         return self
 
-    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+    def __call__(self, *args: np.ndarray) -> np.ndarray:
         feeds = {}
-        for name, value in zip(self.inputs, args):
-            array = value.detach().cpu().numpy()
+        for name, array in zip(self.inputs, args):
             feeds[name] = array if array.dtype == np.int64 else array.astype(self.dtype)
         try:
             out = self.session.run(None, feeds)[0]
@@ -75,4 +82,4 @@ class OnnxGenerator:
                             f"{ {k: list(v.shape) for k, v in feeds.items()} } (the model takes {shapes}; "
                             f"export with --dynamic-batch/--dynamic-size, or --size checkpoint): "
                             f"{str(e).splitlines()[0]}") from None
-        return torch.from_numpy(out.astype(np.float32))
+        return out.astype(np.float32)

@@ -7,18 +7,16 @@ one of its training's --direction, which is also its default."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+import numpy as np
+from PIL import Image
 
-from .data.folders import list_images, load_image
 from .errors import UserError
-from .onnx_backend import BACKENDS, OnnxGenerator, resolve_backend
-from .train.checkpoint import load_for_inference
+from .image_files import list_images, read_image, save_image, to_unit
+from .onnx_backend import BACKENDS, OnnxGenerator, check_cpu, resolve_backend
 from .train.cli import OneLineParser, run
-from .train.images import save_image, to_unit
-from .train.loop import resolve_device
 
 PROG = "fastgan.translate"
 DIRECTIONS = ("AtoB", "BtoA")
@@ -38,6 +36,8 @@ def parse_args(argv):
                         help="checkpoint (resize to the training resolution), input (keep each "
                              "image's size), or N pixels (square)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of test-time dropout (pix2pix, torch backend), set again for every image")
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="torch (a checkpoint) or onnxruntime (a .onnx file from fastgan.export); "
                              "auto: by the file's suffix")
@@ -54,38 +54,60 @@ def _target_size(size: str, trained: int, multiple: int) -> int | None:
     return int(size)
 
 
-def translate_image(G: torch.nn.Module, image: torch.Tensor, size: int | None, multiple: int = 4) -> torch.Tensor:
-    """uint8 [3, H, W] -> [3, h, w] in [-1, 1] at ``size`` x ``size`` (None: the image's own size);
-    ``multiple``: the generator's down-sampling factor (sides are padded to a multiple of it)."""
-    x = image.unsqueeze(0).float() / 127.5 - 1
+def translate_image(G: Callable[[np.ndarray], np.ndarray], image: np.ndarray, size: int | None,
+                    multiple: int = 4) -> np.ndarray:
+    """uint8 [H, W, 3] -> float32 [3, h, w] in [-1, 1] at ``size`` x ``size`` (None: the image's own size).
+    ``G`` maps float32 [1, 3, H, W] to [1, 3, H, W] (either backend); ``multiple``: the generator's
+    down-sampling factor (sides are padded to a multiple of it)."""
+    x = image.astype(np.float32) / 127.5 - 1
     if size is not None:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    h, w = x.shape[-2:]
+        # Pillow's float-mode bilinear resize antialiases like F.interpolate(..., antialias=True) (torch's is
+        # a port of it; equal to 4e-7 here) and needs no torch.
+        x = np.stack([np.asarray(Image.fromarray(x[:, :, c]).resize((size, size), Image.BILINEAR))
+                      for c in range(x.shape[2])], axis=-1)
+    h, w = x.shape[:2]
     # Reflect-pad to a multiple of the generator's stride, translate, crop back.
     pad_h, pad_w = -h % multiple, -w % multiple
     if pad_h or pad_w:
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if min(h, w) > multiple else "replicate")
-    with torch.no_grad():
-        y = G(x)
-    return y[0, :, :h, :w].clamp(-1, 1)
+        x = np.pad(x, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect" if min(h, w) > multiple else "edge")
+    y = G(np.ascontiguousarray(x.transpose(2, 0, 1)[None]))
+    return np.clip(y[0, :, :h, :w], -1, 1)
+
+
+def _load_translator(args) -> tuple[Callable[[np.ndarray], np.ndarray], str, int, int]:
+    """(G, direction, training size, down-sampling factor) from a checkpoint or an exported .onnx file. Only
+    the torch backend imports torch."""
+    if resolve_backend(args.checkpoint, args.backend) == "onnxruntime":
+        check_cpu(args.device)
+        G = OnnxGenerator(args.checkpoint).require("translate")
+        direction = G.meta["direction"]
+        if args.direction not in (None, direction):
+            raise UserError(f"--direction {args.direction}: {args.checkpoint} translates {direction} only "
+                            f"(fastgan.export writes one file per direction)")
+        return G, direction, int(G.meta["image_size"]), int(G.meta["size_multiple"])
+    import torch
+
+    from .train.checkpoint import load_for_inference
+    from .train.loop import resolve_device
+
+    device = resolve_device(args.device)
+    ckpt, model, nets = load_for_inference(args.checkpoint, "translate",
+                                           lambda model: sorted(set(model.translators.values())), device)
+    direction, name = model.translator(ckpt["config"], args.direction)
+
+    def G(x: np.ndarray) -> np.ndarray:
+        # Every image sees the same dropout masks for its size, whatever else is in the folder.
+        with torch.no_grad(), torch.random.fork_rng([device] if device.type == "cuda" else []):
+            torch.manual_seed(args.seed)
+            y = nets[name](torch.from_numpy(x).to(device))
+        return y.float().cpu().numpy()  # sync: the image goes to a file
+
+    return G, direction, ckpt["config"]["image_size"], model.input_multiple(ckpt["config"])
 
 
 def _main(argv) -> int:
     args = parse_args(argv)
-    device = resolve_device(args.device)
-    if resolve_backend(args.checkpoint, args.backend) == "onnxruntime":
-        G = OnnxGenerator(args.checkpoint).require("translate")
-        direction, trained = G.meta["direction"], int(G.meta["image_size"])
-        if args.direction not in (None, direction):
-            raise UserError(f"--direction {args.direction}: {args.checkpoint} translates {direction} only "
-                            f"(fastgan.export writes one file per direction)")
-        multiple, device = int(G.meta["size_multiple"]), torch.device("cpu")
-    else:
-        ckpt, model, nets = load_for_inference(args.checkpoint, "translate",
-                                               lambda model: sorted(set(model.translators.values())), device)
-        direction, name = model.translator(ckpt["config"], args.direction)
-        G, trained = nets[name], ckpt["config"]["image_size"]
-        multiple = model.input_multiple(ckpt["config"])
+    G, direction, trained, multiple = _load_translator(args)
     size = _target_size(args.size, trained, multiple)
     source = Path(args.input)
     if source.is_dir():
@@ -101,11 +123,10 @@ def _main(argv) -> int:
         if target.resolve() == file.resolve():
             raise UserError(f"--out {out}: would overwrite the input {file}; choose another directory")
     for file, rel in zip(files, names):
-        image = load_image(str(file)).to(device)
-        result = translate_image(G, image, size, multiple)
+        result = translate_image(G, read_image(str(file)), size, multiple)
         target = out / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        save_image(to_unit(result.unsqueeze(0))[0], target)
+        save_image(to_unit(result[None])[0], target)
     print(f"{PROG}: translated {len(files)} image(s) {direction} into {out}/")
     return 0
 

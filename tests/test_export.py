@@ -129,7 +129,7 @@ def test_cli_and_generate_with_onnxruntime(checkpoints, tmp_path, capsys):
     via_onnx = generate(str(out), n=6, label=3, seed=1)
     via_torch = generate(checkpoints["cgan"], n=6, label=3, seed=1)
     assert via_onnx.shape == via_torch.shape == (6, 1, 28, 28)
-    assert (via_onnx - via_torch).abs().max() <= TOLERANCE
+    assert np.abs(via_onnx - via_torch).max() <= TOLERANCE
 
 
 @pytest.mark.parametrize("model, args, words", [
@@ -185,3 +185,97 @@ def test_generate_refuses_foreign_onnx_files(tmp_path, capsys):
         generate_main([str(bogus), "--out", str(tmp_path / "x.png")])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "not a readable ONNX model" in err and err.count("\n") == 1
+
+
+# `python -m MODULE ARGS...` where torch, triton and fastgan._C cannot be imported, as on a machine with only
+# numpy, Pillow and onnxruntime; fails (exit 3) if torch got imported anyway.
+WITHOUT_TORCH = """
+import runpy, sys
+
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "triton") or name == "fastgan._C":
+            raise ImportError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, NoTorch())
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+finally:
+    if "torch" in sys.modules:
+        sys.exit(3)
+"""
+
+
+def run_without_torch(module, *args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", WITHOUT_TORCH, module, *map(str, args)], capture_output=True,
+                          text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+
+
+def read_pixels(path):
+    from PIL import Image
+
+    return np.asarray(Image.open(path), dtype=np.int16)
+
+
+@pytest.mark.parametrize("model, args", [
+    ("dcgan", ["--n", "6", "--columns", "3"]),
+    ("cgan", ["--n", "20"]),  # one row per class
+    ("cgan", ["--n", "3", "--label", "7"]),
+])
+def test_generate_with_onnxruntime_without_torch(checkpoints, tmp_path, model, args):
+    from fastgan.generate import main as generate_main
+
+    onnx_file = tmp_path / "g.onnx"
+    assert export_main([checkpoints[model], "--dynamic-batch", "--out", str(onnx_file)]) == 0
+    proc = run_without_torch("fastgan.generate", onnx_file, *args, "--seed", 3, "--out", tmp_path / "ort.png")
+    assert proc.returncode == 0 and "wrote a grid" in proc.stdout, proc.stderr
+    assert generate_main([checkpoints[model], *args, "--seed", "3", "--out", str(tmp_path / "torch.png"),
+                          "--device", "cpu"]) == 0
+    a, b = read_pixels(tmp_path / "ort.png"), read_pixels(tmp_path / "torch.png")
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1  # 8-bit rounding of outputs 1e-4 apart
+
+
+def test_translate_with_onnxruntime_without_torch(checkpoints, tmp_path):
+    from PIL import Image
+
+    from fastgan.translate import main as translate_main
+
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name, (w, h) in (("a.png", (40, 36)), ("sub/b.jpg", (32, 32)), ("c.png", (23, 17))):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(photos / name)
+    onnx_file = tmp_path / "g.onnx"
+    assert export_main([checkpoints["cyclegan"], "--direction", "AtoB", "--dynamic-size", "--out", str(onnx_file)]) == 0
+    for size in ("checkpoint", "input", "48"):  # resized down and up, and at each image's own size (padded)
+        ort_out, torch_out = tmp_path / f"ort-{size}", tmp_path / f"torch-{size}"
+        proc = run_without_torch("fastgan.translate", onnx_file, photos, "--size", size, "--out", ort_out)
+        assert proc.returncode == 0 and "translated 3 image(s) AtoB" in proc.stdout, proc.stderr
+        assert translate_main([checkpoints["cyclegan"], str(photos), "--direction", "AtoB", "--size", size,
+                               "--out", str(torch_out), "--device", "cpu"]) == 0
+        for name in ("a.png", "sub/b.jpg", "c.png"):
+            a, b = read_pixels(ort_out / name), read_pixels(torch_out / name)
+            if name.endswith(".jpg"):  # JPEG encoding may round a pixel one level further either way
+                assert a.shape == b.shape and np.abs(a - b).mean() <= 1
+            else:
+                assert a.shape == b.shape and np.abs(a - b).max() <= 1
+
+
+def test_without_torch_misuse_is_one_line_and_the_blocker_blocks(checkpoints, tmp_path):
+    onnx_file = tmp_path / "g.onnx"
+    assert export_main([checkpoints["dcgan"], "--out", str(onnx_file)]) == 0
+    for args, words in (
+        ([checkpoints["dcgan"], "--backend", "onnxruntime"], "is not a .onnx file"),
+        ([onnx_file, "--device", "cuda"], "runs on the CPU"),
+        ([onnx_file, "--backend", "torch"], "is an ONNX model"),
+        ([checkpoints["cyclegan"] + ".onnx"], "no such file"),
+    ):
+        proc = run_without_torch("fastgan.generate", *args, "--out", tmp_path / "x.png")
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and words in proc.stderr, (args, proc.stderr)
+    # The torch backend does need torch: the blocker is in force (and the failure is not a silent fallback).
+    proc = run_without_torch("fastgan.generate", checkpoints["dcgan"], "--out", tmp_path / "x.png")
+    assert proc.returncode == 1 and "No module named 'torch'" in proc.stderr

@@ -1,5 +1,5 @@
-"""Image folders: listing, decoding (grey/RGBA -> RGB), the check that skips or rejects unreadable files,
-and the per-image transforms of the torch loader (CycleGAN/pix2pix resize + crop, DCGAN resize + centre crop)."""
+"""Image folders for the torch loader: the check that skips or rejects unreadable files, class labels from
+subfolders, and the per-image transforms (CycleGAN/pix2pix resize + crop, DCGAN resize + centre crop)."""
 
 from __future__ import annotations
 
@@ -12,43 +12,9 @@ import torch
 from PIL import Image
 
 from fastgan.errors import UserError
+from fastgan.image_files import list_images, open_rgb, read_image  # listing and decoding live there, torch-free
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-
-
-def list_images(root: str) -> list[str]:
-    """All jpg/jpeg/png files below `root` (extensions case-insensitive, hidden files skipped), sorted."""
-    if not os.path.isdir(root):
-        raise UserError(f"{root}: no such directory; pass an existing image folder")
-    paths = []
-    visited = set()  # real paths of the folders listed: a symlink loop is followed once, not forever
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in visited:
-            dirnames[:] = []
-            continue
-        visited.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        paths += [
-            os.path.join(dirpath, name)
-            for name in filenames
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
-        ]
-    if not paths:
-        raise UserError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) found below it")
-    return sorted(paths)
-
-
-def _open_rgb(path: str, draft_size: int = 0) -> Image.Image:
-    """Decode fully (so truncated data fails here, not later) and convert to RGB."""
-    with Image.open(path) as img:
-        if draft_size and img.format == "JPEG":
-            # JPEG can decode at 1/2, 1/4, 1/8 scale straight from the DCT; still reads the whole stream.
-            img.draft("RGB", (draft_size, draft_size))
-        img.load()
-        if img.mode == "P" and "transparency" in img.info:
-            img = img.convert("RGBA")  # PIL warns when a transparent palette goes straight to RGB
-        return img.convert("RGB")
+__all__ = ["check_images", "class_labels", "list_images", "load_center_crop", "load_image", "load_resized_crop"]
 
 
 def _to_tensor(img: Image.Image) -> torch.Tensor:
@@ -57,16 +23,13 @@ def _to_tensor(img: Image.Image) -> torch.Tensor:
 
 def load_image(path: str) -> torch.Tensor:
     """One image as uint8 [3, H, W] RGB (grey, palette and RGBA converted)."""
-    try:
-        return _to_tensor(_open_rgb(path))
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"{path}: not a readable image ({e})") from None
+    return torch.from_numpy(read_image(path)).permute(2, 0, 1).contiguous()
 
 
 def _readable(path: str, draft_size: int) -> str | None:
     """None if the image decodes, else the reason it does not."""
     try:
-        _open_rgb(path, draft_size)
+        open_rgb(path, draft_size)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         return str(e) or type(e).__name__
     return None
@@ -103,7 +66,7 @@ def class_labels(root: str, paths: list[str]) -> tuple[torch.Tensor, int]:
 def load_resized_crop(path: str, load_size: int, image_size: int, top: int, left: int, half: str = "") -> torch.Tensor:
     """CycleGAN and pix2pix training transform: resize to load_size square (bicubic), crop image_size at
     (top, left). ``half`` "left" or "right" first takes that half of an aligned A|B file (pix2pix)."""
-    img = _open_rgb(path, load_size)
+    img = open_rgb(path, load_size)
     if half:
         w, h = img.width // 2, img.height
         img = img.crop((0, 0, w, h) if half == "left" else (w, 0, 2 * w, h))
@@ -113,7 +76,7 @@ def load_resized_crop(path: str, load_size: int, image_size: int, top: int, left
 
 def load_center_crop(path: str, image_size: int) -> torch.Tensor:
     """DCGAN transform (pytorch/examples): shorter side to image_size (bilinear), centre crop image_size."""
-    img = _open_rgb(path, image_size)
+    img = open_rgb(path, image_size)
     w, h = img.size
     scale = image_size / min(w, h)
     w, h = max(image_size, round(w * scale)), max(image_size, round(h * scale))

@@ -16,6 +16,7 @@ from torch_fidelity import FeatureExtractorBase, FeatureExtractorInceptionV3, Ge
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from ..errors import UserError
+from ..noise import generator_noise
 from .classifier import load_classifier, prepare
 from .evaluation import IS_SPLITS, KID_SUBSET_SIZE
 from .sources import Reference, to_uint8
@@ -86,7 +87,7 @@ class GeneratorSource(GenerativeModelBase):
         super().__init__()
         self.G = G
         self._z_dim = z_dim
-        self.z = torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
+        self.z = torch.from_numpy(generator_noise(seed, n, z_dim))
         self.labels = torch.arange(n) % num_classes if num_classes else None
         self.position = 0
         self.observer = observer

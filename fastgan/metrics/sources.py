@@ -29,7 +29,7 @@ SYSTEM_ROOTS = (Path("/usr"), Path("/opt"))  # data installed by a package manag
 
 
 def to_uint8(images: Tensor) -> Tensor:
-    """Images [N, 1 or 3, H, W] in [-1, 1] -> uint8 [N, 3, H, W], rounded as fastgan.train.images.to_uint8
+    """Images [N, 1 or 3, H, W] in [-1, 1] -> uint8 [N, 3, H, W], rounded as fastgan.image_files.to_uint8
     writes PNG files (grey repeated to RGB, as image readers and torch-fidelity's folder loader do)."""
     x = ((images.float() + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8)
     return x.expand(-1, 3, -1, -1).contiguous() if x.shape[1] == 1 else x

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UserError
+from ..image_files import GRID_COLUMNS
 
-GRID_COLUMNS = 8  # sample grids: 8 images per row
 SAMPLE_ROWS = 8  # rows of real and rows of generated images (cgan: one generated row per class)
 
 

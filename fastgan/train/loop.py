@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from ..data import LOADERS
 from ..errors import UserError
+from ..image_files import save_image
 from ..models import get_model, model_names
 from ..report import write_report
 from .checkpoint import (
@@ -50,7 +51,6 @@ from .checkpoint import (
 from .config import TrainConfig
 from .files import atomic_write
 from .graphs import check_cuda_graphs, configure_engine, make_train_step, memory_format
-from .images import save_image
 from .lock import RunLock
 from .stops import AMP_SKIPPED, Interrupted, StopSignals, check_losses
 from .tasks import build_task, data_request, with_recipe

@@ -6,11 +6,12 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..image_files import make_grid, to_unit
 from ..models.base import Phase, Sampler
-from .images import make_grid, to_unit
 from .stops import AMP_SKIPPED, amp_skipped
 
 __all__ = ["Phase", "Task", "run_phase", "set_trainable", "train_step"]
@@ -29,15 +30,16 @@ class Task:
     amp_dtype: torch.dtype | None = None  # autocast dtype, None = full precision
     fixed_size: int = 64  # images per domain that sample() needs from loader.fixed(n)
 
-    def sample(self, fixed: dict) -> Tensor:
-        """The sample grid for a fixed batch, computed in eval mode without touching any RNG."""
+    def sample(self, fixed: dict) -> np.ndarray:
+        """The sample grid [3, H, W] in [0, 1] for a fixed batch, computed in eval mode without touching any RNG."""
         modes = {name: net.training for name, net in self.nets.items()}
         for net in self.nets.values():
             net.eval()
         try:
             with torch.no_grad(), self.autocast():
                 images, columns = self.sampler(fixed)
-            return make_grid(to_unit(images.float()), columns).clamp(0, 1)
+            # sync: the grid is made on the host, as for fastgan.generate (only when a sample is written)
+            return np.clip(make_grid(to_unit(images.float().cpu().numpy()), columns), 0, 1)
         finally:
             for name, net in self.nets.items():
                 net.train(modes[name])

@@ -8,13 +8,14 @@ from PIL import Image
 torch_fidelity = pytest.importorskip("torch_fidelity", reason="needs the fastgan[metrics] extra (torch-fidelity)")
 
 from fastgan.data import DataRequest  # noqa: E402
+from fastgan.image_files import save_image, to_unit  # noqa: E402
 from fastgan.metrics import fidelity  # noqa: E402
 from fastgan.metrics.evaluation import reference  # noqa: E402
 from fastgan.metrics.sources import DomainImages, TensorImages, cache_dir, to_uint8  # noqa: E402
 from fastgan.metrics.spaces import feature_space  # noqa: E402
 from fastgan.models import init_weights  # noqa: E402
 from fastgan.models.dcgan import Generator  # noqa: E402
-from fastgan.train.images import save_image, to_unit  # noqa: E402
+from fastgan.noise import generator_noise  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -27,8 +28,8 @@ def test_to_uint8_rounds_like_the_png_writer():
     x = torch.linspace(-1.2, 1.2, 2 * 28 * 28).view(2, 1, 28, 28)
     got = to_uint8(x)
     assert got.shape == (2, 3, 28, 28) and got.dtype == torch.uint8
-    from fastgan.train.images import to_uint8 as png_pixels
-    expected = torch.stack([torch.from_numpy(png_pixels(img)).permute(2, 0, 1) for img in to_unit(x)])
+    from fastgan.image_files import to_uint8 as png_pixels
+    expected = torch.stack([torch.from_numpy(png_pixels(img)).permute(2, 0, 1) for img in to_unit(x.numpy())])
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
@@ -46,8 +47,8 @@ def test_metrics_equal_torch_fidelity_on_the_same_images_in_folders(tmp_path, sy
     fake_dir, real_dir = tmp_path / "fake", tmp_path / "real"
     fake_dir.mkdir(), real_dir.mkdir()
     with torch.no_grad():
-        fake = G(torch.randn(300, 8, generator=torch.Generator().manual_seed(5)))
-    for i, image in enumerate(to_unit(fake)):
+        fake = G(torch.from_numpy(generator_noise(5, 300, 8)))
+    for i, image in enumerate(to_unit(fake.numpy())):
         save_image(image, fake_dir / f"{i:04d}.png")
     for i in range(len(ref)):
         Image.fromarray(ref.images[i].permute(1, 2, 0).numpy()).save(real_dir / f"{i:04d}.png")
@@ -126,7 +127,7 @@ def test_the_generator_source_draws_generate_s_noise_and_balanced_labels():
     source = fidelity.GeneratorSource(Echo(), 3, 25, num_classes=4, seed=7,
                                       observer=lambda images, labels: seen.append(labels))
     batches = [source(torch.zeros(10, 3)), source(torch.zeros(10, 3)), source(torch.zeros(5, 3))]
-    z = torch.randn(25, 3, generator=torch.Generator().manual_seed(7))
+    z = torch.from_numpy(generator_noise(7, 25, 3))  # the noise of `fastgan.generate --seed 7`
     first_pixel = torch.cat(batches)[:, 0, 0, 0]
     torch.testing.assert_close(first_pixel, to_uint8(z[:, :1].clamp(-1, 1).view(25, 1, 1, 1))[:, 0, 0, 0])
     torch.testing.assert_close(torch.cat(seen), torch.arange(25) % 4)
