@@ -5,6 +5,7 @@ from .batch_norm_act import batch_norm_act, batch_norm_act_ref
 from .instance_norm_act import instance_norm_act, instance_norm_act_ref
 from .leaky_relu import leaky_relu, leaky_relu_ref
 from .reflect_pad_conv2d import reflect_pad_conv2d, reflect_pad_conv2d_ref
+from .tanh import tanh, tanh_ref
 
 __all__ = [
     "IMPLS",
@@ -18,4 +19,6 @@ __all__ = [
     "leaky_relu_ref",
     "reflect_pad_conv2d",
     "reflect_pad_conv2d_ref",
+    "tanh",
+    "tanh_ref",
 ]

@@ -12,8 +12,10 @@ from . import _dispatch
 
 try:
     import triton.language as tl
+
+    _add = tl.standard._sum_combine  # tl.reduce's combine function that the interpreter also runs
 except ImportError:  # the device functions below are then never called (check() says why)
-    tl = None
+    tl = _add = None
 
 _FAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -133,6 +135,112 @@ def norm_act_bwd_tile(
     return xhat, g
 
 
+# Bodies of the per-channel bias + activation kernels (leaky_relu, tanh), whose backward works from the saved
+# output y; ACT: 1 leaky_relu, 2 tanh.
+@device_function
+def bias_act_fwd(
+    X,  # input, [N, C, S] with strides (stride_n, stride_c, stride_s)
+    B,  # bias, [C] (unused unless HAS_BIAS)
+    Y,  # output, like X
+    C, S, stride_n, stride_c, stride_s, negative_slope,
+    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
+):
+    """y = act(x + bias[c]) for the [BLOCK_C, BLOCK_S] tile of program (s block, channel block, sample)."""
+    pid_s, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    s = pid_s.to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)
+    mask = (c < C)[:, None] & (s < S)[None, :]
+    idx = n.to(tl.int64) * stride_n + c[:, None].to(tl.int64) * stride_c + s[None, :] * stride_s
+    z = tl.load(X + idx, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        z += tl.load(B + c, mask=c < C, other=0.0).to(tl.float32)[:, None]
+    if ACT == 1:
+        y = tl.where(z > 0, z, z * negative_slope)
+    else:
+        # tanh = sign(z) (1 - e) / (1 + e), e = exp(-2|z|): no overflow for any z. Near 0, where 1 - e
+        # cancels, the series |z| - |z|^3/3 + 2|z|^5/15 (the next term is below 1e-7 relative at 0.03).
+        a = tl.abs(z)
+        e = tl.exp(-2.0 * a)
+        t = tl.where(a < 0.03, a * (1.0 - a * a * (1.0 / 3.0 - a * a * (2.0 / 15.0))), (1.0 - e) / (1.0 + e))
+        y = tl.where(z < 0, -t, t)
+    tl.store(Y + idx, y.to(Y.dtype.element_ty), mask=mask)
+
+
+@device_function
+def bias_act_bwd(
+    DY,  # output gradient, [N, C, S] with strides (stride_n, stride_c, stride_s)
+    Y,  # saved output, like DY
+    DX,  # input gradient out, like DY
+    PDB,  # fp32 out, [N, C, SPLIT]: per piece, sum of dx (unused unless HAS_BIAS)
+    C, S, stride_n, stride_c, stride_s, SPLIT, negative_slope,
+    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, TILES: tl.constexpr, HAS_BIAS: tl.constexpr,
+    ACT: tl.constexpr,
+):
+    """dx = dy * act'(z) from y (leaky_relu: 1 or negative_slope by y's sign; tanh: 1 - y^2), and the
+    per-piece sums of dx for dbias.
+
+    Program (p, cb, n) covers spatial positions p * TILES * BLOCK_S + [0, TILES * BLOCK_S); the trip count
+    is the constexpr TILES, since Triton 3.6's interpreter cannot loop over a range bounded by a program id
+    or an argument.
+    """
+    pid_split, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = c < C
+    offset = n.to(tl.int64) * stride_n + c.to(tl.int64) * stride_c
+    acc = tl.full([BLOCK_C, BLOCK_S], 0.0, tl.float32)
+    start = pid_split.to(tl.int64) * (TILES * BLOCK_S)
+    for s0 in range(0, TILES * BLOCK_S, BLOCK_S):
+        s = start + s0 + tl.arange(0, BLOCK_S)
+        mask = c_mask[:, None] & (s < S)[None, :]
+        idx = offset[:, None] + s[None, :] * stride_s
+        y = tl.load(Y + idx, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + idx, mask=mask, other=0.0).to(tl.float32)
+        if ACT == 1:
+            dx = tl.where(y > 0, dy, dy * negative_slope)
+        else:
+            dx = dy * (1.0 - y * y)
+        tl.store(DX + idx, dx.to(DX.dtype.element_ty), mask=mask)
+        if HAS_BIAS:
+            acc += dx
+    if HAS_BIAS:
+        tl.store(PDB + (n * C + c) * SPLIT + pid_split, tl.reduce(acc, 1, _add), mask=c_mask)
+
+
+def launch_bias_act_fwd(op: str, fwd_kernel, x: torch.Tensor, bias: torch.Tensor | None, *scalars) -> torch.Tensor:
+    """Runs ``fwd_kernel`` (a bias_act_fwd kernel taking ``scalars`` after the strides) over x; returns y."""
+    n, c, s, strides = bias_view(op, x, bias is not None)
+    block_c, block_s = tile(c, s, strides[1], elems=4096)
+    y = empty_like(x)
+    grid = (-(-s // block_s), -(-c // block_c), n)
+    with device_guard(x):
+        fwd_kernel[grid](x, x if bias is None else bias, y, c, s, *strides, *scalars, BLOCK_C=block_c,
+                         BLOCK_S=block_s, HAS_BIAS=bias is not None)
+    return y
+
+
+def launch_bias_act_bwd(op: str, bwd_kernel, dy: torch.Tensor, y: torch.Tensor, has_bias: bool, max_split: int,
+                        *scalars) -> tuple[torch.Tensor, torch.Tensor]:
+    """Runs ``bwd_kernel`` (a bias_act_bwd kernel taking ``scalars`` after SPLIT); returns dx (y's layout and
+    dtype) and fp32 dbias [C] (empty without a bias)."""
+    n, c, s, strides = bias_view(op, y, has_bias)
+    dy = same_layout(dy, y)
+    # Half the forward's tile: with a bias the backward also keeps an fp32 partial-sum tile, and 4096 fp32
+    # elements per program spilled registers in NCHW (ptxas -v, Triton 3.8; tests/gpu_ready).
+    block_c, block_s = tile(c, s, strides[1])
+    c_blocks = -(-c // block_c)
+    if has_bias:
+        n_split, tiles = split(n, c_blocks, s, block_s, max_split)
+    else:  # nothing to reduce: one tile per program
+        n_split, tiles = -(-s // block_s), 1
+    dx = empty_like(y)
+    pdb = empty((n, c, n_split) if has_bias else (0,), torch.float32, y.device)
+    with device_guard(y):
+        bwd_kernel[(n_split, c_blocks, n)](dy, y, dx, pdb, c, s, *strides, n_split, *scalars, BLOCK_C=block_c,
+                                           BLOCK_S=block_s, TILES=tiles, HAS_BIAS=has_bias)
+    # A fixed-order sum over samples and pieces: deterministic, unlike atomics.
+    return dx, pdb.sum(dim=(0, 2)) if has_bias else pdb
+
+
 def device_guard(x: torch.Tensor):
     """Makes x's GPU current so Triton launches on that device's current stream."""
     return torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
@@ -160,6 +268,15 @@ def channels_view(op: str, name: str, x: torch.Tensor) -> tuple[int, int, int, i
             return n, c, s, c * s, 1, c
     raise ValueError(f"{op}: {name} with shape {tuple(x.shape)} and strides {x.stride()} is neither "
                      "contiguous nor channels_last; call .contiguous() on it first")
+
+
+def bias_view(op: str, x: torch.Tensor, has_bias: bool) -> tuple[int, int, int, tuple[int, int, int]]:
+    """(N, C, S, strides) of ``x`` for the per-channel bias + activation kernels (leaky_relu, tanh): [N, C, S]
+    with a bias; without one any dense layout, seen as flat storage [1, 1, numel]."""
+    if not has_bias and is_dense(x):
+        return 1, 1, x.numel(), (0, 0, 1)
+    n, c, s, *strides = channels_view(op, "x", x)
+    return n, c, s, tuple(strides)
 
 
 def is_dense(x: torch.Tensor) -> bool:

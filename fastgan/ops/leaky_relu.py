@@ -15,17 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from . import _dispatch, _triton_util
-from ._triton_util import kernel
+from ._triton_util import bias_act_bwd, bias_act_fwd, kernel
 
 try:
     import triton.language as tl
-
-    # The kernels use only triton.language builtins: its @jit helpers (tl.sum, tl.zeros) are compiled-only
-    # when TRITON_INTERPRET=1 is set after triton's import, as a test does. tl.sum's combine function
-    # passed to tl.reduce is the exception that works both ways: the interpreter sums it with numpy.
-    _add = tl.standard._sum_combine
 except ImportError:  # the reference path still works; _triton_util.check says why Triton cannot run
-    tl = _add = None
+    tl = None
 
 _OP = "leaky_relu"
 _MAX_SPLIT = 256
@@ -39,7 +34,7 @@ def leaky_relu_ref(x, negative_slope=0.2, *, bias=None):
     return F.leaky_relu(x, negative_slope)
 
 
-# 2. Triton kernels -------------------------------------------------------------------------------
+# 2. Triton kernels (bodies shared with tanh: _triton_util.bias_act_fwd / bias_act_bwd) -------------
 @kernel
 def _leaky_relu_fwd_kernel(
     X,  # input, [N, C, S] with strides (stride_n, stride_c, stride_s)
@@ -48,15 +43,7 @@ def _leaky_relu_fwd_kernel(
     C, S, stride_n, stride_c, stride_s, negative_slope,
     BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
-    pid_s, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    s = pid_s.to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)
-    mask = (c < C)[:, None] & (s < S)[None, :]
-    idx = n.to(tl.int64) * stride_n + c[:, None].to(tl.int64) * stride_c + s[None, :] * stride_s
-    z = tl.load(X + idx, mask=mask, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        z += tl.load(B + c, mask=c < C, other=0.0).to(tl.float32)[:, None]
-    tl.store(Y + idx, tl.where(z > 0, z, z * negative_slope).to(Y.dtype.element_ty), mask=mask)
+    bias_act_fwd(X, B, Y, C, S, stride_n, stride_c, stride_s, negative_slope, BLOCK_C, BLOCK_S, HAS_BIAS, 1)
 
 
 @kernel
@@ -68,69 +55,18 @@ def _leaky_relu_bwd_kernel(
     C, S, stride_n, stride_c, stride_s, SPLIT, negative_slope,
     BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, TILES: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
-    # Program (p, cb, n) covers spatial positions p * TILES * BLOCK_S + [0, TILES * BLOCK_S); the trip
-    # count is the constexpr TILES, since Triton 3.6's interpreter cannot loop over a range bounded by a
-    # program id or an argument.
-    pid_split, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = c < C
-    offset = n.to(tl.int64) * stride_n + c.to(tl.int64) * stride_c
-    acc = tl.full([BLOCK_C, BLOCK_S], 0.0, tl.float32)
-    start = pid_split.to(tl.int64) * (TILES * BLOCK_S)
-    for s0 in range(0, TILES * BLOCK_S, BLOCK_S):
-        s = start + s0 + tl.arange(0, BLOCK_S)
-        mask = c_mask[:, None] & (s < S)[None, :]
-        idx = offset[:, None] + s[None, :] * stride_s
-        y = tl.load(Y + idx, mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(DY + idx, mask=mask, other=0.0).to(tl.float32)
-        dx = tl.where(y > 0, dy, dy * negative_slope)
-        tl.store(DX + idx, dx.to(DX.dtype.element_ty), mask=mask)
-        if HAS_BIAS:
-            acc += dx
-    if HAS_BIAS:
-        tl.store(PDB + (n * C + c) * SPLIT + pid_split, tl.reduce(acc, 1, _add), mask=c_mask)
+    bias_act_bwd(DY, Y, DX, PDB, C, S, stride_n, stride_c, stride_s, SPLIT, negative_slope, BLOCK_C, BLOCK_S,
+                 TILES, HAS_BIAS, 1)
 
 
 # 3. Launchers ------------------------------------------------------------------------------------
-def _view(x, has_bias):
-    """(N, C, S, strides) for the kernels: [N, C, S] with a bias, else any dense layout as flat storage."""
-    if not has_bias and _triton_util.is_dense(x):
-        return 1, 1, x.numel(), (0, 0, 1)
-    n, c, s, *strides = _triton_util.channels_view(_OP, "x", x)
-    return n, c, s, tuple(strides)
-
-
 def _leaky_relu_fwd(x, bias, negative_slope):
-    n, c, s, strides = _view(x, bias is not None)
-    block_c, block_s = _triton_util.tile(c, s, strides[1], elems=4096)
-    y = _triton_util.empty_like(x)
-    grid = (-(-s // block_s), -(-c // block_c), n)
-    with _triton_util.device_guard(x):
-        _leaky_relu_fwd_kernel[grid](x, x if bias is None else bias, y, c, s, *strides, negative_slope,
-                                     BLOCK_C=block_c, BLOCK_S=block_s, HAS_BIAS=bias is not None)
-    return y
+    return _triton_util.launch_bias_act_fwd(_OP, _leaky_relu_fwd_kernel, x, bias, negative_slope)
 
 
 def _leaky_relu_bwd(dy, y, negative_slope, has_bias):
     """Returns dx (y's layout and dtype) and fp32 dbias [C] (empty without a bias)."""
-    n, c, s, strides = _view(y, has_bias)
-    dy = _triton_util.same_layout(dy, y)
-    # Half the forward's tile: with a bias the backward also keeps an fp32 partial-sum tile, and 4096 fp32
-    # elements per program spilled registers in NCHW (ptxas -v, Triton 3.8; tests/gpu_ready).
-    block_c, block_s = _triton_util.tile(c, s, strides[1])
-    c_blocks = -(-c // block_c)
-    if has_bias:
-        split, tiles = _triton_util.split(n, c_blocks, s, block_s, _MAX_SPLIT)
-    else:  # nothing to reduce: one tile per program
-        split, tiles = -(-s // block_s), 1
-    dx = _triton_util.empty_like(y)
-    pdb = _triton_util.empty((n, c, split) if has_bias else (0,), torch.float32, y.device)
-    with _triton_util.device_guard(y):
-        _leaky_relu_bwd_kernel[(split, c_blocks, n)](dy, y, dx, pdb, c, s, *strides, split, negative_slope,
-                                                     BLOCK_C=block_c, BLOCK_S=block_s, TILES=tiles,
-                                                     HAS_BIAS=has_bias)
-    # A fixed-order sum over samples and pieces: deterministic, unlike atomics.
-    return dx, pdb.sum(dim=(0, 2)) if has_bias else pdb
+    return _triton_util.launch_bias_act_bwd(_OP, _leaky_relu_bwd_kernel, dy, y, has_bias, _MAX_SPLIT, negative_slope)
 
 
 # 4. Autograd (torch.library custom ops, so torch.compile and CUDA graphs see opaque kernels) ------
@@ -192,7 +128,7 @@ def leaky_relu(x, negative_slope=0.2, *, bias=None, impl="auto"):
         if negative_slope < 0:
             raise ValueError(f"leaky_relu: negative_slope={negative_slope} < 0 flips signs, so backward "
                              "cannot work from the output; use impl='ref'")
-        _view(x, bias is not None)
+        _triton_util.bias_view(_OP, x, bias is not None)
         if bias is not None and bias.device != x.device:
             raise ValueError(f"leaky_relu: bias is on {bias.device} but x is on {x.device}")
         return _fwd_op(x, bias, float(negative_slope))

@@ -180,6 +180,15 @@ def _leaky_relu_cases():
         yield f"bias={bias}", case
 
 
+def _tanh_cases():
+    ops = importlib.import_module("fastgan.ops")
+    for bias in (False, True):
+        def case(x, bias=bias):
+            b = torch.zeros(x.shape[1], requires_grad=True) if bias else None
+            return ops.tanh(x, bias=b, impl="triton")
+        yield f"bias={bias}", case
+
+
 def _batch_norm_act_cases():
     ops = importlib.import_module("fastgan.ops")
     for act in ("relu", "leaky_relu", "none"):
@@ -200,6 +209,7 @@ PUBLIC_CASES = {
     "instance_norm_act": (_instance_norm_act_cases, ((1, 64, 256, 256), (2, 3, 37, 53))),
     "leaky_relu": (_leaky_relu_cases, ((128, 64, 32, 32), (2, 3, 37, 53))),
     "batch_norm_act": (_batch_norm_act_cases, ((128, 128, 16, 16), (2, 3, 37, 53))),
+    "tanh": (_tanh_cases, ((128, 3, 64, 64), (2, 3, 37, 53))),
 }
 
 

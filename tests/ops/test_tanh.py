@@ -1,0 +1,249 @@
+"""tanh (bias + tanh, a generator's output layer): the Triton path against the float64 reference, outputs
+and every gradient, with every output buffer poisoned.
+
+On CPU the kernels run under TRITON_INTERPRET=1 at small shapes; the CUDA cases use the real generator
+output shapes and are skipped without a GPU.
+"""
+
+import importlib
+import inspect
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastgan import ops
+from fastgan.ops import _triton_util, tanh, tanh_ref
+
+pytest.importorskip("triton")
+from triton.runtime.jit import JITFunction  # noqa: E402
+
+_ULP = {torch.float32: 2.0**-23, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+
+
+def _nan_like(x, dtype=None):
+    return torch.full_like(x, float("nan"), dtype=dtype)
+
+
+def _nan(shape, dtype, device):
+    return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+
+@pytest.fixture
+def triton_cpu(monkeypatch):
+    """Runs Triton kernels through the interpreter, with every output buffer poisoned with NaN."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(_triton_util, "empty_like", _nan_like)
+    monkeypatch.setattr(_triton_util, "empty", _nan)
+
+
+def _layout(x, layout):
+    if layout == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
+    if layout == "permuted":  # dense but neither contiguous nor channels_last
+        return x.permute(2, 0, 3, 1).contiguous().permute(1, 3, 0, 2)
+    return x
+
+
+def _check_against_reference(shape, layout, dtype, device, has_bias, scale=2.0):
+    # scale 2: inputs reach the saturated tails, where 1 - y^2 loses precision first
+    x = _layout((scale * torch.randn(shape, dtype=torch.float64)).to(device, dtype), layout)
+    b = torch.randn(shape[1], dtype=torch.float64).to(device, dtype) if has_bias else None
+    dy = torch.randn(shape, dtype=torch.float64).to(device, dtype)
+    inputs = [t for t in (x, b) if t is not None]
+
+    def run(fn, cast=None):
+        leaves = [(t if cast is None else t.to(cast)).detach().requires_grad_(True) for t in inputs]
+        y = fn(leaves[0], leaves[1] if has_bias else None)
+        return [y, *torch.autograd.grad(y, leaves, dy.to(y.dtype))]
+
+    got = run(lambda x, b: tanh(x, bias=b, impl="triton"))
+    assert ops.last_impl("tanh") == "triton"
+    want = run(lambda x, b: tanh_ref(x, bias=b), torch.float64)
+    assert got[0].stride() == x.stride() and got[1].stride() == x.stride()
+    if dtype != torch.float32:
+        torch_own = run(lambda x, b: tanh_ref(x, bias=b))
+    for i, (name, g, w) in enumerate(zip(["y", "dx", "dbias"], got, want)):
+        assert g.dtype == dtype, name
+        err = (g.double() - w).abs().max().item()
+        size = 1 + w.abs().max().item()
+        if dtype == torch.float32:
+            tol = 1e-5 * size
+        else:
+            tol = 2 * (torch_own[i].double() - w).abs().max().item() + 2 * _ULP[dtype] * size
+        assert err <= tol, f"{name}: max error {err:.3g} > {tol:.3g}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("has_bias", [False, True], ids=["", "bias"])
+@pytest.mark.parametrize("shape", [
+    (1, 1, 1, 1),  # minimal
+    (2, 3, 5, 7),  # small odd
+    (2, 3, 37, 53),  # odd sizes, an RGB output
+])
+def test_matches_reference(triton_cpu, shape, layout, dtype, has_bias):
+    _check_against_reference(shape, layout, dtype, "cpu", has_bias)
+
+
+@pytest.mark.parametrize("shape,layout,has_bias", [
+    ((4, 6), "contiguous", True),  # linear layer output [N, C] (an MLP generator's last layer)
+    ((4, 6), "contiguous", False),
+    ((2, 3, 4, 5, 6), "channels_last", True),  # 5-D channels_last_3d
+    ((3, 4, 5, 6), "permuted", False),  # any dense layout without a bias
+    ((1, 2, 64, 70), "contiguous", True),  # rows split over programs for dbias
+    ((1, 70, 3, 4), "channels_last", True),  # channels beyond one block of 64
+])
+def test_other_shapes_and_layouts(triton_cpu, shape, layout, has_bias):
+    _check_against_reference(shape, layout, torch.float32, "cpu", has_bias)
+
+
+@pytest.mark.parametrize("max_split", [1, 3], ids=["one_piece", "three_pieces"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_pieces_of_several_tiles(triton_cpu, monkeypatch, max_split, layout):
+    """Backward programs that loop over several tiles, the last partial or entirely past the row's end."""
+    monkeypatch.setattr(importlib.import_module("fastgan.ops.tanh"), "_MAX_SPLIT", max_split)
+    plans = []
+    split = _triton_util.split
+    monkeypatch.setattr(_triton_util, "split", lambda *args: plans.append(split(*args)) or plans[-1])
+    _check_against_reference((1, 2, 100, 130), layout, torch.float32, "cpu", True)
+    assert len(plans) == 1 and plans[0][0] <= max_split and plans[0][1] > 1
+
+
+def test_extremes(triton_cpu):
+    """Large |z| saturates to +-1 without overflow (no NaN from exp), and tiny z keeps its sign."""
+    x = torch.tensor([[-1e4, -90.0, -1e-30, 0.0, 1e-30, 90.0, 1e4, 0.5]])
+    y = tanh(x, impl="triton")
+    torch.testing.assert_close(y, torch.tanh(x), atol=2e-7, rtol=0)
+    assert torch.equal(torch.sign(y), torch.sign(torch.tanh(x)))
+
+
+def test_backward_needs_only_the_output(triton_cpu):
+    """Changing x after the forward pass does not change dx: the op saved y, not x."""
+    x = torch.randn(2, 3, 4, 5, requires_grad=True)
+    h = x * 1
+    y = tanh(h, impl="triton")
+    h.detach().zero_()
+    (dx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    torch.testing.assert_close(dx, 1 - torch.tanh(x.detach()).square(), atol=1e-6, rtol=0)
+
+
+def test_deterministic_bias_gradient(triton_cpu):
+    x = torch.randn(1, 2, 64, 70)
+    b = torch.randn(2, requires_grad=True)
+    dy = torch.randn_like(x)
+    grads = [torch.autograd.grad(tanh(x, bias=b, impl="triton"), b, dy)[0] for _ in range(2)]
+    assert torch.equal(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("impl", ["ref", "triton"])
+def test_rejects_bad_bias(triton_cpu, impl):
+    with pytest.raises(ValueError, match="bias must have shape"):
+        tanh(torch.randn(2, 3, 4, 4), bias=torch.zeros(4), impl=impl)
+
+
+def test_triton_rejects_what_it_cannot_take(triton_cpu):
+    with pytest.raises(ValueError, match="x has dtype torch.float64"):
+        tanh(torch.randn(2, 3, dtype=torch.float64), impl="triton")
+    with pytest.raises(ValueError, match="x with shape .* neither contiguous nor channels_last"):
+        tanh(torch.randn(2, 3, 4, 8)[..., ::2], bias=torch.zeros(3), impl="triton")
+
+
+def test_reference_gradcheck():
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, b: tanh_ref(x, bias=b), (x, b))
+
+
+def test_reference_matches_torch():
+    x = torch.randn(2, 3, 4, 5)
+    b = torch.randn(3)
+    torch.testing.assert_close(tanh_ref(x, bias=b), torch.tanh(x + b[:, None, None]))
+
+
+@pytest.mark.parametrize("impl", ["ref", "triton"])
+def test_compile_cpu(triton_cpu, impl):
+    """The custom op's fake implementation and autograd trace (aot_eager: no C++ compiler needed)."""
+    torch._dynamo.reset()
+    conv = torch.nn.ConvTranspose2d(4, 3, 4, 2, 1)
+    x = torch.randn(2, 4, 5, 6)
+
+    def block(x):
+        return tanh(F.conv_transpose2d(x, conv.weight, None, 2, 1), bias=conv.bias, impl=impl)
+
+    compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
+    y = compiled(x)
+    grads = torch.autograd.grad(y.square().sum(), list(conv.parameters()))
+    y_eager = block(x)
+    grads_eager = torch.autograd.grad(y_eager.square().sum(), list(conv.parameters()))
+    for g, w in zip([y, *grads], [y_eager, *grads_eager]):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+
+def _ptx_for_sm90(k, constexprs, unit_stride, dtype="bf16"):
+    """PTX of a kernel compiled for an H100 without one: compiled-mode errors the interpreter cannot show.
+
+    Integer and pointer arguments carry the divisibility-by-16 that Triton infers at a real launch.
+    """
+    from triton import compile as triton_compile
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature = {}
+    for name in inspect.signature(k.fn).parameters:
+        if name in constexprs or name == unit_stride:
+            signature[name] = "constexpr"
+        elif name in ("X", "B", "Y", "DY", "DX"):
+            signature[name] = "*" + dtype
+        elif name == "PDB":
+            signature[name] = "*fp32"
+        else:
+            signature[name] = "i32"
+    index = {name: (i,) for i, name in enumerate(signature)}
+    values = {index[name]: v for name, v in constexprs.items()} | {index[unit_stride]: 1}
+    attrs = {index[name]: [["tt.divisibility", 16]] for name, t in signature.items() if t == "i32" or "*" in t}
+    source = ASTSource(fn=JITFunction(k.fn), signature=signature, constexprs=values, attrs=attrs)
+    return triton_compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm["ptx"]
+
+
+@pytest.mark.parametrize("unit_stride", ["stride_c", "stride_s"], ids=["nhwc", "nchw"])
+def test_kernels_compile_for_h100(unit_stride):
+    block = dict(BLOCK_C=64, BLOCK_S=64) if unit_stride == "stride_c" else dict(BLOCK_C=1, BLOCK_S=4096)
+    module = importlib.import_module("fastgan.ops.tanh")
+    for k, tiles in ((module._tanh_fwd_kernel, None), (module._tanh_bwd_kernel, 1), (module._tanh_bwd_kernel, 4)):
+        constexprs = dict(block, HAS_BIAS=True) | ({} if tiles is None else dict(TILES=tiles))
+        ptx = _ptx_for_sm90(k, constexprs, unit_stride)
+        # 128-bit loads and stores along the contiguous dim (channels for NHWC), as a copy kernel would issue.
+        assert "ld.global.v4" in ptx and "st.global.v4" in ptx, k.__name__
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape", [
+    (128, 3, 64, 64),  # DCGAN 64x64 generator output, batch 128
+    (1, 3, 256, 256), (4, 3, 256, 256),  # CycleGAN / pix2pix generator output
+    (2, 3, 37, 53),  # odd
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("has_bias", [False, True], ids=["", "bias"])
+def test_matches_reference_cuda(shape, layout, dtype, has_bias, monkeypatch):
+    monkeypatch.setattr(_triton_util, "empty_like", _nan_like)
+    monkeypatch.setattr(_triton_util, "empty", _nan)
+    _check_against_reference(shape, layout, dtype, "cuda", has_bias)
+
+
+@pytest.mark.cuda
+def test_cuda_graph_capture():
+    x = torch.randn(4, 3, 64, 64, device="cuda").contiguous(memory_format=torch.channels_last)
+    bias = torch.randn(3, device="cuda", requires_grad=True)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        tanh(x, bias=bias, impl="triton").sum().backward()  # warm-up compiles the kernels
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = tanh(x, bias=bias, impl="triton")
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.testing.assert_close(y, tanh_ref(x, bias=bias.detach()), atol=1e-6, rtol=1e-6)
