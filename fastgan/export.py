@@ -19,7 +19,9 @@ checkpoint as files that run without fastgan: ONNX (onnxruntime, TensorRT, ...) 
 from __future__ import annotations
 
 import copy
+import shutil
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from .models import get_model
 from .nn import set_impl
 from .train.checkpoint import load_checkpoint
 from .train.cli import OneLineParser, run
+from .train.files import atomic_write
 from .train.tasks import nets_from_checkpoint
 
 PROG = "fastgan.export"
@@ -124,30 +127,35 @@ def _prepare(net: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
 
 def export_one(spec: ExportSpec, path: Path, fmt: str, opset: int = DEFAULT_OPSET,
                metadata: dict | None = None) -> Path:
-    """Writes one network to ``path`` (.onnx or .pt2); returns the path. ``metadata`` (ONNX only) goes into
-    the model's metadata_props, for fastgan.generate/translate --backend onnxruntime."""
+    """Writes one network to ``path`` (.onnx or .pt2) atomically, as one self-contained file; returns the path.
+    ``metadata`` (ONNX only) goes into the model's metadata_props, for fastgan.generate/translate --backend
+    onnxruntime."""
     args = tuple(spec.inputs.values())
     names = list(spec.inputs)
     dynamic = tuple(spec.dynamic[n] for n in names) if spec.dynamic else None
-    with torch.no_grad(), warnings.catch_warnings():
+    # The exporters write beside their target (torch.onnx a FILE.onnx.data of the weights): into a scratch
+    # folder, so that a failed export leaves nothing at `path` and a finished one leaves nothing else.
+    with torch.no_grad(), warnings.catch_warnings(), tempfile.TemporaryDirectory(
+            dir=path.parent, prefix=f".{path.name}.") as scratch:
         warnings.simplefilter("ignore")  # the exporters' progress chatter; errors still raise
+        staged = Path(scratch) / path.name
         if fmt == "exported-program":
             program = torch.export.export(spec.net, args, dynamic_shapes=dynamic)
-            torch.export.save(program, str(path))
+            torch.export.save(program, str(staged))
         else:
             try:
+                import onnx
                 import onnxscript  # noqa: F401  (torch.onnx's exporter needs it; say so before it fails)
             except ImportError:
                 raise UserError("--format onnx needs the onnx extra: pip install 'fastgan[onnx]'") from None
-            torch.onnx.export(spec.net, args, str(path), input_names=names, output_names=["images"],
+            torch.onnx.export(spec.net, args, str(staged), input_names=names, output_names=["images"],
                               dynamic_shapes=dynamic, opset_version=opset, dynamo=True,
                               verbose=False, optimize=True)
+            model = onnx.load(str(staged))  # the weights inline: one file to deploy (generators are far below 2 GB)
             if metadata:
-                import onnx
-
-                model = onnx.load(str(path))
                 onnx.helper.set_model_props(model, {k: str(v) for k, v in metadata.items()})
-                onnx.save(model, str(path))
+            onnx.save(model, str(staged))
+        atomic_write(path, lambda tmp: shutil.copyfile(staged, tmp))
     return path
 
 

@@ -176,6 +176,23 @@ def test_translate_with_onnxruntime_equals_torch(checkpoints, tmp_path, capsys):
     assert "translates BtoA only" in capsys.readouterr().err
 
 
+def test_export_leaves_one_self_contained_file_and_nothing_on_failure(checkpoints, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    assert export_main([checkpoints["cyclegan"], "--out", str(out / "g.onnx")]) == 0
+    assert export_main([checkpoints["dcgan"], "--format", "exported-program", "--out", str(out / "d.pt2")]) == 0
+    # No FILE.onnx.data of the weights, no scratch folder: the .onnx files alone are what to deploy.
+    assert sorted(p.name for p in out.iterdir()) == ["d.pt2", "g-AtoB.onnx", "g-BtoA.onnx"]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("exporter failed")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    with pytest.raises(RuntimeError, match="exporter failed"):
+        export_main([checkpoints["dcgan"], "--out", str(out / "x.onnx")])
+    assert sorted(p.name for p in out.iterdir()) == ["d.pt2", "g-AtoB.onnx", "g-BtoA.onnx"]
+
+
 def test_generate_refuses_foreign_onnx_files(tmp_path, capsys):
     from fastgan.generate import main as generate_main
 
