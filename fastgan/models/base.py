@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.distributed
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -121,6 +122,19 @@ def fixed_noise(seed: int, n: int, z_dim: int, device: torch.device) -> Tensor:
     return torch.randn(n, z_dim, generator=gen).to(device)
 
 
+def global_batch_rows(draw: Callable[[int], Tensor], batch_size: int) -> Tensor:
+    """``draw(n)`` (noise, fake labels: any per-sample random draw of a phase) for this process's rows of a
+    data-parallel step. Under torchrun (fastgan.train.distributed) every rank draws the whole global batch,
+    ``draw(batch_size * world_size)``, from the same stream (one seed everywhere) and keeps rows
+    ``rank * batch_size`` to ``(rank + 1) * batch_size``, the block of the global batch its loader serves
+    (fastgan.data): N processes of batch B then draw what one process of batch N*B does. Rank and world
+    size come from torch.distributed's default group, so models need nothing from fastgan.train."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return draw(batch_size)
+    rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return draw(batch_size * world_size)[rank * batch_size:(rank + 1) * batch_size]
+
+
 def noise_gan_phases(cfg, G: nn.Module, D: nn.Module, num_classes: int = 0) -> list[Phase]:
     """D then G phases of a noise-to-image GAN (conditional when num_classes > 0): D on real vs G(z)
     detached, G with the non-saturating loss, fresh noise (and labels) in each phase."""
@@ -128,9 +142,9 @@ def noise_gan_phases(cfg, G: nn.Module, D: nn.Module, num_classes: int = 0) -> l
     conditional = num_classes > 0
 
     def generate(batch_size: int, device):
-        z = torch.randn(batch_size, cfg.z_dim, device=device)
+        z = global_batch_rows(lambda n: torch.randn(n, cfg.z_dim, device=device), batch_size)
         if conditional:
-            labels = torch.randint(0, num_classes, (batch_size,), device=device)
+            labels = global_batch_rows(lambda n: torch.randint(0, num_classes, (n,), device=device), batch_size)
             return G(z, labels), labels
         return G(z), None
 

@@ -10,12 +10,17 @@ import dataclasses
 import inspect
 import re
 import sys
+import traceback
+
+import torch.distributed
 
 from ..data import DataRequest
+from ..errors import EXIT_USAGE, UserError
 from ..models import REGISTRY
 from . import config as config_module
 from .cli import OneLineParser, run
 from .config import MODEL_OPTIONS, TrainConfig, config_fields
+from .distributed import world_from_env
 from .loop import CHOICES, train
 from .stops import TrainingStopped
 
@@ -77,12 +82,40 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in args.items() if k in names})
 
 
+def _collective_failed(error: RuntimeError) -> bool:
+    """A torch.distributed collective raised ``error`` (gloo raises a plain RuntimeError when a peer is gone)."""
+    if isinstance(error, torch.distributed.DistError):
+        return True
+    return any(frame.filename.endswith("distributed_c10d.py") for frame in traceback.extract_tb(error.__traceback__))
+
+
 def _train(argv: list[str] | None) -> int:
+    cfg = parse_config(argv)
+    rank, world_size, _ = world_from_env()
     try:
-        summary = train(parse_config(argv))
+        summary = train(cfg)
     except TrainingStopped as e:  # a signal or divergence: one line, and its exit code (fastgan/train/stops.py)
-        print(f"{PROG}: {e}", file=sys.stderr, flush=True)
+        if rank == 0:  # every rank stops at the same step with the same reason
+            print(f"{PROG}: {e}", file=sys.stderr, flush=True)
         return e.exit_code
+    except UserError as e:
+        if world_size == 1:
+            raise
+        # torchrun then ends the other processes; this line says which one had the bad input.
+        print(f"{PROG}: rank {rank}: error: {e}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    except RuntimeError as e:
+        if world_size == 1 or not _collective_failed(e):
+            raise
+        # Another process ended (torchrun's summary names it and its exit code) or stayed away longer than
+        # --dist-timeout.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". ")[0]  # gloo's: "[file.cc:561] Connection closed by peer"
+        print(f"{PROG}: rank {rank}: error: lost the other processes of the job ({first}); the first process to "
+              f"fail says why (see torchrun's summary)", file=sys.stderr, flush=True)
+        return 1
+    if rank != 0:
+        return 0
     if summary["already_complete"]:
         print(f"{PROG}: already complete at step {summary['step']} (epoch {summary['epoch']}); checkpoint "
               f"{summary['checkpoint']}; raise --iters or --epochs to train further")

@@ -3,7 +3,11 @@ with its SHA-256 beside it (``checkpoint-XXXXXXXX.pt.sha256``, the format of ``s
 ``sha256sum -c`` checks it too). Reading verifies the file against it: torch.load alone reads a file
 with flipped bytes without complaint. The newest ``keep`` checkpoints stay; older ones are removed only
 after the new one and the ``latest`` pointer are in place, so a damaged newest file leaves an older one
-to resume from."""
+to resume from.
+
+Under torchrun rank 0 writes the checkpoint; what differs between ranks (each rank's RNG state and its own
+training state, e.g. CycleGAN's image pools) is gathered to it and saved as ``ranks``, one entry per rank,
+with ``world_size``; each rank resumes its own entry. The top-level ``rng`` and ``state`` are rank 0's."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from .distributed import Distributed, ReplicasDiffer, parameter_digest
 from .files import atomic_write, fsync_dir
 from .steps import Task
 from .stops import Diverged, first_nonfinite
@@ -58,6 +63,38 @@ def task_state(task: Task) -> dict:
         "scalers": {k: v.state_dict() for k, v in task.scalers.items()},
         "state": {k: v.state_dict() for k, v in task.state.items()},
     }
+
+
+def gather_rank_states(task: Task, ddp: Distributed, step: int, last_good: str | None) -> list[dict] | None:
+    """Under torchrun, at every checkpoint and on every rank: checks that the replicas still agree (no rank's
+    state holds a NaN or Inf, every rank's parameters equal rank 0's, by SHA-256), raising the same
+    Diverged or ReplicasDiffer on every rank otherwise, then gathers each rank's RNG state and own training
+    state to rank 0 (the list for save_checkpoint's ``ranks``; None on the other ranks and without torchrun)."""
+    if not ddp.enabled:
+        return None
+    own = {k: v.state_dict() for k, v in task.state.items()}
+    checked = {"nets": {k: v.state_dict() for k, v in task.nets.items()},
+               "optimizers": {k: v.state_dict() for k, v in task.optimizers.items()}, "state": own}
+    reports = ddp.all_gather_object((first_nonfinite(checked), parameter_digest(task.nets)))
+    for rank, (bad, _) in enumerate(reports):
+        if bad is not None:
+            raise Diverged(f"non-finite value in {bad} on rank {rank}", step, last_good)
+    differ = [rank for rank, (_, digest) in enumerate(reports) if digest != reports[0][1]]
+    if differ:
+        raise ReplicasDiffer(differ, step, last_good)
+    # sync: once per checkpoint; CPU copies, so rank 0 receives no tensor on another rank's GPU.
+    mine = {"rng": rng_state(task.device),
+            "state": {k: {name: t.cpu() for name, t in sd.items()} for k, sd in own.items()}}
+    return ddp.gather_object(mine)
+
+
+def load_rank_state(task: Task, ckpt: dict, rank: int) -> None:
+    """This rank's RNG state and own training state from a checkpoint (written by one process or by all)."""
+    entries = ckpt.get("ranks")
+    mine = entries[rank] if entries else {"rng": ckpt["rng"], "state": ckpt["state"]}
+    for key, module in task.state.items():
+        module.load_state_dict(mine["state"][key])
+    set_rng_state(mine["rng"], task.device)
 
 
 def load_task_state(task: Task, ckpt: dict) -> None:
@@ -114,9 +151,10 @@ def _sha256(path: Path) -> str:
 
 
 def save_checkpoint(out: Path, task: Task, *, step: int, epoch: int, config: dict, info: dict,
-                    keep: int = 2) -> Path:
+                    keep: int = 2, ranks: list[dict] | None = None) -> Path:
     """Writes out/checkpoint-<step>.pt with its checksum and points ``latest`` at it; keeps the newest
-    ``keep`` checkpoints. Raises Diverged, writing nothing, when a tensor of the state is NaN or infinite."""
+    ``keep`` checkpoints. Raises Diverged, writing nothing, when a tensor of the state is NaN or infinite.
+    ``ranks``: every rank's entry from gather_rank_states, under torchrun."""
     payload = {
         "format_version": FORMAT_VERSION,
         "model": config["model"],
@@ -126,7 +164,10 @@ def save_checkpoint(out: Path, task: Task, *, step: int, epoch: int, config: dic
         "info": info,
         "rng": rng_state(task.device),
         **task_state(task),
+        "world_size": len(ranks) if ranks else 1,
     }
+    if ranks:  # rank 0's entry is the top level's (torch.save stores those tensors once)
+        payload["ranks"] = [{"rng": payload["rng"], "state": payload["state"]}, *ranks[1:]]
     bad = first_nonfinite({group: payload[group] for group in ("nets", "optimizers", "state")})
     if bad is not None:
         last = latest_checkpoint(out) if out.is_dir() else None

@@ -58,6 +58,9 @@ class TrainConfig:
     cuda_graphs: bool = False  # capture each training phase in a CUDA graph
     compile: bool = False  # torch.compile the models (for comparison)
     deterministic: bool = False  # torch.use_deterministic_algorithms (exact resume tests)
+    # --- torchrun (data-parallel; fastgan/train/distributed.py) ---
+    sync_bn: bool = False  # BatchNorm statistics over all processes' batches (off: per process, as the reference code)
+    dist_timeout: int = 300  # seconds a collective waits for the other processes before the job fails
     # --- outputs ---
     out: str = ""  # "" = runs/<model>
     resume: str = ""  # "" (start fresh, refusing to overwrite a run) | auto | path to a checkpoint

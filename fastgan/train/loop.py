@@ -15,6 +15,11 @@ Run directory (--out, default runs/<model>):
 
 How a run ends early (fastgan/train/stops.py): SIGTERM/SIGINT finish the current iteration, save it and
 raise Interrupted; a non-finite loss or weight raises Diverged before anything non-finite is saved.
+
+Under torchrun (fastgan/train/distributed.py) every process trains a replica on its block of the global
+batch; rank 0 alone writes the run directory (every file above, evaluation included) and holds the lock,
+and the other ranks resume from the checkpoint rank 0 chose. Checkpoints, stops and divergence checks
+are collective: every rank reaches them after the same step.
 """
 
 from __future__ import annotations
@@ -39,16 +44,26 @@ from ..models import get_model, model_names
 from ..report import write_report
 from .checkpoint import (
     DamagedCheckpoint,
+    checkpoint_name,
     existing_checkpoints,
+    gather_rank_states,
     latest_checkpoint,
     load_checkpoint,
+    load_rank_state,
     load_task_state,
     resume_candidates,
     save_checkpoint,
     set_aside,
-    set_rng_state,
 )
 from .config import TrainConfig
+from .distributed import (
+    Distributed,
+    all_reduce_gradients,
+    broadcast_tensors,
+    check_sync_bn,
+    convert_sync_batchnorm,
+    world_from_env,
+)
 from .files import atomic_write
 from .graphs import check_cuda_graphs, configure_engine, make_train_step, memory_format
 from .lock import RunLock
@@ -134,6 +149,12 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
             raise UserError("--tensorboard: the tensorboard package is not installed; "
                             "pip install tensorboard, or drop the flag") from None
     device = resolve_device(cfg.device)
+    _, world_size, local_rank = world_from_env()
+    if world_size > 1 and device.type == "cuda":  # torchrun: one GPU per process, its LOCAL_RANK
+        if device.index is not None:
+            raise UserError(f"--device {cfg.device}: under torchrun each process uses cuda:LOCAL_RANK; "
+                            "pass --device cuda (or auto)")
+        device = resolve_device(f"cuda:{local_rank}")
     cfg.device = str(device)
     cfg.eval_feature = cfg.eval_feature or "inception"
     if cfg.channels_last is None:
@@ -231,54 +252,101 @@ def train(cfg: TrainConfig) -> dict:
     end. Raises UserError for bad input, Interrupted after saving on SIGTERM/SIGINT, Diverged on a
     non-finite loss or weight (fastgan.train.stops)."""
     cfg = resolve_config(cfg)
+    ddp = Distributed.setup(torch.device(cfg.device), cfg.dist_timeout)  # a no-op without torchrun
     lock = RunLock(cfg.out)
     try:
-        return _train(cfg, lock)
+        summary = _train(cfg, lock, ddp)
     finally:
         lock.release()
+    # Not on errors: a group whose peer died may block in its destructor; the process exit frees it.
+    ddp.close()
+    return summary
 
 
-def _train(cfg: TrainConfig, lock: RunLock) -> dict:
+def _start_replicas(task, cfg: TrainConfig, ddp: Distributed) -> None:
+    """--sync-bn, rank 0's weights on every rank, and gradient averaging in each phase's update."""
+    if cfg.sync_bn:
+        check_sync_bn(cfg.model, task.nets)
+        if ddp.enabled:
+            for net in task.nets.values():
+                convert_sync_batchnorm(net, task.device, ddp.group)
+    if not ddp.enabled:
+        return
+    # The same seed already builds the same weights everywhere; the broadcast makes it a guarantee.
+    broadcast_tensors([t for net in task.nets.values() for t in (*net.parameters(), *net.buffers())], ddp.group)
+    task.gradient_sync = functools.partial(_average_gradients, ddp)
+
+
+def _average_gradients(ddp: Distributed, optimizer: torch.optim.Optimizer) -> None:
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    all_reduce_gradients(params, ddp.world_size, ddp.group)
+
+
+def _check_world_size(ckpt: dict, path: Path | None, world_size: int) -> None:
+    saved = ckpt.get("world_size", 1)
+    if saved != world_size:
+        raise UserError(f"checkpoint {path} was written by {saved} process(es), this run has {world_size}; resume "
+                        f"with {saved} (the data order and each rank's random streams depend on the number)")
+
+
+def _train(cfg: TrainConfig, lock: RunLock, ddp: Distributed) -> dict:
     from ..data import build_loader
 
     device = torch.device(cfg.device)
-    check_cuda_graphs(cfg, device)
+    check_cuda_graphs(cfg, device, ddp.world_size)
     out = Path(cfg.out)
-    if out.is_dir():
+    main = ddp.is_main  # writes the run directory; the other ranks only read the checkpoint it picks
+    if main and out.is_dir():
         lock.acquire()  # before reading the run's checkpoints: no other trainer changes them from here on
-    resume_path, ckpt = _resume_point(cfg, out, device)
+    resume_path, ckpt = _resume_point(cfg, out, device) if main else (None, None)
 
     _setup_determinism(cfg, device)
     torch.manual_seed(cfg.seed)
-    loader = build_loader(data_request(cfg), device, memory_format=memory_format(cfg, device))
+    request = data_request(cfg, rank=ddp.rank, world_size=ddp.world_size)
+    loader = build_loader(request, device, memory_format=memory_format(cfg, device))
     batches_per_epoch = len(loader)
     if batches_per_epoch == 0:
-        raise UserError(f"--batch-size {cfg.batch_size}: larger than the dataset "
+        processes = f" x {ddp.world_size} processes" if ddp.enabled else ""
+        raise UserError(f"--batch-size {cfg.batch_size}{processes}: larger than the dataset "
                         f"({loader.info.get('num_images', 0)} images); use a smaller batch")
     info = dict(loader.info)
-    task = configure_engine(build_task(cfg, info, device, batches_per_epoch), cfg)
+    task = build_task(cfg, info, device, batches_per_epoch)
+    _start_replicas(task, cfg, ddp)
+    task = configure_engine(task, cfg)
     fixed = loader.fixed(task.fixed_size)
-    if not lock.held:  # a new run directory: created only now, once the config and the data are good
+    if main and not lock.held:  # a new run directory: created only now, once the config and the data are good
         out.mkdir(parents=True, exist_ok=True)
         lock.acquire()
         if existing_checkpoints(out):  # another trainer started the same run meanwhile and has ended
             resume_path, ckpt = _resume_point(cfg, out, device)
+    if ddp.enabled:  # --resume auto: every rank continues from the checkpoint rank 0 chose
+        chosen = ddp.broadcast_object(str(resume_path) if resume_path else None)
+        resume_path = Path(chosen) if chosen else None
+        if not main and resume_path is not None:
+            ckpt = load_checkpoint(resume_path, cfg.model, map_location=device)
     step = 0
     if ckpt is not None:
+        _check_world_size(ckpt, resume_path, ddp.world_size)
         load_task_state(task, ckpt)
-        set_rng_state(ckpt["rng"], device)
+        load_rank_state(task, ckpt, ddp.rank)
         step = ckpt["step"]
 
     config = cfg.to_dict()
-    print("fastgan.train: " + json.dumps(config), flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "samples").mkdir(exist_ok=True)
-    _write_json(out / "config.json", config)
     log_path = out / "losses.jsonl"
-    if ckpt is not None:
-        _trim_log(log_path, step)
-    else:
-        log_path.unlink(missing_ok=True)
+    if main:
+        print("fastgan.train: " + json.dumps(config), flush=True)
+        if ddp.enabled:
+            print(f"fastgan.train: {ddp.world_size} processes ({ddp.backend}): batch {cfg.batch_size} per process, "
+                  f"effective batch {cfg.batch_size * ddp.world_size} per step; learning rate {cfg.lr} not scaled "
+                  f"with the number of processes; BatchNorm statistics "
+                  f"{'of the global batch (--sync-bn)' if cfg.sync_bn else 'per process'}", flush=True)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "samples").mkdir(exist_ok=True)
+        _write_json(out / "config.json", config)
+        if ckpt is not None:
+            _trim_log(log_path, step)
+        else:
+            log_path.unlink(missing_ok=True)
 
     total = (cfg.epochs + cfg.epochs_decay) * batches_per_epoch
     if cfg.iters:
@@ -287,7 +355,7 @@ def _train(cfg: TrainConfig, lock: RunLock) -> dict:
         total = min(total, step + 1)
 
     writer = None
-    if cfg.tensorboard:
+    if main and cfg.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1)
 
@@ -296,13 +364,15 @@ def _train(cfg: TrainConfig, lock: RunLock) -> dict:
     pending = 0  # iterations accumulated in accum since the last read
     latest: dict[str, float] = {}
     start_step, start_time = step, time.perf_counter()
-    bar = tqdm(total=total, initial=step, unit="it", dynamic_ncols=True, disable=None, file=sys.stderr)
+    bar = tqdm(total=total, initial=step, unit="it", dynamic_ncols=True, disable=None if main else True,
+               file=sys.stderr)
 
     def read_losses() -> None:
         nonlocal accum, pending, latest
         keys = sorted(accum)
-        # sync: the loop's only read of the losses, every --log-every iterations.
-        values = torch.stack([accum[k].float() for k in keys]).tolist()
+        # sync: the loop's only read of the losses, every --log-every iterations. Under torchrun: the mean over
+        # the ranks (the global batch's losses), so every rank takes the same divergence decision.
+        values = ddp.mean(torch.stack([accum[k].float() for k in keys])).tolist()
         # Losses as means per update; fp16 loss-scale overflows (updates the GradScaler skipped) as counts.
         latest = {k: int(v) if k.endswith("/" + AMP_SKIPPED) else v / (pending * repeats[k.split("/")[0]])
                   for k, v in zip(keys, values)}
@@ -310,17 +380,18 @@ def _train(cfg: TrainConfig, lock: RunLock) -> dict:
         accum, pending = {}, 0
         lr = float(next(iter(task.optimizers.values())).param_groups[0]["lr"])  # a tensor under --cuda-graphs
         record = {"step": step, "epoch": step // batches_per_epoch, "lr": lr} | latest
-        with open(log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if main:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
         if writer is not None:
             for k, v in latest.items():
                 writer.add_scalar(k, v, step)
             writer.add_scalar("lr", lr, step)
         short = {k: f"{v:.3g}" for k, v in latest.items()
                  if k.endswith("total") or "cycle" in k or (k.endswith(AMP_SKIPPED) and v)}
-        if bar.disable:
+        if main and bar.disable:
             print(f"step {step}/{total} " + " ".join(f"{k}={v}" for k, v in short.items()), flush=True)
-        else:
+        elif main:
             bar.set_postfix(short, refresh=False)
         last_good = checkpoint_path or resume_path
         check_losses({k: v for k, v in latest.items() if not k.endswith(AMP_SKIPPED)}, first_step, step,
@@ -333,8 +404,12 @@ def _train(cfg: TrainConfig, lock: RunLock) -> dict:
         return path
 
     def save() -> Path:
+        """Collective under torchrun: checks the replicas and gathers every rank's own state to rank 0."""
+        ranks = gather_rank_states(task, ddp, step, str(checkpoint_path or resume_path or "") or None)
+        if not main:
+            return out / checkpoint_name(step)
         return save_checkpoint(out, task, step=step, epoch=step // batches_per_epoch, config=config, info=info,
-                               keep=cfg.keep_checkpoints)
+                               keep=cfg.keep_checkpoints, ranks=ranks)
 
     def saved_now() -> bool:
         return checkpoint_path is not None and checkpoint_path.name.endswith(f"{step:08d}.pt")
@@ -343,12 +418,12 @@ def _train(cfg: TrainConfig, lock: RunLock) -> dict:
         from ..metrics import evaluate_during_training, feature_space
         feature_space(cfg.eval_feature)
 
-    sample_path = checkpoint_path = step_fn = None
+    sample_path = checkpoint_path = step_fn = stopping = None
     stop = StopSignals()
     task.train()
     try:
         stop.install()
-        while step < total and stop.signum is None:
+        while step < total and stopping is None:
             epoch, position = divmod(step, batches_per_epoch)
             for batch in loader.epoch(epoch, start=position):
                 if step_fn is None:  # graphs are captured for the first batch's shapes
@@ -365,32 +440,38 @@ def _train(cfg: TrainConfig, lock: RunLock) -> dict:
                 bar.update(1)
                 if step % cfg.log_every == 0:
                     read_losses()
-                if cfg.sample_every and step % cfg.sample_every == 0:
+                if main and cfg.sample_every and step % cfg.sample_every == 0:
                     sample_path = write_sample()
                 if cfg.save_every and step % cfg.save_every == 0:
                     checkpoint_path = save()
                 if cfg.eval_every and step % cfg.eval_every == 0:
-                    record = evaluate_during_training(task, cfg, step, out)
-                    if record["best"]:  # best.pt: a copy of the checkpoint of the lowest FID so far
+                    # Rank 0 evaluates (the others wait, within --dist-timeout) and says whether to save best.pt.
+                    best = main and evaluate_during_training(task, cfg, step, out)["best"]
+                    if ddp.broadcast_object(best):  # best.pt: a copy of the checkpoint of the lowest FID so far
                         checkpoint_path = checkpoint_path if saved_now() else save()
-                        atomic_write(out / "best.pt", functools.partial(shutil.copyfile, checkpoint_path))
-                # Checked once per iteration: a stop lands between whole iterations (between graph replays).
-                if step >= total or stop.signum is not None:
+                        if main:
+                            atomic_write(out / "best.pt", functools.partial(shutil.copyfile, checkpoint_path))
+                # Checked once per iteration: a stop lands between whole iterations (between graph replays),
+                # the same one on every rank.
+                stopping = ddp.agree_stop(stop.signum)
+                if step >= total or stopping is not None:
                     break
         if pending:
             read_losses()
-        if stop.signum is not None and step < total:
+        if stopping is not None and step < total:
             if step > start_step and not saved_now():
                 checkpoint_path = save()
-                write_report(out)
+                if main:
+                    write_report(out)
             saved = checkpoint_path or resume_path
-            raise Interrupted(stop.signum, step, str(saved) if saved else None)
+            raise Interrupted(stopping, step, str(saved) if saved else None)
         if step > start_step or ckpt is None:
-            if sample_path is None or not sample_path.name.endswith(f"{step:08d}.png"):
+            if main and (sample_path is None or not sample_path.name.endswith(f"{step:08d}.png")):
                 sample_path = write_sample()
             if not saved_now():
                 checkpoint_path = save()
-            write_report(out)  # again: the final checkpoint came after the last grid
+            if main:
+                write_report(out)  # again: the final checkpoint came after the last grid
     finally:
         stop.restore()
         bar.close()
@@ -403,4 +484,5 @@ def _train(cfg: TrainConfig, lock: RunLock) -> dict:
             "sample": str(sample_path) if sample_path else None,
             "already_complete": ckpt is not None and iterations == 0,
             "it_per_s": iterations / seconds if seconds > 0 else 0.0,
-            "images_per_s": iterations * cfg.batch_size / seconds if seconds > 0 else 0.0}
+            "images_per_s": iterations * cfg.batch_size * ddp.world_size / seconds if seconds > 0 else 0.0,
+            "rank": ddp.rank, "world_size": ddp.world_size}

@@ -4,6 +4,7 @@ eager ``train_step`` runs them. ENGINE (fastgan/train/graphs.py) captures the sa
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +30,9 @@ class Task:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     amp_dtype: torch.dtype | None = None  # autocast dtype, None = full precision
     fixed_size: int = 64  # images per domain that sample() needs from loader.fixed(n)
+    # Averages an optimiser's gradients across data-parallel processes between backward and its step
+    # (fastgan.train.distributed); None in a single process.
+    gradient_sync: Callable[[torch.optim.Optimizer], None] | None = None
 
     def sample(self, fixed: dict) -> np.ndarray:
         """The sample grid [3, H, W] in [0, 1] for a fixed batch, computed in eval mode without touching any RNG."""
@@ -70,6 +74,8 @@ def run_phase(task: Task, phase: Phase, batch: dict, autocast=None) -> dict[str,
     with (autocast or task.autocast)():
         losses = phase.loss(batch)
     scaler.scale(losses["total"]).backward()
+    if task.gradient_sync is not None:  # before scaler.step unscales: every rank then finds the same inf
+        task.gradient_sync(optimizer)
     scaler.step(optimizer)
     if scaler.is_enabled():  # counted with the losses, on the device: the loop reports it at --log-every
         losses = losses | {AMP_SKIPPED: amp_skipped(scaler, optimizer)}
