@@ -1,7 +1,17 @@
 """fastgan.nn: the layers fastgan's models are built from (and accelerate(), for other people's models)."""
 
 from .accelerate import accelerate, unfuse_batch_norm_act
-from .layers import BatchNorm2dAct, Conv2dLeakyReLU, InstanceNormAct, LeakyReLU, NormThenAct, ReflectPadConv2d, set_impl
+from .layers import (
+    BatchNorm2dAct,
+    Conv2dLeakyReLU,
+    Conv2dTanh,
+    ConvTranspose2dTanh,
+    InstanceNormAct,
+    LeakyReLU,
+    NormThenAct,
+    ReflectPadConv2d,
+    set_impl,
+)
 
-__all__ = ["BatchNorm2dAct", "Conv2dLeakyReLU", "InstanceNormAct", "LeakyReLU", "NormThenAct", "ReflectPadConv2d",
-           "accelerate", "set_impl", "unfuse_batch_norm_act"]
+__all__ = ["BatchNorm2dAct", "Conv2dLeakyReLU", "Conv2dTanh", "ConvTranspose2dTanh", "InstanceNormAct", "LeakyReLU",
+           "NormThenAct", "ReflectPadConv2d", "accelerate", "set_impl", "unfuse_batch_norm_act"]

@@ -11,6 +11,9 @@ pattern (adjacent in one Sequential)             becomes
 ``InstanceNorm2d, ReLU | LeakyReLU``             ``InstanceNormAct(act=...), Identity``
 ``BatchNorm2d, ReLU | LeakyReLU``                ``BatchNorm2dAct(act=...), Identity``
 ``Conv2d`` (bias or not) ``, LeakyReLU``         ``Conv2dLeakyReLU, Identity``
+``Conv2d, Tanh``                                 ``Conv2dTanh, Identity``
+``ReflectionPad2d, Conv2d, Tanh``                ``Identity, Conv2dTanh`` (reflect padding), ``Identity``
+``ConvTranspose2d, Tanh``                        ``ConvTranspose2dTanh, Identity``
 ``InstanceNorm2d`` (anything else after)         ``InstanceNormAct(act="none")``
 ``Conv2d(padding_mode="reflect")``               ``ReflectPadConv2d``
 ``LeakyReLU`` (not in place)                     ``fastgan.nn.LeakyReLU``
@@ -57,8 +60,6 @@ Fusions deliberately not done:
 - Upsample + convolution: cuDNN has no convolution that reads an upsampled input on the fly, so fusing
   them means writing our own convolution and giving up cuDNN's tuned kernels to save one write and one read
   of the upsampled map.
-- Final Tanh: torch's tanh already keeps only its output for backward; fusing the conv bias into it would
-  save one pass over a 3-channel image and needs an op of its own (not written yet).
 """
 
 from __future__ import annotations
@@ -73,8 +74,12 @@ from torch import nn
 from ..ops import _dispatch
 from .layers import (
     FAST_LAYERS,
+    REFLECT_CONV_KERNELS,
+    REFLECT_CONV_STRIDES,
     BatchNorm2dAct,
     Conv2dLeakyReLU,
+    Conv2dTanh,
+    ConvTranspose2dTanh,
     InstanceNormAct,
     LeakyReLU,
     NormThenAct,
@@ -83,8 +88,6 @@ from .layers import (
 
 __all__ = ["accelerate", "unfuse_batch_norm_act", "REFLECT_CONV_KERNELS", "REFLECT_CONV_STRIDES"]
 
-REFLECT_CONV_KERNELS = range(1, 8)  # square kernel sizes the fused reflect-pad convolution takes
-REFLECT_CONV_STRIDES = (1, 2)
 
 _RUN_HOOKS = ("_forward_pre_hooks", "_forward_hooks", "_backward_hooks", "_backward_pre_hooks")
 # Every per-module hook dict; moving the dict objects keeps the users' RemovableHandles working.
@@ -181,12 +184,17 @@ def _fuse_sequential(seq: nn.Sequential, impl: str, prefix: str, blocked: list[s
         placeholder = nn.Identity().train(seq.training)
         pair = (new, placeholder) if keep_first else (placeholder, new)
         seq._modules[names[i]], seq._modules[names[i + 1]] = pair
-        i += 2
+        # A layer made from the second module may absorb the next one too (ReflectionPad2d, Conv2d, Tanh).
+        i += 2 if keep_first else 1
 
 
 def _fuse_pair(first: nn.Module, second: nn.Module, impl: str):
     if type(first) is nn.ReflectionPad2d and _reflect_conv_fusable(first, second):
         return False, _reflect_pad_conv(second, first.padding[0], impl)
+    if type(second) is nn.Tanh and (_conv_fusable(first) or type(first) is ReflectPadConv2d):
+        return True, _conv_tanh(first, impl)
+    if type(second) is nn.Tanh and type(first) is nn.ConvTranspose2d and _plain_state(first, {"weight", "bias"}):
+        return True, _conv_transpose_tanh(first, impl)
     act = _activation(second)
     if act is not None and _instance_norm_fusable(first):
         return True, _instance_norm_act(first, *act, impl)
@@ -300,6 +308,22 @@ def _batch_norm_act(norm: nn.BatchNorm2d, act: str, slope: float, impl: str) -> 
                              momentum=norm.momentum, affine=norm.affine,
                              track_running_stats=norm.track_running_stats, impl=_impl_for(BatchNorm2dAct, impl))
     return _adopt(new, norm, ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"])
+
+
+def _conv_tanh(conv: nn.Conv2d, impl: str) -> Conv2dTanh:
+    with torch.device("meta"):
+        new = Conv2dTanh(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                         bias=conv.bias is not None, impl=_impl_for(Conv2dTanh, impl), dilation=conv.dilation,
+                         groups=conv.groups, padding_mode=conv.padding_mode)
+    return _adopt(new, conv, ["weight", "bias"])
+
+
+def _conv_transpose_tanh(conv: nn.ConvTranspose2d, impl: str) -> ConvTranspose2dTanh:
+    with torch.device("meta"):
+        new = ConvTranspose2dTanh(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                                  conv.output_padding, conv.groups, bias=conv.bias is not None,
+                                  dilation=conv.dilation, impl=_impl_for(ConvTranspose2dTanh, impl))
+    return _adopt(new, conv, ["weight", "bias"])
 
 
 def _conv_leaky_relu(conv: nn.Conv2d, slope: float, impl: str) -> Conv2dLeakyReLU:

@@ -18,10 +18,12 @@ from torch import nn
 from .. import ops
 from ..ops import _dispatch
 
-__all__ = ["BatchNorm2dAct", "Conv2dLeakyReLU", "InstanceNormAct", "LeakyReLU", "NormThenAct", "ReflectPadConv2d",
-           "set_impl", "FAST_LAYERS"]
+__all__ = ["BatchNorm2dAct", "Conv2dLeakyReLU", "Conv2dTanh", "ConvTranspose2dTanh", "InstanceNormAct", "LeakyReLU",
+           "NormThenAct", "ReflectPadConv2d", "set_impl", "FAST_LAYERS", "REFLECT_CONV_KERNELS", "REFLECT_CONV_STRIDES"]
 
 _ACTS = ("relu", "leaky_relu", "none")
+REFLECT_CONV_KERNELS = range(1, 8)  # square kernel sizes the fused reflect-pad convolution takes
+REFLECT_CONV_STRIDES = (1, 2)
 
 
 class _FastLayer:
@@ -43,6 +45,12 @@ class _FastLayer:
             raise ValueError(f"{type(self).__name__}: impl={value!r}, but its ops ({', '.join(self._ops)}) have "
                              f"no {value} path; use 'auto', 'ref', 'fast'{''.join(', ' + repr(k) for k in kinds)}")
         super().__setattr__(name, value)
+
+
+def _op_impl(impl: str, op: str) -> str:
+    """The impl a layer with several ops passes to ``op``: a named fast path ("triton", "cuda") only to the op
+    that has it, "auto" to the others."""
+    return impl if impl in ("auto", "ref", "fast") or _dispatch.fast_name(op) == impl else "auto"
 
 
 def _act(y: torch.Tensor, act: str, negative_slope: float) -> torch.Tensor:
@@ -144,6 +152,91 @@ class Conv2dLeakyReLU(_FastLayer, nn.Conv2d):
 
     def extra_repr(self):
         return f"{super().extra_repr()}, negative_slope={self.negative_slope}, impl={self.impl}"
+
+
+def _bias_tanh(y: torch.Tensor, bias: torch.Tensor | None, impl: str) -> torch.Tensor:
+    if y.dim() == 3:  # unbatched: the bias goes along dim 0
+        return ops.tanh(y.unsqueeze(0), bias=bias, impl=impl).squeeze(0)
+    return ops.tanh(y, bias=bias, impl=impl)
+
+
+class Conv2dTanh(_FastLayer, nn.Conv2d):
+    """``nn.Conv2d`` then Tanh (a generator's output layer), with the conv bias (if any) added in the tanh's pass
+    (fastgan.ops.tanh), whose backward also reduces the bias gradient.
+
+    An ``nn.Conv2d`` (any padding, stride, groups, dilation); parameters are nn.Conv2d's. With
+    ``padding_mode="reflect"`` and a geometry the fused reflect-pad convolution takes (what ReflectPadConv2d
+    takes) the convolution is fastgan.ops.reflect_pad_conv2d, so ``ReflectionPad2d, Conv2d, Tanh`` becomes one
+    layer. ``impl`` "triton" reaches the tanh and "cuda" the reflect-pad convolution; the other op gets "auto".
+    """
+
+    _ops = ("tanh", "reflect_pad_conv2d")
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, impl="auto",
+                 dilation=1, groups=1, padding_mode="zeros", device=None, dtype=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device=device, dtype=dtype)
+        self.impl = impl
+
+    def _reflect_fused(self) -> bool:
+        k, st, p = self.kernel_size, self.stride, self.padding
+        return (self.padding_mode == "reflect" and not isinstance(p, str) and k[0] == k[1] and st[0] == st[1]
+                and p[0] == p[1] and self.groups == 1 and self.dilation == (1, 1) and k[0] in REFLECT_CONV_KERNELS
+                and st[0] in REFLECT_CONV_STRIDES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return torch.tanh(self._conv_forward(x, self.weight, self.bias))
+        return self._fast_forward(x)
+
+    @torch.jit.unused
+    def _fast_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._reflect_fused():
+            impl = _op_impl(self.impl, "reflect_pad_conv2d")
+            if x.dim() == 3:
+                y = ops.reflect_pad_conv2d(x.unsqueeze(0), self.weight, None, self.padding[0], self.stride[0],
+                                           impl=impl).squeeze(0)
+            else:
+                y = ops.reflect_pad_conv2d(x, self.weight, None, self.padding[0], self.stride[0], impl=impl)
+        else:
+            y = self._conv_forward(x, self.weight, None)
+        return _bias_tanh(y, self.bias, _op_impl(self.impl, "tanh"))
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, impl={self.impl}"
+
+
+class ConvTranspose2dTanh(_FastLayer, nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` then Tanh (the output layer of DCGAN and U-Net generators), with the bias (if any)
+    added in the tanh's pass (fastgan.ops.tanh), whose backward also reduces the bias gradient.
+
+    An ``nn.ConvTranspose2d`` (parameters, attributes, ``forward(x, output_size=None)``).
+    """
+
+    _ops = ("tanh",)
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
+                 bias=True, dilation=1, impl="auto", device=None, dtype=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, output_padding, groups, bias,
+                         dilation, device=device, dtype=dtype)
+        self.impl = impl
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        output_padding = self._output_padding(x, output_size, self.stride, self.padding, self.kernel_size, 2,
+                                              self.dilation)
+        if torch.jit.is_scripting():
+            return torch.tanh(F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding,
+                                                 output_padding, self.groups, self.dilation))
+        return self._fast_forward(x, output_padding)
+
+    @torch.jit.unused
+    def _fast_forward(self, x: torch.Tensor, output_padding: list[int]) -> torch.Tensor:
+        y = F.conv_transpose2d(x, self.weight, None, self.stride, self.padding, output_padding, self.groups,
+                               self.dilation)
+        return _bias_tanh(y, self.bias, self.impl)
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, impl={self.impl}"
 
 
 class InstanceNormAct(_FastLayer, nn.Module):
@@ -347,7 +440,8 @@ class LeakyReLU(_FastLayer, nn.Module):
         return f"negative_slope={self.negative_slope}{inplace}, impl={self.impl}"
 
 
-FAST_LAYERS = (ReflectPadConv2d, Conv2dLeakyReLU, InstanceNormAct, BatchNorm2dAct, LeakyReLU)
+FAST_LAYERS = (ReflectPadConv2d, Conv2dLeakyReLU, Conv2dTanh, ConvTranspose2dTanh, InstanceNormAct, BatchNorm2dAct,
+               LeakyReLU)
 
 
 def set_impl(module: nn.Module, impl: str) -> nn.Module:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from fastgan import accelerate
-from fastgan.nn import Conv2dLeakyReLU, InstanceNormAct, LeakyReLU, ReflectPadConv2d, set_impl
+from fastgan.nn import Conv2dLeakyReLU, Conv2dTanh, InstanceNormAct, LeakyReLU, ReflectPadConv2d, set_impl
 
 TOL = 1e-10  # relative, float64: the rewrites change no arithmetic beyond summation order
 
@@ -135,11 +135,13 @@ def test_resnet_generator_matches(affine, size):
     _randomise_affine(g)
     x = torch.randn(2, 3, size, size, dtype=torch.float64)
     fast = _check_same_training_step(g, x)
-    # 1 stem + 2 per block + 1 head reflection-padded convs; every norm, 7 of them followed by ReLU.
-    assert _count(fast, ReflectPadConv2d) == 6
+    # 1 stem + 2 per block reflection-padded convs, and the head's with its Tanh; every norm, 7 of them
+    # followed by ReLU.
+    assert _count(fast, ReflectPadConv2d) == 5
+    assert _count(fast, Conv2dTanh, padding_mode="reflect") == 1
     assert _count(fast, InstanceNormAct, act="relu", affine=affine) == 7
     assert _count(fast, InstanceNormAct, act="none", affine=affine) == 2
-    assert _count(fast, nn.Identity) == 13  # the 6 absorbed pads and 7 absorbed ReLUs
+    assert _count(fast, nn.Identity) == 14  # the 6 absorbed pads, 7 absorbed ReLUs and the Tanh
     assert _count(fast, nn.InstanceNorm2d) == _count(fast, nn.ReLU) == _count(fast, nn.ReflectionPad2d) == 0
     assert _count(fast, nn.Conv2d) == 2  # the stride-2 downsampling convs (zero padding, followed by a norm)
     assert _count(fast, nn.ConvTranspose2d) == 2
@@ -229,10 +231,12 @@ def test_impl_vocabulary():
     set_impl validates when called; a layer refuses an impl none of its ops has."""
     g = accelerate(ResnetGenerator(ngf=4, n_blocks=1), impl="triton")
     impls = {(type(m), m.impl) for m in g.modules() if hasattr(m, "impl")}
-    assert impls == {(ReflectPadConv2d, "auto"), (InstanceNormAct, "triton")}
+    # Conv2dTanh has both kinds (its tanh "triton", its reflect-pad convolution "cuda") and passes each op
+    # only the one it has.
+    assert impls == {(ReflectPadConv2d, "auto"), (InstanceNormAct, "triton"), (Conv2dTanh, "triton")}
     set_impl(g, "cuda")  # reaches the reflect-pad convs only
     assert {(type(m), m.impl) for m in g.modules() if hasattr(m, "impl")} == \
-        {(ReflectPadConv2d, "cuda"), (InstanceNormAct, "triton")}
+        {(ReflectPadConv2d, "cuda"), (InstanceNormAct, "triton"), (Conv2dTanh, "cuda")}
     set_impl(g, "fast")
     assert {m.impl for m in g.modules() if hasattr(m, "impl")} == {"fast"}
     with pytest.raises(ValueError, match="set_impl: unknown impl='bogus'"):

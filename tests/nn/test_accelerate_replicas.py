@@ -17,7 +17,15 @@ import torch
 from torch import nn
 
 from fastgan import accelerate
-from fastgan.nn import BatchNorm2dAct, Conv2dLeakyReLU, InstanceNormAct, LeakyReLU, ReflectPadConv2d
+from fastgan.nn import (
+    BatchNorm2dAct,
+    Conv2dLeakyReLU,
+    Conv2dTanh,
+    ConvTranspose2dTanh,
+    InstanceNormAct,
+    LeakyReLU,
+    ReflectPadConv2d,
+)
 
 TOL = 1e-10  # relative, float64: the rewrites change no arithmetic beyond summation order
 
@@ -255,14 +263,15 @@ class DcganDiscriminator(nn.Module):
 # name: (builder, input shape, expected fastgan layer counts, whether the original takes unbatched input)
 REPLICAS = {
     "resnet_instance_dropout": (lambda: ResnetGenerator(norm_layer=INSTANCE, use_dropout=True), (2, 3, 20, 20),
-                                {ReflectPadConv2d: 6, InstanceNormAct: 9, "residual": 2}, True),
+                                {ReflectPadConv2d: 5, Conv2dTanh: 1, InstanceNormAct: 9, "residual": 2}, True),
     "resnet_batch": (lambda: ResnetGenerator(norm_layer=BATCH), (3, 3, 16, 16),
-                     {ReflectPadConv2d: 6, BatchNorm2dAct: 7, "residual": 0}, False),
+                     {ReflectPadConv2d: 5, Conv2dTanh: 1, BatchNorm2dAct: 7, "residual": 0}, False),
     # (dropout sits in the blocks beyond the fifth: num_downs=6 has one)
     "unet_batch_dropout": (lambda: UnetGenerator(norm_layer=BATCH, use_dropout=True, num_downs=6), (2, 3, 64, 64),
-                           {BatchNorm2dAct: 0, InstanceNormAct: 0}, False),
+                           {BatchNorm2dAct: 0, InstanceNormAct: 0, ConvTranspose2dTanh: 1}, False),
     # (the U-Net concatenates along dim 1, so the original takes no unbatched input, even with instance norm)
-    "unet_instance": (lambda: UnetGenerator(norm_layer=INSTANCE), (2, 3, 32, 32), {InstanceNormAct: 7}, False),
+    "unet_instance": (lambda: UnetGenerator(norm_layer=INSTANCE), (2, 3, 32, 32),
+                      {InstanceNormAct: 7, ConvTranspose2dTanh: 1}, False),
     "nlayer_batch": (lambda: NLayerDiscriminator(norm_layer=BATCH), (3, 3, 32, 32),
                      {Conv2dLeakyReLU: 1, BatchNorm2dAct: 3}, False),
     "nlayer_instance": (lambda: NLayerDiscriminator(norm_layer=INSTANCE, n_layers=2), (2, 3, 19, 19),
@@ -270,10 +279,10 @@ REPLICAS = {
     "pixel_batch": (lambda: PixelDiscriminator(norm_layer=BATCH), (3, 3, 7, 9),
                     {Conv2dLeakyReLU: 1, BatchNorm2dAct: 1}, False),
     "pytorch_gan_cyclegan": (GeneratorResNet, (2, 3, 16, 16),
-                             {ReflectPadConv2d: 6, InstanceNormAct: 9, "residual": 2}, True),
-    "pytorch_gan_dcgan_g": (GanDcganGenerator, (4, 8), {BatchNorm2dAct: 2}, False),
+                             {ReflectPadConv2d: 5, Conv2dTanh: 1, InstanceNormAct: 9, "residual": 2}, True),
+    "pytorch_gan_dcgan_g": (GanDcganGenerator, (4, 8), {BatchNorm2dAct: 2, Conv2dTanh: 1}, False),
     "pytorch_gan_dcgan_d": (GanDcganDiscriminator, (4, 3, 16, 16), {Conv2dLeakyReLU: 4}, False),
-    "dcgan_g": (DcganGenerator, (3, 8, 1, 1), {BatchNorm2dAct: 4}, False),
+    "dcgan_g": (DcganGenerator, (3, 8, 1, 1), {BatchNorm2dAct: 4, ConvTranspose2dTanh: 1}, False),
     "dcgan_d": (DcganDiscriminator, (3, 3, 64, 64), {Conv2dLeakyReLU: 1, BatchNorm2dAct: 3}, False),
 }
 
@@ -439,3 +448,40 @@ def test_in_place_leaky_relu_kept_where_its_input_is_reused():
     x = torch.randn(2, 4, 8, 8, dtype=torch.float64)
     _assert_same(fast(x.clone()), block(x.clone()), "output")
     assert not any(isinstance(m, LeakyReLU) for m in fast.modules())
+
+
+@pytest.fixture
+def triton_cpu(monkeypatch):
+    """The Triton kernels through the interpreter, every output buffer poisoned with NaN."""
+    pytest.importorskip("triton")
+    from fastgan.ops import _triton_util
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(_triton_util, "empty_like", lambda x, dtype=None: torch.full_like(x, float("nan"),
+                                                                                          dtype=dtype))
+    monkeypatch.setattr(_triton_util, "empty", lambda shape, dtype, device: torch.full(shape, float("nan"),
+                                                                                         dtype=dtype, device=device))
+
+
+@pytest.mark.parametrize("name,head", [
+    ("dcgan_g", "main.12"),  # ConvTranspose2d(bias=False), Tanh
+    ("unet_instance", "model.model.3"),  # U-Net outermost: ConvTranspose2d (bias), Tanh
+    ("pytorch_gan_cyclegan", "model.21"),  # ReflectionPad2d, Conv2d(7x7, bias), Tanh
+    ("pytorch_gan_dcgan_g", "conv_blocks.9"),  # Conv2d(3x3, padding 1, bias), Tanh
+])
+def test_generator_heads_through_triton(triton_cpu, name, head):
+    """The fused output layers (conv without its bias, then the Triton bias + tanh) on the interpreter: the
+    original's output and every gradient in float32, train mode."""
+    from fastgan import ops
+    from fastgan.ops import _dispatch
+
+    original = _build(name).float().train()
+    fast = accelerate(copy.deepcopy(original), impl="triton")
+    assert isinstance(fast.get_submodule(head), (Conv2dTanh, ConvTranspose2dTanh))
+    x = _input(name).float()
+    _dispatch.clear_last()
+    (y0, g0), (y1, g1) = _step(original, x), _step(fast, x)
+    assert ops.last_impl("tanh") == "triton"
+    torch.testing.assert_close(y1, y0, atol=1e-5, rtol=1e-5)
+    for k in g0:
+        torch.testing.assert_close(g1[k], g0[k], atol=1e-4 * (1 + g0[k].abs().max().item()), rtol=1e-4, msg=k)

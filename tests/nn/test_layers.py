@@ -6,7 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from fastgan.nn import BatchNorm2dAct, Conv2dLeakyReLU, InstanceNormAct, LeakyReLU, ReflectPadConv2d
+from fastgan.nn import (
+    BatchNorm2dAct,
+    Conv2dLeakyReLU,
+    Conv2dTanh,
+    ConvTranspose2dTanh,
+    InstanceNormAct,
+    LeakyReLU,
+    ReflectPadConv2d,
+)
 from fastgan.ops import _triton_util
 
 
@@ -171,7 +179,11 @@ def test_fused_convolutions_are_conv2d():
     lambda: Conv2dLeakyReLU(3, 4, 3, padding=1),
     lambda: InstanceNormAct(3, act="leaky_relu", affine=True),
     lambda: LeakyReLU(0.1),
-], ids=["reflect_pad_conv", "conv_leaky_relu", "instance_norm_act", "leaky_relu"])
+    lambda: Conv2dTanh(3, 4, 7, padding=3, padding_mode="reflect"),
+    lambda: Conv2dTanh(3, 4, 3, padding=1),
+    lambda: ConvTranspose2dTanh(3, 4, 4, 2, 1),
+], ids=["reflect_pad_conv", "conv_leaky_relu", "instance_norm_act", "leaky_relu", "reflect_conv_tanh", "conv_tanh",
+        "conv_transpose_tanh"])
 def test_unbatched_input_and_script(build):
     """[C, H, W] input gives the batched result's first sample; torch.jit.script runs the same computation."""
     layer = build()
@@ -184,6 +196,32 @@ def test_unbatched_input_and_script(build):
         scripted = torch.jit.script(layer)
     torch.testing.assert_close(scripted(x), want)
     torch.testing.assert_close(scripted(x[0]), want[0])
+
+
+@pytest.mark.parametrize("build,torch_conv", [
+    (lambda: Conv2dTanh(3, 4, 7, padding=3, padding_mode="reflect"),  # the fused reflect-pad convolution
+     lambda: nn.Conv2d(3, 4, 7, padding=3, padding_mode="reflect")),
+    (lambda: Conv2dTanh(3, 4, (3, 5), stride=(2, 1), padding=(1, 2), dilation=2, bias=False),
+     lambda: nn.Conv2d(3, 4, (3, 5), stride=(2, 1), padding=(1, 2), dilation=2, bias=False)),
+    (lambda: ConvTranspose2dTanh(3, 4, 4, 2, 1), lambda: nn.ConvTranspose2d(3, 4, 4, 2, 1)),
+    (lambda: ConvTranspose2dTanh(3, 4, 3, 2, 1, output_padding=1, bias=False),
+     lambda: nn.ConvTranspose2d(3, 4, 3, 2, 1, output_padding=1, bias=False)),
+], ids=["reflect", "conv_no_bias", "conv_transpose", "conv_transpose_no_bias"])
+def test_conv_tanh_matches_torch(build, torch_conv):
+    """The conv + tanh layers are their torch conv (attributes, state_dict) followed by torch.tanh, in float64."""
+    ours, theirs = build().double(), torch_conv().double()
+    assert isinstance(ours, type(theirs)) and list(ours.state_dict()) == list(theirs.state_dict())
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 11, 9, dtype=torch.float64)
+    _same_outputs_and_grads(ours, nn.Sequential(theirs, nn.Tanh()), x)
+
+
+def test_conv_transpose_tanh_output_size():
+    layer = ConvTranspose2dTanh(3, 4, 3, 2, 1)
+    x = torch.randn(2, 3, 5, 5)
+    y = layer(x, output_size=[10, 10])
+    assert y.shape == (2, 4, 10, 10)
+    torch.testing.assert_close(y, torch.tanh(nn.ConvTranspose2d.forward(layer, x, output_size=[10, 10])))
 
 
 def test_instance_norm_act_unbatched_residual_and_contiguous_output():

@@ -74,3 +74,19 @@ def test_bf16_channels_last_on_cuda(impl):
     got = layer.to(torch.bfloat16)(x.to(torch.bfloat16))
     assert fastgan.ops.last_impl("reflect_pad_conv2d") == impl
     torch.testing.assert_close(got.double(), want, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_conv2d_tanh_takes_the_reflect_pad_convolution(impl):
+    """Conv2dTanh with reflect padding runs fastgan.ops.reflect_pad_conv2d (its C++ kernel under "cuda" on a
+    CPU tensor) without the bias, then the bias in the tanh: torch's reflect-padded conv + tanh in float64."""
+    from fastgan import ops
+    from fastgan.nn import Conv2dTanh
+
+    layer = Conv2dTanh(4, 3, 7, padding=3, padding_mode="reflect", impl=impl).double()
+    conv = nn.Conv2d(4, 3, 7, padding=3, padding_mode="reflect").double()
+    conv.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 4, 9, 10, dtype=torch.float64)
+    y = layer(x)
+    assert ops.last_impl("reflect_pad_conv2d") == impl
+    torch.testing.assert_close(y, torch.tanh(conv(x)))
