@@ -24,11 +24,17 @@ def resolve_backend(path, backend: str) -> str:
     """torch for checkpoints and run directories, onnxruntime for .onnx files; an explicit choice must match."""
     onnx_file = str(path).endswith(".onnx")
     if backend == "auto":
-        return "onnxruntime" if onnx_file else "torch"
+        backend = "onnxruntime" if onnx_file else "torch"
     if backend == "torch" and onnx_file:
         raise UserError(f"--backend torch: {path} is an ONNX model; use --backend onnxruntime")
     if backend == "onnxruntime" and not onnx_file:
         raise UserError(f"--backend onnxruntime: {path} is not a .onnx file; export one with python -m fastgan.export")
+    if backend == "torch":
+        try:
+            import torch  # noqa: F401  (the torch backend's first import; here so a missing torch is one line)
+        except ImportError:
+            raise UserError(f"{path}: a PyTorch checkpoint needs PyTorch (pip install torch); where PyTorch is not "
+                            "installed, export an .onnx with python -m fastgan.export and run that") from None
     return backend
 
 

@@ -293,6 +293,9 @@ def test_without_torch_misuse_is_one_line_and_the_blocker_blocks(checkpoints, tm
     ):
         proc = run_without_torch("fastgan.generate", *args, "--out", tmp_path / "x.png")
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and words in proc.stderr, (args, proc.stderr)
-    # The torch backend does need torch: the blocker is in force (and the failure is not a silent fallback).
-    proc = run_without_torch("fastgan.generate", checkpoints["dcgan"], "--out", tmp_path / "x.png")
-    assert proc.returncode == 1 and "No module named 'torch'" in proc.stderr
+    # The torch backend does need torch: the blocker is in force, and the failure is one line, not a silent
+    # fallback and not a traceback.
+    for module, args in (("fastgan.generate", []), ("fastgan.translate", [tmp_path])):
+        proc = run_without_torch(module, checkpoints["cyclegan" if args else "dcgan"], *args, "--out", tmp_path / "y")
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert "needs PyTorch (pip install torch)" in proc.stderr
