@@ -250,6 +250,10 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         # Synchronised in training mode only, as nn.SyncBatchNorm: rank 0 alone samples and evaluates in eval mode.
         if not self.training or not dist.is_initialized():
             return super().forward(x)
+        return self._synced_forward(x)
+
+    @torch.compiler.disable  # --compile: the collective stays outside the compiled graphs
+    def _synced_forward(self, x: Tensor) -> Tensor:
         xf = x.float()
         count = torch.full((1,), x.numel() // x.shape[1], dtype=torch.float32, device=x.device)
         local = torch.cat([xf.sum(dim=(0, 2, 3)), (xf * xf).sum(dim=(0, 2, 3)), count])
@@ -274,12 +278,20 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         return y.to(x.dtype)
 
 
+class _CudaSyncBatchNorm(nn.SyncBatchNorm):
+    """nn.SyncBatchNorm kept out of --compile's graphs, so its collectives run eagerly like every other one."""
+
+    @torch.compiler.disable
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x)
+
+
 def _synced(norm: nn.modules.batchnorm._BatchNorm, device: torch.device, group) -> nn.Module:
     """A synchronised copy of ``norm`` holding the same Parameter and buffer objects (optimisers keep theirs)."""
     kwargs = dict(eps=norm.eps, momentum=norm.momentum, affine=norm.affine,
                   track_running_stats=norm.track_running_stats)
     if device.type == "cuda":
-        new = nn.SyncBatchNorm(norm.num_features, process_group=group, **kwargs)
+        new = _CudaSyncBatchNorm(norm.num_features, process_group=group, **kwargs)
     else:
         new = GlobalBatchNorm2d(norm.num_features, group=group, **kwargs)
     if norm.affine:
