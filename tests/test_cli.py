@@ -61,7 +61,7 @@ def test_dry_run(capsys, tmp_path, model):
 
 
 ZERO_OK = {"iters", "seed", "epochs_decay", "resume", "strict", "amp", "channels_last", "cuda_graphs", "compile",
-           "deterministic", "tensorboard", "dry_run", "workers", "eval_every"}
+           "deterministic", "tensorboard", "dry_run", "workers", "eval_every", "sync_bn"}
 
 
 def help_text(capsys, model: str) -> str:
