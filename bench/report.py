@@ -250,7 +250,7 @@ def train_impls(results: dict) -> dict[str, str]:
 def kernel_rows(results: dict, passes: tuple[str, ...] = ("fwd", "fwd+bwd"), dtype: str | None = None,
                 layout: str | None = None, fast_only: bool = True) -> list[list[str]]:
     rows = []
-    for test in ("test_instance_norm_act", "test_leaky_relu"):
+    for test in ("test_instance_norm_act", "test_leaky_relu", "test_tanh", "test_generator_output_layer"):
         for b in benchmarks(results, test):
             info = b["extra_info"]
             if (fast_only and info["impl"] == "ref") or info["passes"] not in passes:

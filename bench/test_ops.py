@@ -1,7 +1,8 @@
-"""instance_norm_act and leaky_relu: reference vs Triton, forward and forward+backward.
+"""instance_norm_act, leaky_relu and tanh: reference vs Triton, forward and forward+backward.
 
-Run with `pytest bench --benchmark-only -k ops`. On CUDA: the CycleGAN generator shapes (instance norm)
-and PatchGAN discriminator shapes (LeakyReLU with the conv bias), bf16 and fp32, NHWC and NCHW. On
+Run with `pytest bench --benchmark-only -k ops`. On CUDA: the CycleGAN generator shapes (instance norm),
+PatchGAN discriminator shapes (LeakyReLU with the conv bias) and generator output shapes (tanh with the conv
+bias, alone and as the whole output layer against torch's conv + nn.Tanh), bf16 and fp32, NHWC and NCHW. On
 CPU: small shapes, reference only (the Triton interpreter is a correctness tool, not a speed one).
 
 extra_info per case: impl (the implementation that really ran), ms (CUDA-event median), GB/s counted
@@ -11,6 +12,7 @@ nn.InstanceNorm2d + activation on the same input (the issue's bar). test_copy_ba
 device's copy bandwidth, the yardstick for the GB/s figures (pct_of_copy).
 """
 
+import copy
 import functools
 
 import pytest
@@ -19,8 +21,9 @@ import torch.nn.functional as F
 from conftest import median_ms as _median_ms
 from conftest import synchronize
 
+from fastgan import nn as fnn
 from fastgan import ops
-from fastgan.ops import instance_norm_act, instance_norm_act_ref, leaky_relu, leaky_relu_ref
+from fastgan.ops import instance_norm_act, instance_norm_act_ref, leaky_relu, leaky_relu_ref, tanh, tanh_ref
 
 _CUDA = torch.cuda.is_available()
 
@@ -33,6 +36,10 @@ IN_SHAPES = [
 LEAKY_SHAPES = [
     (4, 64, 128, 128), (4, 128, 64, 64), (4, 256, 32, 32), (4, 512, 31, 31),  # PatchGAN on 256^2 inputs
 ] if _CUDA else [(2, 16, 32, 32)]
+TANH_SHAPES = [
+    (128, 3, 64, 64),  # DCGAN 64x64 generator output, batch 128
+    (1, 3, 256, 256), (4, 3, 256, 256),  # CycleGAN / pix2pix generator output
+] if _CUDA else [(2, 3, 32, 32)]
 IMPLS = ["ref", "triton"] if _CUDA else ["ref"]
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -133,6 +140,63 @@ def test_leaky_relu(benchmark, record, bench_device, shape, layout, dtype, passe
     _timed_case(benchmark, record, bench_device, "leaky_relu", impl, run, baseline,
                 reads_writes * x.numel() * x.element_size(), shape=list(shape), layout=layout, dtype=dtype,
                 passes=passes, bias=True)
+
+
+@pytest.mark.parametrize("shape", TANH_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("passes", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_tanh(benchmark, record, bench_device, shape, layout, dtype, passes, impl):
+    fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    x = torch.randn(shape, device=bench_device, dtype=DTYPES[dtype]).contiguous(memory_format=fmt)
+    bias = torch.randn(shape[1], device=bench_device, dtype=DTYPES[dtype])
+    grad = passes == "fwd+bwd"
+    x.requires_grad_(grad)
+    bias.requires_grad_(grad)
+    dy = torch.randn_like(x)
+
+    def fused():
+        return tanh(x, bias=bias, impl=impl)
+
+    def reference():
+        return tanh_ref(x, bias=bias)
+
+    if passes == "fwd":
+        run, baseline, reads_writes = fused, {"ref": reference}, 2  # x, y
+    else:
+        run = _grad_fn(fused, [x, bias], dy)
+        baseline = {"ref": _grad_fn(reference, [x, bias], dy)}
+        reads_writes = 5  # x, y; then y, dy, dx
+    _timed_case(benchmark, record, bench_device, "tanh", impl, run, baseline,
+                reads_writes * x.numel() * x.element_size(), shape=list(shape), layout=layout, dtype=dtype,
+                passes=passes, bias=True)
+
+
+@pytest.mark.parametrize("shape", TANH_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("impl", IMPLS)
+def test_generator_output_layer(benchmark, record, bench_device, shape, dtype, impl):
+    """The whole output layer, forward + backward, NHWC: ConvTranspose2dTanh (the transposed conv without its
+    bias, then bias + tanh in one pass) against the same layer with impl="ref" and against torch's
+    nn.ConvTranspose2d (bias inside) + torch.tanh, the layers it replaces. The conv dominates; what the
+    fusion can save is one pass over the output forward (the bias add) and one backward (dbias)."""
+    n, c, h, w = shape
+    fmt = torch.channels_last
+    layer = fnn.ConvTranspose2dTanh(64, c, 4, 2, 1, impl=impl).to(bench_device, DTYPES[dtype], memory_format=fmt)
+    plain = torch.nn.ConvTranspose2d(64, c, 4, 2, 1).to(bench_device, DTYPES[dtype], memory_format=fmt)
+    plain.load_state_dict(layer.state_dict())
+    x = torch.randn(n, 64, h // 2, w // 2, device=bench_device, dtype=DTYPES[dtype]).contiguous(memory_format=fmt)
+    x.requires_grad_(True)
+    dy = torch.randn(shape, device=bench_device, dtype=DTYPES[dtype]).contiguous(memory_format=fmt)
+    ref_layer = fnn.set_impl(copy.deepcopy(layer), "ref")
+    inputs = [x, *layer.parameters()]
+    run = _grad_fn(lambda: layer(x), inputs, dy)
+    baseline = {"ref": _grad_fn(lambda: ref_layer(x), [x, *ref_layer.parameters()], dy),
+                "torch": _grad_fn(lambda: torch.tanh(plain(x)), [x, *plain.parameters()], dy)}
+    _timed_case(benchmark, record, bench_device, "tanh", impl, run, baseline,
+                5 * dy.numel() * dy.element_size(), shape=list(shape), layout="nhwc", dtype=dtype,
+                passes="fwd+bwd", layer="ConvTranspose2dTanh(64, 3, 4, 2, 1)")
 
 
 def test_ops_copy_bandwidth(benchmark, record, bench_device):

@@ -86,7 +86,7 @@ class ResnetGenerator(nn.Module):
                 layers.append(Upsample2x(c, c // 2))
             layers.append(fnn.InstanceNormAct(c // 2, act="relu"))
         # state: ngf x H x W
-        layers += [fnn.ReflectPadConv2d(ngf, out_channels, 7, padding=3), nn.Tanh()]
+        layers += [fnn.Conv2dTanh(ngf, out_channels, 7, padding=3, padding_mode="reflect"), nn.Identity()]
         # state: out_channels x H x W
         self.net = nn.Sequential(*layers)
 

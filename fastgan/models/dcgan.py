@@ -9,8 +9,9 @@
 
 Both D's return logits (the sigmoid belongs to the loss). Each BatchNorm and the activation after it are one
 fastgan.nn.BatchNorm2dAct followed by an nn.Identity where the activation was, as fastgan.accelerate leaves
-such a pair: the layer indices, and so the state_dict keys, are those of the unfused networks (at 64,
-pytorch/examples' own G keys under ``net.`` instead of ``main.``).
+such a pair, and G's last transposed convolution and its Tanh are one fastgan.nn.ConvTranspose2dTanh (the bias
+added in the tanh's pass) followed by an nn.Identity: the layer indices, and so the state_dict keys, are those
+of the unfused networks (at 64, pytorch/examples' own G keys under ``net.`` instead of ``main.``).
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ class Generator(nn.Module):
                 fnn.BatchNorm2dAct(ngf, act="relu"),
                 nn.Identity(),
                 # state: ngf x 14 x 14
-                nn.ConvTranspose2d(ngf, channels, 4, 2, 1),
-                nn.Tanh(),
+                fnn.ConvTranspose2dTanh(ngf, channels, 4, 2, 1),
+                nn.Identity(),
                 # state: channels x 28 x 28
             )
         else:
@@ -71,7 +72,7 @@ class Generator(nn.Module):
                            fnn.BatchNorm2dAct(width // 2, act="relu"), nn.Identity()]
                 width, side = width // 2, side * 2
                 # state: width x side x side (at 64: (ngf*4) x 8 x 8, (ngf*2) x 16 x 16, ngf x 32 x 32)
-            layers += [nn.ConvTranspose2d(ngf, channels, 4, 2, 1, bias=False), nn.Tanh()]
+            layers += [fnn.ConvTranspose2dTanh(ngf, channels, 4, 2, 1, bias=False), nn.Identity()]
             # state: channels x image_size x image_size
             self.net = nn.Sequential(*layers)
 

@@ -101,7 +101,7 @@ class UnetGenerator(nn.Module):
                 layers.append(DropoutAtTest(dropout))
             self.up.append(nn.Sequential(*layers))
         # state: ngf x H/2 x W/2, concatenated with the first encoder output
-        self.outer = nn.Sequential(nn.ConvTranspose2d(2 * widths[0], out_channels, 4, 2, 1), nn.Tanh())
+        self.outer = nn.Sequential(fnn.ConvTranspose2dTanh(2 * widths[0], out_channels, 4, 2, 1), nn.Identity())
         # state: out_channels x H x W
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

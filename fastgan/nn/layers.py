@@ -155,6 +155,8 @@ class Conv2dLeakyReLU(_FastLayer, nn.Conv2d):
 
 
 def _bias_tanh(y: torch.Tensor, bias: torch.Tensor | None, impl: str) -> torch.Tensor:
+    if bias is not None and bias.dtype != y.dtype:  # autocast: the conv would have cast its bias too
+        bias = bias.to(y.dtype)
     if y.dim() == 3:  # unbatched: the bias goes along dim 0
         return ops.tanh(y.unsqueeze(0), bias=bias, impl=impl).squeeze(0)
     return ops.tanh(y, bias=bias, impl=impl)

@@ -36,9 +36,10 @@ _CYCLEGAN = {
     "aten.where.self in pool_A", "aten.where.self in pool_B", "aten.copy_.default in pool_A",
     "aten.copy_.default in pool_B", "aten.index_copy_.default in pool_A", "aten.index_copy_.default in pool_B",
     # The L1 losses' backward (mean: grad.expand(...) / numel) yields NCHW gradients for the NHWC outputs;
-    # they pass tanh's backward into the last ReflectPadConv2d's backward with NHWC input and weights.
-    "aten.mul.Tensor in AbsBackward0", "aten.tanh_backward.default in TanhBackward0",
-    "fastgan.reflect_pad_conv2d_backward.default in GeneratedBackwardFor_fastgan_reflect_pad_conv2d_defaultBackward",
+    # the output layer's tanh backward copies them (3 channels) to its saved output's NHWC, so the
+    # convolution backwards after it see one layout.
+    "aten.mul.Tensor in AbsBackward0",
+    "fastgan.tanh_bwd.default in GeneratedBackwardFor_fastgan_tanh_fwd_defaultBackward",
 }
 KNOWN_LAYOUT = {
     "gan recipe batch": set(),
@@ -49,10 +50,11 @@ KNOWN_LAYOUT = {
     "dcgan 64x64 bs128": set(),
     "cyclegan bs1": _CYCLEGAN,
     "cyclegan bs4": _CYCLEGAN,
-    # The same L1-loss gradient (AbsBackward0), and the U-Net's skip concatenations: their backward adds
-    # an NCHW slice of the gradient to an NHWC one (CatBackward0) ahead of mixed convolution backwards.
-    "pix2pix bs1": {"aten.mul.Tensor in AbsBackward0", "aten.tanh_backward.default in TanhBackward0",
-                    "aten.add.Tensor in CatBackward0", "aten.convolution_backward.default in ConvolutionBackward0"},
+    # The same L1-loss gradient (AbsBackward0) into the output layer's tanh backward, and the U-Net's skip
+    # concatenations: their backward adds an NCHW slice of the gradient to an NHWC one (CatBackward0).
+    "pix2pix bs1": {"aten.mul.Tensor in AbsBackward0",
+                    "fastgan.tanh_bwd.default in GeneratedBackwardFor_fastgan_tanh_fwd_defaultBackward",
+                    "aten.add.Tensor in CatBackward0"},
 }
 
 

@@ -7,9 +7,10 @@ from torch import nn
 from fastgan import nn as fnn
 from fastgan.ops import _dispatch
 
-FUSED = (fnn.ReflectPadConv2d, fnn.InstanceNormAct, fnn.LeakyReLU, fnn.Conv2dLeakyReLU, fnn.BatchNorm2dAct)
+FUSED = (fnn.ReflectPadConv2d, fnn.InstanceNormAct, fnn.LeakyReLU, fnn.Conv2dLeakyReLU, fnn.BatchNorm2dAct,
+         fnn.Conv2dTanh, fnn.ConvTranspose2dTanh)
 # Plain layers that would bypass fastgan.ops if a model used them instead of a fused one.
-BYPASSES = (nn.ReflectionPad2d, nn.InstanceNorm2d, nn.LeakyReLU)
+BYPASSES = (nn.ReflectionPad2d, nn.InstanceNorm2d, nn.LeakyReLU, nn.Tanh)
 
 
 @pytest.fixture

@@ -56,4 +56,5 @@ def test_discriminator_uses_every_fused_layer(check_fused_layers, image_size, ba
 def test_generator_uses_every_fused_layer(check_fused_layers, image_size, batch_norms):
     g = cgan.Generator(12, 10, 8, 3, image_size)
     assert not [m for m in g.modules() if isinstance(m, (nn.BatchNorm2d, nn.ReLU))]
-    check_fused_layers(g, torch.randn(2, 12), torch.tensor([1, 7]), expected={"batch_norm_act": batch_norms})
+    check_fused_layers(g, torch.randn(2, 12), torch.tensor([1, 7]),
+                       expected={"batch_norm_act": batch_norms, "tanh": 1})

@@ -103,9 +103,10 @@ def test_resnet_block_adds_its_input():
 @pytest.mark.parametrize("upsample, rpc_calls", [("deconv", 6), ("resize", 8)])
 def test_generator_uses_every_fused_layer(check_fused_layers, upsample, rpc_calls):
     g = ResnetGenerator(ngf=4, n_blocks=2, upsample=upsample)
-    # reflect convs: c7s1 + 2 per block + final c7s1 (+ 2 resize upsamplers); norms: 3 + 2 per block + 2.
+    # reflect convs: c7s1 + 2 per block + final c7s1 (+ 2 resize upsamplers); norms: 3 + 2 per block + 2;
+    # the final c7s1's bias and Tanh.
     check_fused_layers(g, torch.randn(1, 3, 16, 16),
-                       expected={"reflect_pad_conv2d": rpc_calls, "instance_norm_act": 9})
+                       expected={"reflect_pad_conv2d": rpc_calls, "instance_norm_act": 9, "tanh": 1})
 
 
 def test_channels_last_under_bf16_autocast():

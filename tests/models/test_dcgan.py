@@ -64,7 +64,7 @@ def test_mnist_variant_layout(n_params):
     # G: linear to (ngf*2) x 7 x 7 (no bias: BatchNorm follows), two transposed convs; D: two convs + linear.
     assert isinstance(g.project, nn.Linear) and g.project.out_features == 128 * 7 * 7
     assert [type(m) for m in g.net if isinstance(m, (nn.ConvTranspose2d, fnn.BatchNorm2dAct))] == \
-        [fnn.BatchNorm2dAct, nn.ConvTranspose2d, fnn.BatchNorm2dAct, nn.ConvTranspose2d]
+        [fnn.BatchNorm2dAct, nn.ConvTranspose2d, fnn.BatchNorm2dAct, fnn.ConvTranspose2dTanh]
     assert n_params(g) == 100 * 6272 + 2 * 128 + 128 * 64 * 16 + 2 * 64 + 64 * 16 + 1
     assert n_params(d) == 16 * 64 + 64 + 64 * 128 * 16 + 2 * 128 + 128 * 49 + 1
 
@@ -90,7 +90,7 @@ def test_discriminator_uses_every_fused_layer(check_fused_layers, image_size, ba
 def test_generator_uses_every_fused_layer(check_fused_layers, image_size, batch_norms):
     g = dcgan.Generator(12, 8, 3, image_size)
     assert not [m for m in g.modules() if isinstance(m, (nn.BatchNorm2d, nn.ReLU))]
-    check_fused_layers(g, torch.randn(2, 12), expected={"batch_norm_act": batch_norms})
+    check_fused_layers(g, torch.randn(2, 12), expected={"batch_norm_act": batch_norms, "tanh": 1})
 
 
 def test_state_dict_keys_are_those_of_the_unfused_networks():

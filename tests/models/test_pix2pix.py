@@ -147,8 +147,8 @@ def test_batchnorm_uses_batch_statistics_in_eval_mode():
 
 
 @pytest.mark.parametrize("norm, expected", [
-    ("instance", {"leaky_relu": 1, "instance_norm_act": 7}),  # 2 down + 5 up norms at depth 5
-    ("batch", {"leaky_relu": 4}),  # the first conv and the 3 down norms' activations
+    ("instance", {"leaky_relu": 1, "instance_norm_act": 7, "tanh": 1}),  # 2 down + 5 up norms at depth 5
+    ("batch", {"leaky_relu": 4, "tanh": 1}),  # the first conv and the 3 down norms' activations; the output
 ])
 def test_generator_uses_every_fused_layer(check_fused_layers, norm, expected):
     g = UnetGenerator(ngf=4, depth=5, norm=norm, dropout=0)  # no dropout: the check runs forward twice
