@@ -226,32 +226,47 @@ def _worker_pids(launcher: int) -> dict[int, int]:
     return found
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds torchrun's workers through /proc")
-def test_killed_rank_stops_the_job_and_the_run_resumes_exactly(tiny, tmp_path, one_thread):
-    """One process killed mid-run ends the job with a message; --resume auto with 2 processes then continues
-    from the last checkpoint and ends where an uninterrupted 2-process run ends, bit for bit. Also: only
-    rank 0 writes files, and every rank holds the same weights (checked at each checkpoint)."""
-    parts, whole = tmp_path / "parts", tmp_path / "whole"
-    flags = ["--data", "synthetic", "--z-dim", "8", "--batch-size", "4", "--save-every", "3",
-             "--keep-checkpoints", "1000"]
-    logs = tmp_path / "killed.err"
-    with open(logs, "w") as err:
-        launcher = torchrun(2, "dcgan", parts, *flags, "--iters", "100000", background=True, stdout=subprocess.DEVNULL,
-                            stderr=err)
+def _signal_rank_1(out: Path, flags: list[str], signum: int, checkpoints: int, log: Path) -> tuple[int, float, str]:
+    """Starts a long 2-process run in ``out`` (resuming it if it has checkpoints), sends ``signum`` to rank 1
+    once ``out`` holds ``checkpoints`` checkpoints; (torchrun's exit code, seconds it took to end, its stderr)."""
+    with open(log, "w") as err:
+        launcher = torchrun(2, "dcgan", out, *flags, "--iters", "100000", "--resume", "auto", background=True,
+                            stdout=subprocess.DEVNULL, stderr=err)
     try:
         deadline = time.monotonic() + 240
-        while len(existing_checkpoints(parts)) < 2:  # two checkpoints: the run is well under way
-            assert launcher.poll() is None, logs.read_text()
+        while len(existing_checkpoints(out)) < checkpoints:
+            assert launcher.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "the 2-process run made no progress"
             time.sleep(0.05)
-        os.kill(_worker_pids(launcher.pid)[1], signal.SIGKILL)
-        killed_at = time.monotonic()
+        os.kill(_worker_pids(launcher.pid)[1], signum)
+        sent = time.monotonic()
         code = launcher.wait(timeout=120)
     finally:
         if launcher.poll() is None:
             launcher.kill()
-    stopped_in = time.monotonic() - killed_at
-    err = logs.read_text()
+    return code, time.monotonic() - sent, log.read_text()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds torchrun's workers through /proc")
+def test_stopped_or_killed_rank_and_the_run_resumes_exactly(tiny, tmp_path, one_thread):
+    """SIGTERM to one process stops both after the same step with a checkpoint of it; one process killed
+    mid-run ends the job with a message; --resume auto with 2 processes then continues from the last
+    checkpoint and ends where an uninterrupted 2-process run ends, bit for bit. Also: only rank 0 writes
+    files, and every rank holds the same weights (checked at each checkpoint)."""
+    parts, whole = tmp_path / "parts", tmp_path / "whole"
+    flags = ["--data", "synthetic", "--z-dim", "8", "--batch-size", "4", "--save-every", "3",
+             "--keep-checkpoints", "1000"]
+
+    # SIGTERM reaches rank 1 alone; the per-iteration agreement stops rank 0 after the same step.
+    code, _, err = _signal_rank_1(parts, flags, signal.SIGTERM, 1, tmp_path / "sigterm.err")
+    stopped = re.search(r"fastgan\.train: stopped by SIGTERM after step (\d+); checkpoint (\S+); to continue", err)
+    assert code != 0 and stopped, err
+    assert re.search(r"exitcode +: 143", err) and not re.search(r"exitcode +: (?!143)", err), err
+    assert Path(stopped.group(2)) == latest_checkpoint(parts)
+    assert load_checkpoint(latest_checkpoint(parts), "dcgan")["step"] == int(stopped.group(1))
+
+    code, stopped_in, err = _signal_rank_1(parts, flags, signal.SIGKILL, len(existing_checkpoints(parts)) + 2,
+                                           tmp_path / "killed.err")
     assert code != 0
     assert stopped_in < 60, stopped_in  # the survivor's collective fails at once (the timeout is 300 s)
     # torchrun's summary names the killed rank. Rank 0's collective fails at once (the peer's socket closes):
@@ -299,6 +314,16 @@ def _flat(tree, prefix=""):
     for key, value in items:
         out.update(_flat(value, f"{prefix}.{key}"))
     return out
+
+
+def test_bad_input_is_one_line_from_each_rank(tmp_path):
+    proc = torchrun(2, "dcgan", tmp_path / "run", "--data", "synthetic", "--batch-size", "4", "--device", "cuda:1",
+                    timeout=120)
+    assert proc.returncode != 0
+    for rank in (0, 1):
+        assert re.search(rf"^fastgan\.train: rank {rank}: error: --device cuda:1: ", proc.stderr, re.M), proc.stderr
+    assert re.search(r"exitcode +: 2 ", proc.stderr) and "[rank0]: Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_refused_at_start(tiny, tmp_path):
