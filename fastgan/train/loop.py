@@ -77,7 +77,7 @@ CHOICES = {  # the shared fields'; a model's own options take Model.choices
     "impl": ("auto", "ref"),
 }
 POSITIVE = ("batch_size", "image_size", "d_steps", "g_steps", "z_dim", "hidden", "ngf", "ndf", "log_every", "eval_n",
-            "keep_checkpoints")
+            "keep_checkpoints", "dist_timeout")
 NON_NEGATIVE = ("epochs", "epochs_decay", "iters", "workers", "n_blocks", "load_size",
                 "pool_size", "sample_every", "save_every", "lambda_cycle", "lambda_identity", "eval_every")
 # Fields that shape the networks or the data stream: a resumed run must use the checkpoint's values.

@@ -23,10 +23,12 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from fastgan.errors import UserError
-from fastgan.train.checkpoint import existing_checkpoints, latest_checkpoint, load_checkpoint
+from fastgan.models.cyclegan import ImagePool
+from fastgan.train.checkpoint import existing_checkpoints, gather_rank_states, latest_checkpoint, load_checkpoint
 from fastgan.train.distributed import (
     Distributed,
     GlobalBatchNorm2d,
+    ReplicasDiffer,
     all_reduce_gradients,
     broadcast_tensors,
     convert_sync_batchnorm,
@@ -34,6 +36,8 @@ from fastgan.train.distributed import (
 )
 from fastgan.train.graphs import check_cuda_graphs
 from fastgan.train.loop import train
+from fastgan.train.steps import Task
+from fastgan.train.stops import Diverged
 
 pytestmark = pytest.mark.distributed
 
@@ -52,6 +56,7 @@ def _units(rank: int, world_size: int, init_file: str) -> None:
         _check_sync_bn(rank)
         _check_gradient_buckets(rank, world_size)
         _check_broadcast_and_agreement(rank)
+        _check_replicas_at_checkpoints(rank)
     finally:
         dist.destroy_process_group()
 
@@ -130,6 +135,28 @@ def _check_broadcast_and_agreement(rank: int) -> None:
     assert ddp.agree_stop(None) is None
     assert ddp.broadcast_object(f"chosen by {rank}") == "chosen by 0"
     torch.testing.assert_close(ddp.mean(torch.tensor([float(rank), 2.0])), torch.tensor([0.5, 2.0]))
+
+
+def _check_replicas_at_checkpoints(rank: int) -> None:
+    ddp = Distributed(rank, 2, rank, "gloo", dist.group.WORLD, dist.group.WORLD)
+    torch.manual_seed(0)
+    net, pool = nn.Linear(3, 2), ImagePool(2, (1, 2, 2))
+    task = Task({"D": net}, {"D": torch.optim.Adam(net.parameters())}, {}, {}, [], {"pool": pool})
+    pool.images.fill_(rank)
+    gathered = gather_rank_states(task, ddp, 5, None)  # each rank's own pool, on rank 0
+    if rank == 0:
+        assert [int(entry["state"]["pool"]["images"][0, 0, 0, 0]) for entry in gathered] == [0, 1]
+    else:
+        assert gathered is None
+    with torch.no_grad():
+        net.bias[0] += rank  # one replica drifts: every rank stops alike, nothing is saved
+    with pytest.raises(ReplicasDiffer, match="at step 5 the parameters of rank\\(s\\) 1 differ from rank 0's"):
+        gather_rank_states(task, ddp, 5, None)
+    with torch.no_grad():
+        net.bias[0] -= rank
+    pool.images[0, 0, 0, 0] = float("nan") if rank == 1 else 0.0  # per-rank state is checked on every rank too
+    with pytest.raises(Diverged, match="non-finite value in state.pool.images on rank 1"):
+        gather_rank_states(task, ddp, 5, "checkpoint-00000003.pt")
 
 
 def test_sync_bn_gradient_buckets_broadcast_and_stop_agreement(tmp_path):
