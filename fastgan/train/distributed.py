@@ -13,10 +13,15 @@ called by fastgan.train.steps.run_phase): the same arithmetic as DDP's buckets, 
 control. Under fp16 loss scaling the scaled gradients are averaged before the GradScaler unscales them,
 so every rank finds the same inf/NaN and skips (or takes) the same update.
 
+Random numbers: every rank seeds alike, so the global RNG streams stay equal across ranks. A phase's noise
+and fake labels are drawn for the whole global batch, each rank keeping its rows
+(fastgan.models.base.global_batch_rows); N ranks of batch B then draw what one process of batch N*B does.
+
 What stays per rank: the batch (each rank serves its block of the global batch, fastgan.data), BatchNorm
-statistics without --sync-bn (as the reference implementations, pytorch/examples dcgan and
-pytorch-CycleGAN-and-pix2pix, keep them), CycleGAN's image pools, and dropout masks. Everything else is
-identical on every rank and checked at each checkpoint (:func:`check_replicas`).
+statistics without --sync-bn (as data-parallel GAN code keeps them unless told otherwise), CycleGAN's
+image pools and pix2pix's dropout masks (drawn per rank, B at a time, from the common stream). Each rank's
+RNG state and pools are saved in checkpoints (fastgan.train.checkpoint.gather_rank_states), which also
+checks that the parameters are identical on every rank.
 
 Control flow that must agree across ranks (a rank that leaves a loop early would leave the others
 waiting in a collective until the timeout): a stop signal is agreed once per iteration by an all-reduce
