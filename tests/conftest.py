@@ -18,3 +18,22 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def poisoned_buffers(monkeypatch):
+    """Every buffer the Triton launchers allocate (outputs, statistics, partial sums) starts as NaN, so an
+    element a kernel fails to write fails the test."""
+    from fastgan.ops import _triton_util
+
+    monkeypatch.setattr(_triton_util, "empty_like",
+                        lambda x, dtype=None: torch.full_like(x, float("nan"), dtype=dtype))
+    monkeypatch.setattr(_triton_util, "empty",
+                        lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device))
+
+
+@pytest.fixture
+def triton_cpu(monkeypatch, poisoned_buffers):
+    """Runs Triton kernels on CPU tensors through the interpreter, with every kernel buffer poisoned."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")

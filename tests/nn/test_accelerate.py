@@ -249,19 +249,6 @@ def test_impl_vocabulary():
     assert layer.impl == "auto"
 
 
-@pytest.fixture
-def triton_cpu(monkeypatch):
-    """The Triton kernels through the interpreter, every output buffer poisoned with NaN."""
-    pytest.importorskip("triton")
-    from fastgan.ops import _triton_util
-
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setattr(_triton_util, "empty_like", lambda x, dtype=None: torch.full_like(x, float("nan"),
-                                                                                          dtype=dtype))
-    monkeypatch.setattr(_triton_util, "empty", lambda shape, dtype, device: torch.full(shape, float("nan"),
-                                                                                         dtype=dtype, device=device))
-
-
 class _Mixed(nn.Module):
     """Every fusion with a Triton path: BatchNorm + ReLU, conv + LeakyReLU (no bias), InstanceNorm + LeakyReLU,
     a lone LeakyReLU and a residual block ending in InstanceNorm."""

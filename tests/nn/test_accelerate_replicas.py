@@ -450,19 +450,6 @@ def test_in_place_leaky_relu_kept_where_its_input_is_reused():
     assert not any(isinstance(m, LeakyReLU) for m in fast.modules())
 
 
-@pytest.fixture
-def triton_cpu(monkeypatch):
-    """The Triton kernels through the interpreter, every output buffer poisoned with NaN."""
-    pytest.importorskip("triton")
-    from fastgan.ops import _triton_util
-
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setattr(_triton_util, "empty_like", lambda x, dtype=None: torch.full_like(x, float("nan"),
-                                                                                          dtype=dtype))
-    monkeypatch.setattr(_triton_util, "empty", lambda shape, dtype, device: torch.full(shape, float("nan"),
-                                                                                         dtype=dtype, device=device))
-
-
 @pytest.mark.parametrize("name,head", [
     ("dcgan_g", "main.12"),  # ConvTranspose2d(bias=False), Tanh
     ("unet_instance", "model.model.3"),  # U-Net outermost: ConvTranspose2d (bias), Tanh

@@ -6,36 +6,18 @@ and are skipped without a GPU.
 """
 
 import importlib
-import inspect
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from fastgan import ops
-from fastgan.ops import _triton_util, batch_norm_act, batch_norm_act_ref
+from fastgan.ops import batch_norm_act, batch_norm_act_ref
 
 pytest.importorskip("triton")
-from triton.runtime.jit import JITFunction  # noqa: E402
 
 _ULP = {torch.float32: 2.0**-23, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
 _MODULE = importlib.import_module("fastgan.ops.batch_norm_act")
-
-
-@pytest.fixture
-def triton_cpu(monkeypatch):
-    """Runs Triton kernels through the interpreter, with every output buffer poisoned with NaN."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setattr(_triton_util, "empty_like", _nan_like)
-    monkeypatch.setattr(_triton_util, "empty", _nan)
-
-
-def _nan_like(x, dtype=None):
-    return torch.full_like(x, float("nan"), dtype=dtype)
-
-
-def _nan(shape, dtype, device):
-    return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
 
 def _inputs(shape, dtype, device, channels_last, affine):
@@ -151,9 +133,7 @@ def test_variants(triton_cpu, affine, track, momentum):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("act,training", [("relu", True), ("leaky_relu", True), ("leaky_relu", False)])
-def test_matches_reference_cuda(shape, dtype, channels_last, act, training, monkeypatch):
-    monkeypatch.setattr(_triton_util, "empty_like", _nan_like)
-    monkeypatch.setattr(_triton_util, "empty", _nan)
+def test_matches_reference_cuda(shape, dtype, channels_last, act, training, poisoned_buffers):
     _check_against_reference(shape, dtype, "cuda", channels_last, True, act, training)
 
 
@@ -299,42 +279,14 @@ def test_cuda_graph_capture():
     torch.testing.assert_close([rm, rv], want, atol=1e-5, rtol=1e-5)
 
 
-def _ptx_for_sm90(k, constexprs, unit_stride, dtype="bf16"):
-    """PTX of a kernel compiled for an H100 without one: compiled-mode errors the interpreter cannot show.
-
-    Integer and pointer arguments carry the divisibility-by-16 that Triton infers at a real launch.
-    """
-    from triton import compile as triton_compile
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    signature = {}
-    for name in inspect.signature(k.fn).parameters:
-        if name in constexprs or name == unit_stride:
-            signature[name] = "constexpr"
-        elif name == "negative_slope":
-            signature[name] = "fp32"
-        elif name in ("X", "Y", "DY", "DX"):
-            signature[name] = "*" + dtype
-        elif name in ("W", "B", "PARTS", "SUMS", "MEAN", "RSTD"):
-            signature[name] = "*fp32"
-        else:
-            signature[name] = "i32"
-    index = {name: (i,) for i, name in enumerate(signature)}
-    values = {index[name]: v for name, v in constexprs.items()} | {index[unit_stride]: 1}
-    attrs = {index[name]: [["tt.divisibility", 16]] for name, t in signature.items() if t == "i32" or "*" in t}
-    source = ASTSource(fn=JITFunction(k.fn), signature=signature, constexprs=values, attrs=attrs)
-    return triton_compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm["ptx"]
-
-
 @pytest.mark.parametrize("unit_stride", ["stride_c", "stride_s"], ids=["nhwc", "nchw"])
-def test_kernels_compile_for_h100(unit_stride):
+def test_kernels_compile_for_h100(sm90_ptx, unit_stride):
     block = dict(BLOCK_C=64, BLOCK_S=32) if unit_stride == "stride_c" else dict(BLOCK_C=1, BLOCK_S=2048)
-    _ptx_for_sm90(_MODULE._batch_norm_act_stats_kernel, block, unit_stride)
+    sm90_ptx(_MODULE._batch_norm_act_stats_kernel, block, unit_stride)
     for write_dx in (False, True):
-        _ptx_for_sm90(_MODULE._batch_norm_act_bwd_stats_kernel,
+        sm90_ptx(_MODULE._batch_norm_act_bwd_stats_kernel,
                       dict(block, HAS_AFFINE=True, ACT=2, WRITE_DX=write_dx), unit_stride)
-    _ptx_for_sm90(_MODULE._batch_norm_act_bwd_kernel, dict(block, HAS_AFFINE=True, ACT=1), unit_stride)
-    ptx = _ptx_for_sm90(_MODULE._batch_norm_act_fwd_kernel, dict(block, HAS_AFFINE=True, ACT=1), unit_stride)
+    sm90_ptx(_MODULE._batch_norm_act_bwd_kernel, dict(block, HAS_AFFINE=True, ACT=1), unit_stride)
+    ptx = sm90_ptx(_MODULE._batch_norm_act_fwd_kernel, dict(block, HAS_AFFINE=True, ACT=1), unit_stride)
     # 128-bit loads and stores along the contiguous dim (channels for NHWC), as a copy kernel would issue.
     assert "ld.global.v4" in ptx and "st.global.v4" in ptx

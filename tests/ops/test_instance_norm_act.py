@@ -5,7 +5,6 @@ CycleGAN shapes and are skipped without a GPU.
 """
 
 import importlib
-import inspect
 
 import pytest
 import torch
@@ -15,25 +14,8 @@ from fastgan import ops
 from fastgan.ops import _triton_util, instance_norm_act, instance_norm_act_ref
 
 pytest.importorskip("triton")
-from triton.runtime.jit import JITFunction  # noqa: E402
 
 _ULP = {torch.float32: 2.0**-23, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
-
-
-@pytest.fixture
-def triton_cpu(monkeypatch):
-    """Runs Triton kernels through the interpreter, with every output buffer poisoned with NaN."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setattr(_triton_util, "empty_like", _nan_like)
-    monkeypatch.setattr(_triton_util, "empty", _nan)
-
-
-def _nan_like(x, dtype=None):
-    return torch.full_like(x, float("nan"), dtype=dtype)
-
-
-def _nan(shape, dtype, device):
-    return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
 
 def _inputs(shape, dtype, device, channels_last, affine, residual):
@@ -125,9 +107,7 @@ def test_matches_reference_odd_shapes(triton_cpu, shape, dtype, channels_last):
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("act,affine,residual", [("relu", False, False), ("none", True, True),
                                                  ("leaky_relu", True, False)])
-def test_matches_reference_cuda(shape, dtype, channels_last, act, affine, residual, monkeypatch):
-    monkeypatch.setattr(_triton_util, "empty_like", _nan_like)
-    monkeypatch.setattr(_triton_util, "empty", _nan)
+def test_matches_reference_cuda(shape, dtype, channels_last, act, affine, residual, poisoned_buffers):
     _check_against_reference(shape, dtype, "cuda", channels_last, affine, act, residual)
 
 
@@ -285,47 +265,19 @@ def test_cuda_graph_capture():
     torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
 
 
-def _ptx_for_sm90(k, constexprs, unit_stride, dtype="bf16"):
-    """PTX of a kernel compiled for an H100 without one: compiled-mode errors the interpreter cannot show.
-
-    Integer and pointer arguments carry the divisibility-by-16 that Triton infers at a real launch.
-    """
-    from triton import compile as triton_compile
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    signature = {}
-    for name in inspect.signature(k.fn).parameters:
-        if name in constexprs or name == unit_stride:
-            signature[name] = "constexpr"
-        elif name in ("eps", "negative_slope"):
-            signature[name] = "fp32"
-        elif name in ("X", "R", "Y", "DY", "DX"):
-            signature[name] = "*" + dtype
-        elif name in ("W", "B", "PARTS", "SUMS", "MEAN", "RSTD"):
-            signature[name] = "*fp32"
-        else:
-            signature[name] = "i32"
-    index = {name: (i,) for i, name in enumerate(signature)}
-    values = {index[name]: v for name, v in constexprs.items()} | {index[unit_stride]: 1}
-    attrs = {index[name]: [["tt.divisibility", 16]] for name, t in signature.items() if t == "i32" or "*" in t}
-    source = ASTSource(fn=JITFunction(k.fn), signature=signature, constexprs=values, attrs=attrs)
-    return triton_compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm["ptx"]
-
-
 @pytest.mark.parametrize("tiles", [1, 4])
 @pytest.mark.parametrize("unit_stride", ["stride_c", "stride_s"], ids=["nhwc", "nchw"])
-def test_kernels_compile_for_h100(unit_stride, tiles):
+def test_kernels_compile_for_h100(sm90_ptx, unit_stride, tiles):
     block = dict(BLOCK_C=64, BLOCK_S=32) if unit_stride == "stride_c" else dict(BLOCK_C=1, BLOCK_S=2048)
     block["TILES"] = tiles
     module = importlib.import_module("fastgan.ops.instance_norm_act")
     ptx = {
-        "stats": _ptx_for_sm90(module._instance_norm_act_stats_kernel, block, unit_stride),
-        "fwd": _ptx_for_sm90(module._instance_norm_act_fwd_kernel,
+        "stats": sm90_ptx(module._instance_norm_act_stats_kernel, block, unit_stride),
+        "fwd": sm90_ptx(module._instance_norm_act_fwd_kernel,
                              dict(block, HAS_AFFINE=True, HAS_RESIDUAL=True, ACT=1), unit_stride),
-        "bwd_stats": _ptx_for_sm90(module._instance_norm_act_bwd_stats_kernel,
+        "bwd_stats": sm90_ptx(module._instance_norm_act_bwd_stats_kernel,
                                    dict(block, HAS_AFFINE=True, ACT=2), unit_stride),
-        "bwd": _ptx_for_sm90(module._instance_norm_act_bwd_kernel, dict(block, HAS_AFFINE=True, ACT=1),
+        "bwd": sm90_ptx(module._instance_norm_act_bwd_kernel, dict(block, HAS_AFFINE=True, ACT=1),
                              unit_stride),
     }
     # 128-bit loads and stores along the contiguous dim (channels for NHWC), as a copy kernel would issue;

@@ -5,7 +5,6 @@ PatchGAN / DCGAN shapes and are skipped without a GPU.
 """
 
 import importlib
-import inspect
 
 import pytest
 import torch
@@ -15,25 +14,8 @@ from fastgan import ops
 from fastgan.ops import _triton_util, leaky_relu, leaky_relu_ref
 
 pytest.importorskip("triton")
-from triton.runtime.jit import JITFunction  # noqa: E402
 
 _ULP = {torch.float32: 2.0**-23, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
-
-
-def _nan_like(x, dtype=None):
-    return torch.full_like(x, float("nan"), dtype=dtype)
-
-
-def _nan(shape, dtype, device):
-    return torch.full(shape, float("nan"), dtype=dtype, device=device)
-
-
-@pytest.fixture
-def triton_cpu(monkeypatch):
-    """Runs Triton kernels through the interpreter, with every output buffer poisoned with NaN."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setattr(_triton_util, "empty_like", _nan_like)
-    monkeypatch.setattr(_triton_util, "empty", _nan)
 
 
 def _layout(x, layout):
@@ -121,9 +103,7 @@ def test_zero_slope_is_relu(triton_cpu):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("has_bias", [False, True], ids=["", "bias"])
-def test_matches_reference_cuda(shape, layout, dtype, has_bias, monkeypatch):
-    monkeypatch.setattr(_triton_util, "empty_like", _nan_like)
-    monkeypatch.setattr(_triton_util, "empty", _nan)
+def test_matches_reference_cuda(shape, layout, dtype, has_bias, poisoned_buffers):
     _check_against_reference(shape, layout, dtype, "cuda", has_bias)
 
 
@@ -202,42 +182,14 @@ def test_compile_cuda():
     torch.testing.assert_close(y, block(x), atol=1e-5, rtol=1e-5)
 
 
-def _ptx_for_sm90(k, constexprs, unit_stride, dtype="bf16"):
-    """PTX of a kernel compiled for an H100 without one: compiled-mode errors the interpreter cannot show.
-
-    Integer and pointer arguments carry the divisibility-by-16 that Triton infers at a real launch.
-    """
-    from triton import compile as triton_compile
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    signature = {}
-    for name in inspect.signature(k.fn).parameters:
-        if name in constexprs or name == unit_stride:
-            signature[name] = "constexpr"
-        elif name == "negative_slope":
-            signature[name] = "fp32"
-        elif name in ("X", "B", "Y", "DY", "DX"):
-            signature[name] = "*" + dtype
-        elif name == "PDB":
-            signature[name] = "*fp32"
-        else:
-            signature[name] = "i32"
-    index = {name: (i,) for i, name in enumerate(signature)}
-    values = {index[name]: v for name, v in constexprs.items()} | {index[unit_stride]: 1}
-    attrs = {index[name]: [["tt.divisibility", 16]] for name, t in signature.items() if t == "i32" or "*" in t}
-    source = ASTSource(fn=JITFunction(k.fn), signature=signature, constexprs=values, attrs=attrs)
-    return triton_compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm["ptx"]
-
-
 @pytest.mark.parametrize("unit_stride", ["stride_c", "stride_s"], ids=["nhwc", "nchw"])
-def test_kernels_compile_for_h100(unit_stride):
+def test_kernels_compile_for_h100(sm90_ptx, unit_stride):
     block = dict(BLOCK_C=64, BLOCK_S=64) if unit_stride == "stride_c" else dict(BLOCK_C=1, BLOCK_S=4096)
     module = importlib.import_module("fastgan.ops.leaky_relu")
     for k, tiles in ((module._leaky_relu_fwd_kernel, None), (module._leaky_relu_bwd_kernel, 1),
                      (module._leaky_relu_bwd_kernel, 4)):
         constexprs = dict(block, HAS_BIAS=True) | ({} if tiles is None else dict(TILES=tiles))
-        ptx = _ptx_for_sm90(k, constexprs, unit_stride)
+        ptx = sm90_ptx(k, constexprs, unit_stride, parameter_dtype="bf16")
         # 128-bit loads and stores along the contiguous dim (channels for NHWC), as a copy kernel would issue.
         assert "ld.global.v4" in ptx and "st.global.v4" in ptx, k.__name__
 
