@@ -82,20 +82,24 @@ def test_layers_run_the_triton_kernels(monkeypatch):
     fused = Conv2dLeakyReLU(3, 4, 3, impl="triton")
     fused.load_state_dict(conv.state_dict())
     _same_outputs_and_grads(fused, nn.Sequential(conv, nn.LeakyReLU(0.2)), torch.randn(2, 3, 6, 5))
+    deconv = nn.ConvTranspose2d(3, 4, 4, 2, 1)
+    fused = ConvTranspose2dTanh(3, 4, 4, 2, 1, impl="triton")
+    fused.load_state_dict(deconv.state_dict())
+    _same_outputs_and_grads(fused, nn.Sequential(deconv, nn.Tanh()), torch.randn(2, 3, 6, 5))
 
 
 def test_training_with_triton_kernels_tracks_reference(monkeypatch):
-    """Twenty SGD steps of a small conv / instance-norm / LeakyReLU net: the Triton path (interpreted)
-    and the reference path reach the same losses."""
+    """Twenty SGD steps of a small conv / instance-norm / LeakyReLU / transposed conv + Tanh net: the Triton
+    path (interpreted) and the reference path reach the same losses."""
     pytest.importorskip("triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     data = torch.randn(4, 3, 6, 6)
-    target = torch.randn(4, 4, 4, 4)
+    target = torch.rand(4, 2, 6, 6) * 2 - 1
 
     def train(impl):
         torch.manual_seed(1)
         net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), InstanceNormAct(4, affine=True, impl=impl),
-                            Conv2dLeakyReLU(4, 4, 3, impl=impl))
+                            Conv2dLeakyReLU(4, 4, 3, impl=impl), ConvTranspose2dTanh(4, 2, 3, impl=impl))
         opt = torch.optim.SGD(net.parameters(), lr=0.1)
         losses = []
         for _ in range(20):
