@@ -239,10 +239,12 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     """nn.BatchNorm2d whose training-mode statistics are those of the global batch across the ranks of
     ``group``: --sync-bn on CPU, where torch.nn.SyncBatchNorm refuses to run (it needs CUDA tensors).
 
-    Each rank sums x and x^2 per channel (fp32) with its element count; one differentiable all-reduce
-    (:class:`_AllReduceSum`) gives the global sums, and from them the mean and the biased variance that
-    normalise, and the unbiased variance that updates running_var, as nn.BatchNorm2d on the concatenated
-    batch does. Eval mode is nn.BatchNorm2d's. Same parameters, buffers and state_dict keys as nn.BatchNorm2d.
+    Two differentiable all-reduces (:class:`_AllReduceSum`, fp32): the per-channel sums with the element
+    count give the global mean; then the sums of squared deviations from that mean give the biased variance
+    that normalises and the unbiased one that updates running_var, as nn.BatchNorm2d on the concatenated
+    batch does. (One all-reduce of sum x and sum x^2 would do, but E[x^2] - mean^2 cancels catastrophically
+    in fp32 where a channel's mean is large against its spread.) Eval mode is nn.BatchNorm2d's. Same
+    parameters, buffers and state_dict keys as nn.BatchNorm2d.
     """
 
     def __init__(self, *args, group=None, **kwargs):
@@ -261,12 +263,14 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     def _synced_forward(self, x: Tensor) -> Tensor:
         xf = x.float()
         count = torch.full((1,), x.numel() // x.shape[1], dtype=torch.float32, device=x.device)
-        local = torch.cat([xf.sum(dim=(0, 2, 3)), (xf * xf).sum(dim=(0, 2, 3)), count])
-        total = _AllReduceSum.apply(local, self.group or dist.group.WORLD)
+        group = self.group or dist.group.WORLD
+        total = _AllReduceSum.apply(torch.cat([xf.sum(dim=(0, 2, 3)), count]), group)
         c = self.num_features
-        n = total[2 * c]
+        n = total[c]
+        shape = (1, c, 1, 1)
         mean = total[:c] / n
-        var = (total[c:2 * c] / n - mean * mean).clamp_min(0)  # biased: what the batch is normalised with
+        centred = xf - mean.view(shape)
+        var = _AllReduceSum.apply((centred * centred).sum(dim=(0, 2, 3)), group) / n  # biased: what normalises
         if self.training and self.track_running_stats:
             factor = self.momentum
             self.num_batches_tracked.add_(1)
@@ -276,8 +280,7 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
                 self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), factor)
                 unbiased = var.detach() * n / (n - 1).clamp_min(1)
                 self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
-        shape = (1, c, 1, 1)
-        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        y = centred * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         return y.to(x.dtype)

@@ -94,6 +94,14 @@ def _check_sync_bn(rank: int) -> None:
     reference.eval()
     torch.testing.assert_close(synced(x.detach()), reference(x_ref.detach())[rows].float(), rtol=1e-5, atol=1e-5)
 
+    # A channel whose mean is large against its spread (100 vs 0.01): the variance must come from deviations
+    # (E[x^2] - mean^2 cancels to noise in fp32 here), matching nn.BatchNorm2d in fp32 on the joined batch.
+    x_all = torch.randn(8, 3, 5, 7, generator=gen) * 0.01 + 100
+    synced.train()
+    reference = nn.BatchNorm2d(3)
+    reference.load_state_dict(synced.state_dict())
+    torch.testing.assert_close(synced(x_all[rows]), reference(x_all)[rows], rtol=1e-3, atol=2e-3)
+
 
 def _check_gradient_buckets(rank: int, world_size: int) -> None:
     gen = torch.Generator().manual_seed(1)
