@@ -115,15 +115,17 @@ def reference(request: DataRequest, split: str, domain: str, n: int) -> Referenc
 
 def check_sizes(space: FeatureSpace, metrics: tuple[str, ...], n_fake: int, ref: Reference | None,
                 flag: str = "--n") -> None:
-    """Refuses set sizes a metric is not defined for, naming the input and why."""
+    """Refuses set sizes a metric is not defined for, naming the input (``flag``: the option that set
+    n_fake) and why. ``ref`` None checks n_fake alone (the trainer's --eval-n, before the data is read)."""
     if "fid" in metrics:
         need = space.dim + 1
         if n_fake < need:
+            other = ", or --metrics kid" if flag == "--n" else ""  # the trainer always computes FID
             raise UserError(f"{flag} {n_fake}: FID in the {space.dim}-dimensional {space.kind} feature space needs "
                             f"at least {need} images per set (with fewer the {space.dim}x{space.dim} feature "
-                            f"covariance is singular); use {flag} {need} or more (10000 for published numbers), "
-                            "or --metrics kid")
-        if len(ref) < need:
+                            f"covariance is singular); use {flag} {need} or more (10000 for published numbers)"
+                            f"{other}")
+        if ref is not None and len(ref) < need:
             raise UserError(f"{ref.name}: too few images for FID in the {space.dim}-dimensional {space.kind} "
                             f"feature space (needs at least {need}: the feature covariance is singular with "
                             "fewer); use more data or --metrics kid")
@@ -135,7 +137,7 @@ def check_sizes(space: FeatureSpace, metrics: tuple[str, ...], n_fake: int, ref:
     if low:
         if n_fake < low:
             raise UserError(f"{flag} {n_fake}: KID and precision/recall need at least {low} images per set")
-        if len(ref) < low:
+        if ref is not None and len(ref) < low:
             raise UserError(f"{ref.name}: too few images for KID or precision/recall (needs at least {low})")
 
 
@@ -299,8 +301,11 @@ def training_metrics(results: Mapping[str, Mapping]) -> dict[str, float]:
     return flat
 
 
+TRAINING_METRICS = ("fid", "kid")  # what --eval-every computes
+
+
 def evaluate_during_training(task, cfg, step: int, out: str | os.PathLike, *, feature: str | None = None,
-                             n: int | None = None, metrics: tuple[str, ...] = ("fid", "kid")) -> dict:
+                             n: int | None = None, metrics: tuple[str, ...] = TRAINING_METRICS) -> dict:
     """Evaluates the task's networks on its device between training steps and appends
     ``{"step", "fid", "kid", ...}`` to ``out/metrics.jsonl`` (translators: "fid/AtoB", ... and their mean).
 

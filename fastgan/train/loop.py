@@ -414,9 +414,10 @@ def _train(cfg: TrainConfig, lock: RunLock, ddp: Distributed) -> dict:
     def saved_now() -> bool:
         return checkpoint_path is not None and checkpoint_path.name.endswith(f"{step:08d}.pt")
 
-    if cfg.eval_every:  # a missing weights or classifier file fails now, not at the first evaluation
+    if cfg.eval_every:  # a missing weights or classifier file, or too small an --eval-n, fails now
         from ..metrics import evaluate_during_training, feature_space
-        feature_space(cfg.eval_feature)
+        from ..metrics.evaluation import TRAINING_METRICS, check_sizes
+        check_sizes(feature_space(cfg.eval_feature), TRAINING_METRICS, cfg.eval_n, None, flag="--eval-n")
 
     sample_path = checkpoint_path = step_fn = stopping = None
     stop = StopSignals()

@@ -73,3 +73,15 @@ def test_a_missing_classifier_fails_at_start(tmp_path, capsys):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and "none.pt" in err
     assert not (tmp_path / "run" / "checkpoint-00000001.pt").exists()
+
+
+def test_too_small_an_eval_n_fails_at_start_naming_it(tmp_path, capsys, random_classifier):
+    from fastgan.train.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["dcgan", "--data", "synthetic", "--device", "cpu", "--iters", "2", "--eval-every", "1", "--eval-n", "3",
+              "--eval-feature", f"classifier:{random_classifier}", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1, err
+    assert "--eval-n 3: FID" in err and "use --eval-n" in err and "--metrics" not in err
+    assert not (tmp_path / "run" / "checkpoint-00000001.pt").exists()
