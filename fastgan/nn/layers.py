@@ -146,9 +146,12 @@ class Conv2dLeakyReLU(_FastLayer, nn.Conv2d):
     @torch.jit.unused
     def _fast_forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self._conv_forward(x, self.weight, None)
+        bias = self.bias
+        if bias is not None and bias.dtype != y.dtype:  # autocast: the conv would have cast its bias too
+            bias = bias.to(y.dtype)
         if y.dim() == 3:  # unbatched: the bias goes along dim 0
-            return ops.leaky_relu(y.unsqueeze(0), self.negative_slope, bias=self.bias, impl=self.impl).squeeze(0)
-        return ops.leaky_relu(y, self.negative_slope, bias=self.bias, impl=self.impl)
+            return ops.leaky_relu(y.unsqueeze(0), self.negative_slope, bias=bias, impl=self.impl).squeeze(0)
+        return ops.leaky_relu(y, self.negative_slope, bias=bias, impl=self.impl)
 
     def extra_repr(self):
         return f"{super().extra_repr()}, negative_slope={self.negative_slope}, impl={self.impl}"

@@ -220,6 +220,26 @@ def test_conv_tanh_matches_torch(build, torch_conv):
     _same_outputs_and_grads(ours, nn.Sequential(theirs, nn.Tanh()), x)
 
 
+@pytest.mark.parametrize("build,torch_conv", [
+    (lambda: Conv2dLeakyReLU(3, 4, 3), lambda: nn.Conv2d(3, 4, 3)),
+    (lambda: Conv2dTanh(3, 4, 3), lambda: nn.Conv2d(3, 4, 3)),
+    (lambda: Conv2dTanh(3, 4, 3, padding=1, padding_mode="reflect"),
+     lambda: nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect")),
+    (lambda: ConvTranspose2dTanh(3, 4, 4, 2, 1), lambda: nn.ConvTranspose2d(3, 4, 4, 2, 1)),
+], ids=["conv_leaky_relu", "conv_tanh", "reflect_conv_tanh", "conv_transpose_tanh"])
+def test_fused_convolutions_under_autocast(build, torch_conv):
+    """Under autocast the fused conv layers return the dtype the torch conv returns (its bias is cast with it),
+    and their parameters get gradients in their own dtype."""
+    ours, theirs = build(), torch_conv()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 8, 7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, want = ours(x), theirs(x)
+    assert y.dtype == want.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert ours.bias.grad.dtype == torch.float32
+
+
 def test_conv_transpose_tanh_output_size():
     layer = ConvTranspose2dTanh(3, 4, 3, 2, 1)
     x = torch.randn(2, 3, 5, 5)
