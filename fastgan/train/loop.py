@@ -474,7 +474,10 @@ def _train(cfg: TrainConfig, lock: RunLock, ddp: Distributed) -> dict:
             if main:
                 write_report(out)  # again: the final checkpoint came after the last grid
     finally:
-        stop.restore()
+        if stopping is None or not ddp.enabled:
+            stop.restore()
+        # else: under torchrun the first rank to exit (with 128 + signal) makes torchrun SIGTERM the others,
+        # which may still be saving or tearing down: they keep acknowledging it, and exit with the same code.
         bar.close()
         if writer is not None:
             writer.close()
