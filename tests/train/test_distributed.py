@@ -306,7 +306,8 @@ def test_stopped_or_killed_rank_and_the_run_resumes_exactly(tiny, tmp_path, one_
     assert stopped_in < 60, stopped_in  # the survivor's collective fails at once (the timeout is 300 s)
     # torchrun's summary names the killed rank. Rank 0's collective fails at once (the peer's socket closes):
     # it says so in one line, unless torchrun's SIGTERM, sent to the survivors, ends it first.
-    assert re.search(r"rank +: 1 \(local_rank: 1\)\s+exitcode +: -9 .*SIGKILL", err), err
+    # (torch 2.14 writes "exitcode : -9 (pid: N) (SIGKILL)", torch 2.11 "exitcode : -9 (pid: N)".)
+    assert re.search(r"rank +: 1 \(local_rank: 1\)\s+exitcode +: -9 \(pid", err), err
     assert "[rank0]: Traceback" not in err, err
 
     saved = load_checkpoint(latest_checkpoint(parts), "dcgan")["step"]
