@@ -474,10 +474,10 @@ def _train(cfg: TrainConfig, lock: RunLock, ddp: Distributed) -> dict:
             if main:
                 write_report(out)  # again: the final checkpoint came after the last grid
     finally:
-        if stopping is None or not ddp.enabled:
+        if stopping is not None and ddp.enabled:
+            stop.ignore_until_exit()  # torchrun SIGTERMs the ranks still tearing down when the first one exits
+        else:
             stop.restore()
-        # else: under torchrun the first rank to exit (with 128 + signal) makes torchrun SIGTERM the others,
-        # which may still be saving or tearing down: they keep acknowledging it, and exit with the same code.
         bar.close()
         if writer is not None:
             writer.close()

@@ -96,6 +96,16 @@ class StopSignals:
             signal.signal(signum, handler)
         self._previous.clear()
 
+    def ignore_until_exit(self) -> None:
+        """For a process that stopped on a signal and now exits: SIGTERM/SIGINT are ignored at the OS level
+        (SIG_IGN), not by a Python handler, which Python's finalisation resets to the default while the process
+        may still be tearing down. Under torchrun the first rank to exit with 128 + signal makes torchrun
+        SIGTERM the others, which must exit with their own code, not die of that signal."""
+        if threading.current_thread() is threading.main_thread():
+            for signum in EXIT_SIGNAL:
+                signal.signal(signum, signal.SIG_IGN)
+        self._previous.clear()
+
     def __enter__(self) -> StopSignals:
         return self.install()
 
