@@ -245,6 +245,23 @@ def _setup_determinism(cfg: TrainConfig, device: torch.device) -> None:
         torch.backends.cudnn.benchmark = not cfg.deterministic
 
 
+def _batches(loader, epoch: int, position: int, stop: StopSignals):
+    """loader.epoch(epoch, start=position), ended early when fetching a batch fails after a stop signal: a
+    scheduler's SIGTERM to the whole process group also ends the DataLoader's workers, and the fetch in
+    flight then raises; the run stops after its last whole iteration, as for any stop."""
+    batches = loader.epoch(epoch, start=position)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except RuntimeError:
+            if stop.signum is None:
+                raise
+            return
+        yield batch
+
+
 def train(cfg: TrainConfig) -> dict:
     """Trains cfg.model; returns a summary (step, epoch, last logged losses, paths, it/s, already_complete).
 
@@ -426,7 +443,7 @@ def _train(cfg: TrainConfig, lock: RunLock, ddp: Distributed) -> dict:
         stop.install()
         while step < total and stopping is None:
             epoch, position = divmod(step, batches_per_epoch)
-            for batch in loader.epoch(epoch, start=position):
+            for batch in _batches(loader, epoch, position, stop):
                 if step_fn is None:  # graphs are captured for the first batch's shapes
                     step_fn = make_train_step(task, batch, cfg.cuda_graphs)
                 step_fn(batch, accum)
@@ -457,6 +474,8 @@ def _train(cfg: TrainConfig, lock: RunLock, ddp: Distributed) -> dict:
                 stopping = ddp.agree_stop(stop.signum)
                 if step >= total or stopping is not None:
                     break
+            if stopping is None and stop.signum is not None:  # the batch fetch ended with the signal
+                stopping = ddp.agree_stop(stop.signum)
         if pending:
             read_losses()
         if stopping is not None and step < total:
