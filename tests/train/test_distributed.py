@@ -352,13 +352,16 @@ def _flat(tree, prefix=""):
     return out
 
 
-def test_bad_input_is_one_line_from_each_rank(tmp_path):
+def test_bad_input_is_one_line_from_the_failing_rank(tmp_path):
     proc = torchrun(2, "dcgan", tmp_path / "run", "--data", "synthetic", "--batch-size", "4", "--device", "cuda:1",
                     timeout=120)
     assert proc.returncode != 0
-    for rank in (0, 1):
-        assert re.search(rf"^fastgan\.train: rank {rank}: error: --device cuda:1: ", proc.stderr, re.M), proc.stderr
-    assert re.search(r"exitcode +: 2 ", proc.stderr) and "[rank0]: Traceback" not in proc.stderr, proc.stderr
+    # Both ranks reject the flag, but the first to exit makes torchrun SIGTERM the other, which may not have
+    # printed yet: at least one rank's line, and each line printed names its rank.
+    lines = re.findall(r"^fastgan\.train: rank (\d): error: --device cuda:1: .*$", proc.stderr, re.M)
+    assert lines and set(lines) <= {"0", "1"}, proc.stderr
+    assert re.search(r"exitcode +: 2 ", proc.stderr), proc.stderr
+    assert not re.search(r"\[rank\d\]: Traceback", proc.stderr), proc.stderr
     assert not (tmp_path / "run").exists()
 
 
