@@ -95,8 +95,12 @@ class Distributed:
         cpu_group = group if backend == "gloo" else dist.new_group(backend="gloo", timeout=timeout)
         return cls(rank, world_size, local_rank, backend, group, cpu_group)
 
-    def close(self) -> None:
+    def close(self, barrier: bool = False) -> None:
+        """Destroys the process group; ``barrier``: first waits for every rank (on the gloo group, within
+        --dist-timeout), so that no rank closes its connections while a peer is still in a collective."""
         if self.enabled and dist.is_initialized():
+            if barrier:
+                dist.barrier(group=self.cpu_group)
             dist.destroy_process_group()
 
     # --- collectives of the loop (no-ops in a single process) ---

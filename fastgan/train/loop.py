@@ -67,7 +67,7 @@ from .distributed import (
 from .files import atomic_write
 from .graphs import check_cuda_graphs, configure_engine, make_train_step, memory_format
 from .lock import RunLock
-from .stops import AMP_SKIPPED, Interrupted, StopSignals, check_losses
+from .stops import AMP_SKIPPED, Interrupted, StopSignals, TrainingStopped, check_losses
 from .tasks import build_task, data_request, with_recipe
 
 CHOICES = {  # the shared fields'; a model's own options take Model.choices
@@ -273,6 +273,12 @@ def train(cfg: TrainConfig) -> dict:
     lock = RunLock(cfg.out)
     try:
         summary = _train(cfg, lock, ddp)
+    except TrainingStopped:
+        # Every rank stopped after the same step with its peers alive: close the group in order, as at the end.
+        # Left to the interpreter's exit, gloo's threads were destroyed unjoined and the process aborted
+        # (SIGABRT, "terminate called without an active exception"; 1 of about 15 stopped ranks on CPU).
+        ddp.close(barrier=True)
+        raise
     finally:
         lock.release()
     # Not on errors: a group whose peer died may block in its destructor; the process exit frees it.

@@ -249,8 +249,14 @@ def test_two_processes_of_batch_b_train_what_one_of_2b_does_cyclegan(tiny, tmp_p
 def _worker_pids(launcher: int) -> dict[int, int]:
     """rank -> PID of the processes torchrun started (its children, by their RANK)."""
     found = {}
-    children = Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()
-    for pid in map(int, children):
+    # Every thread's children: /proc/PID/task/TID/children lists those of thread TID alone.
+    children = set()
+    for task in Path(f"/proc/{launcher}/task").iterdir():
+        try:
+            children.update(map(int, (task / "children").read_text().split()))
+        except OSError:  # the thread ended meanwhile
+            continue
+    for pid in sorted(children):
         try:
             env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
@@ -273,7 +279,9 @@ def _signal_rank_1(out: Path, flags: list[str], signum: int, checkpoints: int, l
             assert launcher.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "the 2-process run made no progress"
             time.sleep(0.05)
-        os.kill(_worker_pids(launcher.pid)[1], signum)
+        workers = _worker_pids(launcher.pid)
+        assert 1 in workers, (workers, log.read_text())
+        os.kill(workers[1], signum)
         sent = time.monotonic()
         code = launcher.wait(timeout=120)
     finally:
