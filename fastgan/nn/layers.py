@@ -17,6 +17,7 @@ from torch import nn
 
 from .. import ops
 from ..ops import _dispatch
+from ..ops._casts import autocast_to
 
 __all__ = ["BatchNorm2dAct", "Conv2dLeakyReLU", "Conv2dTanh", "ConvTranspose2dTanh", "InstanceNormAct", "LeakyReLU",
            "NormThenAct", "ReflectPadConv2d", "set_impl", "FAST_LAYERS", "REFLECT_CONV_KERNELS", "REFLECT_CONV_STRIDES"]
@@ -148,7 +149,7 @@ class Conv2dLeakyReLU(_FastLayer, nn.Conv2d):
         y = self._conv_forward(x, self.weight, None)
         bias = self.bias
         if bias is not None and bias.dtype != y.dtype:  # autocast: the conv would have cast its bias too
-            bias = bias.to(y.dtype)
+            bias = autocast_to(bias, y.dtype)
         if y.dim() == 3:  # unbatched: the bias goes along dim 0
             return ops.leaky_relu(y.unsqueeze(0), self.negative_slope, bias=bias, impl=self.impl).squeeze(0)
         return ops.leaky_relu(y, self.negative_slope, bias=bias, impl=self.impl)
@@ -159,7 +160,7 @@ class Conv2dLeakyReLU(_FastLayer, nn.Conv2d):
 
 def _bias_tanh(y: torch.Tensor, bias: torch.Tensor | None, impl: str) -> torch.Tensor:
     if bias is not None and bias.dtype != y.dtype:  # autocast: the conv would have cast its bias too
-        bias = bias.to(y.dtype)
+        bias = autocast_to(bias, y.dtype)
     if y.dim() == 3:  # unbatched: the bias goes along dim 0
         return ops.tanh(y.unsqueeze(0), bias=bias, impl=impl).squeeze(0)
     return ops.tanh(y, bias=bias, impl=impl)

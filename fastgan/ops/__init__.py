@@ -1,5 +1,6 @@
 """fastgan.ops: fused GAN ops, each with a plain PyTorch reference, behind one dispatch point."""
 
+from ._casts import autocast
 from ._dispatch import IMPLS, available, last_impl
 from .batch_norm_act import batch_norm_act, batch_norm_act_ref
 from .instance_norm_act import instance_norm_act, instance_norm_act_ref
@@ -9,6 +10,7 @@ from .tanh import tanh, tanh_ref
 
 __all__ = [
     "IMPLS",
+    "autocast",
     "available",
     "batch_norm_act",
     "batch_norm_act_ref",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import _dispatch
+from . import _casts, _dispatch
 
 try:
     from .. import _C  # noqa: F401  (importing it registers torch.ops.fastgan.*)
@@ -92,9 +92,9 @@ def reflect_pad_conv2d(x, weight, bias=None, padding=1, stride=1, impl="auto"):
     if _dispatch.resolve("reflect_pad_conv2d", impl, x.device) == "cuda":
         if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
             # Autocast casts the inputs of ATen's convolutions but not of a custom op, whose kernels take one
-            # dtype: under --amp a bf16 activation would meet fp32 weights. Apply conv2d's autocast policy.
+            # dtype: under --amp a bf16 activation would meet fp32 weights. Apply conv2d's autocast policy,
+            # weights cast once per autocast region as autocast's cache does (fastgan/ops/_casts.py).
             dtype = torch.get_autocast_dtype(x.device.type)
-            x, weight = x.to(dtype), weight.to(dtype)
-            bias = None if bias is None else bias.to(dtype)
+            x, weight, bias = x.to(dtype), _casts.autocast_to(weight, dtype), _casts.autocast_to(bias, dtype)
         return torch.ops.fastgan.reflect_pad_conv2d(x, weight, bias, padding, stride)
     return reflect_pad_conv2d_ref(x, weight, bias, padding, stride)

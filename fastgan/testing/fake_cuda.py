@@ -32,6 +32,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .. import nn as fnn
+from ..ops._casts import cast_once
 
 __all__ = ["OpCall", "OpTrace", "TensorSpec", "cuda_autocast", "fake_cuda_mode", "gpu_run_trace",
            "is_fused_layer", "run_backward", "to_device_", "trace_phases"]
@@ -90,21 +91,26 @@ def to_device_(module: nn.Module, device: str | torch.device, dtype: torch.dtype
 
 @contextlib.contextmanager
 def cuda_autocast(dtype: torch.dtype | None):
-    """torch.autocast("cuda", dtype) without a GPU (None: no autocast): the dispatcher state it sets."""
+    """fastgan.ops.autocast("cuda", dtype) without a GPU (None: no autocast): the dispatcher state
+    torch.autocast sets (its weight-cast cache on), and fastgan's own cast cache."""
     if dtype is None:
         yield
         return
     prev_enabled, prev_dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+    prev_cache = torch.is_autocast_cache_enabled()
     torch.set_autocast_enabled("cuda", True)
     torch.set_autocast_dtype("cuda", dtype)
+    torch.set_autocast_cache_enabled(True)
     torch.autocast_increment_nesting()
     try:
-        yield
+        with cast_once():
+            yield
     finally:
         if torch.autocast_decrement_nesting() == 0:
             torch.clear_autocast_cache()
         torch.set_autocast_enabled("cuda", prev_enabled)
         torch.set_autocast_dtype("cuda", prev_dtype)
+        torch.set_autocast_cache_enabled(prev_cache)
 
 
 def is_fused_layer(module: nn.Module) -> bool:

@@ -108,6 +108,7 @@ def graphed_standin(task, batch: dict, on_capture: Callable[[], contextlib.Abstr
         The step object; calling it runs its per-iteration host code, and each replay is a no-op counted
         in ``type(step.graphs[0]).replays``.
     """
+    from .. import ops
     from ..train import graphs
 
     @contextlib.contextmanager
@@ -116,9 +117,7 @@ def graphed_standin(task, batch: dict, on_capture: Callable[[], contextlib.Abstr
             yield
 
     def autocast(self):  # the graphs' autocast, on the task's device (torch.autocast("cuda") needs a GPU)
-        if self.task.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.task.device.type, dtype=self.task.amp_dtype, cache_enabled=False)
+        return ops.autocast(self.task.device.type, self.task.amp_dtype)
 
     with contextlib.ExitStack() as stack:
         for name, value in (("Stream", _Stream), ("stream", lambda s: contextlib.nullcontext()),

@@ -26,13 +26,13 @@ iteration 1 of a graphed run is iteration 1 of the eager run.
 
 Limits: build the step after everything that replaces tensors (resuming a checkpoint with
 optimizer.load_state_dict, .to(memory_format=...), torch.compile); afterwards only in-place changes
-reach the graphs. Autocast runs with ``cache_enabled=False`` inside the graphs (the weight-cast cache
-is not valid across replays).
+reach the graphs. Autocast keeps its weight-cast cache inside the graphs: each phase's autocast region
+opens and closes inside its capture, so each weight's one cast is a kernel of the graph that every replay
+runs again on the weights of the moment (the reasoning in fastgan/ops/_casts.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import warnings
 from collections.abc import Callable
@@ -40,6 +40,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .. import ops
 from ..errors import UserError
 from ..models import get_model
 from ..nn import set_impl
@@ -183,9 +184,9 @@ class GraphedTrainStep:
         torch.cuda.synchronize(task.device)  # sync: once, at start, so capture errors surface here
 
     def _autocast(self):
-        if self.task.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=self.task.amp_dtype, cache_enabled=False)
+        # The region, and with it every cached weight cast, begins and ends inside run_phase, so inside the
+        # capture: the cache never hands a captured tensor to eager code, nor an old cast to a new replay.
+        return ops.autocast("cuda", self.task.amp_dtype)
 
     def _warm_up(self, iters: int) -> dict[str, Tensor]:
         task, device = self.task, self.task.device

@@ -3,7 +3,6 @@ eager ``train_step`` runs them. ENGINE (fastgan/train/graphs.py) captures the sa
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .. import ops
 from ..image_files import make_grid, to_unit
 from ..models.base import Phase, Sampler
 from .stops import AMP_SKIPPED, amp_skipped
@@ -49,9 +49,8 @@ class Task:
                 net.train(modes[name])
 
     def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        """Autocast to ``amp_dtype`` (none without), each weight cast once per region (fastgan/ops/_casts.py)."""
+        return ops.autocast(self.device.type, self.amp_dtype)
 
     def train(self):
         for net in self.nets.values():
@@ -69,7 +68,7 @@ def run_phase(task: Task, phase: Phase, batch: dict, autocast=None) -> dict[str,
     """One update of ``phase`` (gradients already cleared): loss, scaled backward, optimiser step and
     loss-scale update. Returns its losses (with fp16 loss scaling, also ``amp_skipped``: 1 where the
     GradScaler skipped the update). ``autocast`` defaults to the task's; the CUDA-graph step
-    passes its own (no weight-cast cache)."""
+    passes its own (on the CUDA device type)."""
     optimizer, scaler = task.optimizers[phase.optimizer], task.scalers[phase.optimizer]
     with (autocast or task.autocast)():
         losses = phase.loss(batch)
