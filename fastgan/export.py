@@ -185,7 +185,10 @@ def _out_paths(out: str | None, checkpoint: str, specs: list[ExportSpec], fmt: s
 def _main(argv) -> int:
     parser = OneLineParser(PROG, description="Export the generator(s) of a fastgan checkpoint.")
     parser.add_argument("checkpoint", help="checkpoint-*.pt or a run directory")
-    parser.add_argument("--format", choices=tuple(FORMATS), default="onnx")
+    parser.add_argument("--format", choices=tuple(FORMATS), default="onnx",
+                        help="onnx: a .onnx file for onnxruntime, TensorRT and other ONNX runtimes; exported-program: "
+                             "a torch.export .pt2 file for PyTorch (torch.export.load) and AOTInductor "
+                             "(default: onnx)")
     parser.add_argument("--out", default=None, help="output file (several directions: -AtoB/-BtoA are appended)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
     parser.add_argument("--dynamic-batch", action="store_true", help="batch size as a symbol")

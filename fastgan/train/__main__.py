@@ -22,10 +22,22 @@ from .cli import OneLineParser, run
 from .config import MODEL_OPTIONS, TrainConfig, config_fields
 from .distributed import world_from_env
 from .loop import CHOICES, train
+from .reference_flags import reference_flag_hint
 from .stops import TrainingStopped
 
 PROG = "fastgan.train"
 NOT_FLAGS = ("model",)  # the sub-command
+# --data's help per kind of data (GanModel.data_kind): the built-in sets and what a folder must hold.
+DATA_HELP = {
+    "images": "fashion-mnist | synthetic | a folder of images (jpg, png, ...; any layout) or of MNIST-format "
+              "IDX files",
+    "labelled": "fashion-mnist | synthetic | a folder with one subfolder of images per class, or of MNIST-format "
+                "IDX files",
+    "unpaired": "fashion-unpaired | synthetic | a folder holding trainA/ and trainB/, the images of each domain "
+                "(testA/ testB/ for evaluation)",
+    "paired": "fashion-edges | synthetic | a folder holding train/ of side-by-side A|B images (pix2pix's "
+              "layout), or trainA/ trainB/ of aligned images with the same names",
+}
 
 
 def field_help() -> dict[str, str]:
@@ -53,7 +65,7 @@ def _add_model_parser(subparsers, model, helps: dict[str, str]) -> None:
         shown = model.default_notes.get(f.name, default)
         if f.name == "data":
             shown = DataRequest(model.data_kind).default_data
-        help_text = helps.get(f.name, "")
+        help_text = DATA_HELP.get(model.data_kind, "") if f.name == "data" else helps.get(f.name, "")
         if f.name != "channels_last":  # its own comment says what unset means
             help_text += f" (default: {shown})" if shown not in (None, "") else ""
         if f.type in ("bool", bool, "bool | None"):  # bool | None: unset means "the default for the device"
@@ -76,8 +88,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    """Every flag of ``parser`` and of its sub-commands."""
+    found = set()
+    for action in parser._actions:
+        found.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= option_strings(sub)
+    return found
+
+
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
-    args = vars(build_parser().parse_args(argv))
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    hint = reference_flag_hint(argv, option_strings(parser))
+    if hint is not None:  # before argparse, which would first ask for the MODEL the reference passes as --model
+        parser.error(hint)
+    args = vars(parser.parse_args(argv))
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in args.items() if k in names})
 

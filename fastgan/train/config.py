@@ -54,7 +54,7 @@ class TrainConfig:
     amp: bool = False  # autocast mixed precision (losses stay fp32)
     amp_dtype: str = "bf16"  # bf16 | fp16 (fp16 uses one GradScaler per optimiser)
     impl: str = "auto"  # fastgan.ops implementation: auto | ref
-    channels_last: bool | None = None  # None = on for conv models on CUDA
+    channels_last: bool | None = None  # channels-last (NHWC) memory format (default: on for conv models on CUDA)
     cuda_graphs: bool = False  # capture each training phase in a CUDA graph
     compile: bool = False  # torch.compile the models (for comparison)
     deterministic: bool = False  # torch.use_deterministic_algorithms (exact resume tests)
