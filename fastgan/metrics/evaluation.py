@@ -285,7 +285,7 @@ def evaluate(model, nets: Mapping[str, nn.Module], config: Mapping, space: Featu
 
 # --- during training ---------------------------------------------------------------------------------------
 
-_SPACES: dict[str, FeatureSpace] = {}
+_SPACES: dict[tuple[str, str | None], FeatureSpace] = {}  # (spec, weights file) -> space
 _NOTED: set[str] = set()
 
 
@@ -309,7 +309,7 @@ def evaluate_during_training(task, cfg, step: int, out: str | os.PathLike, *, fe
     """Evaluates the task's networks on its device between training steps and appends
     ``{"step", "fid", "kid", ...}`` to ``out/metrics.jsonl`` (translators: "fid/AtoB", ... and their mean).
 
-    ``feature`` and ``n`` default to cfg.eval_feature ("" = inception, weights from
+    ``feature`` and ``n`` default to cfg.eval_feature ("" = inception, weights from cfg.inception_weights,
     $FASTGAN_INCEPTION_WEIGHTS or the torch hub cache) and cfg.eval_n (5000 when cfg has none); the
     data, seed and model come from cfg. The networks return to the mode they had and the global RNG (CPU
     and the task's CUDA device) is restored, so training continues exactly as without the evaluation.
@@ -319,10 +319,11 @@ def evaluate_during_training(task, cfg, step: int, out: str | os.PathLike, *, fe
     Returns the record plus "best": True when its FID is the lowest so far (the loop keeps best.pt).
     """
     spec = (feature if feature is not None else getattr(cfg, "eval_feature", "")) or "inception"
-    if spec not in _SPACES:
-        _SPACES[spec] = feature_space(spec)
-    space = _SPACES[spec]
     config = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+    weights = config.get("inception_weights") or None  # --inception-weights, else the environment or the hub cache
+    if (spec, weights) not in _SPACES:
+        _SPACES[spec, weights] = feature_space(spec, weights)
+    space = _SPACES[spec, weights]
     model = get_model(config["model"])
     settings = Settings(metrics=metrics, n=n if n is not None else config.get("eval_n", 5000),
                         seed=config.get("seed", 0))

@@ -24,6 +24,12 @@ ENV_INCEPTION = "FASTGAN_INCEPTION_WEIGHTS"
 # torch-fidelity's download name (what a machine that once ran torch-fidelity online has in the torch hub
 # cache), then pytorch-fid's name of the same 2015-12-05 Inception weights.
 INCEPTION_FILES = ("weights-inception-2015-12-05-6726825d.pth", "pt_inception-2015-12-05-6726825d.pth")
+# Where each is published (torch-fidelity's feature_extractor_inceptionv3.py URL_INCEPTION_V3, pytorch-fid's
+# inception.py FID_WEIGHTS_URL): the user fetches it once, fastgan never does.
+INCEPTION_URLS = (
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
+    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
+)
 INCEPTION_DIM = 2048  # pool3 features
 INCEPTION_LOGITS = 1008  # the 2015-12-05 graph's classes (1000 ImageNet + 8 unused)
 # Two entries of the file that pin down the architecture it was converted for.
@@ -68,10 +74,10 @@ def find_inception_weights(path: str | os.PathLike | None = None) -> Path:
             if candidate.is_file():
                 return candidate
         raise UserError(
-            f"standard FID needs the Inception-v3 weights {INCEPTION_FILES[0]} (torch-fidelity's, or pytorch-fid's "
-            f"{INCEPTION_FILES[1]}); fastgan downloads nothing: pass --inception-weights PATH, set "
-            f"${ENV_INCEPTION}, or put the file at {inception_search_paths()[0]} "
-            "(MNIST-family data: --feature classifier:PATH)")
+            f"standard FID needs the Inception-v3 weights {INCEPTION_FILES[0]}, published by torch-fidelity at "
+            f"{INCEPTION_URLS[0]} (or pytorch-fid's {INCEPTION_FILES[1]}, {INCEPTION_URLS[1]}); fastgan "
+            f"downloads nothing: fetch it once, then pass --inception-weights PATH, set ${ENV_INCEPTION}, or put "
+            f"it at {inception_search_paths()[0]} (MNIST-family data: a classifier:PATH feature space instead)")
     if not given.is_file():
         raise UserError(f"{origin} {given}: no such file; expected the Inception-v3 weights {INCEPTION_FILES[0]}")
     return given

@@ -70,7 +70,8 @@ class TrainConfig:
     log_every: int = 50  # iterations between loss reads (the only host syncs of the loop)
     eval_every: int = 0  # iterations between evaluations appended to metrics.jsonl, best.pt by FID (0 = none)
     eval_n: int = 5000  # generated images per evaluation (FID needs more than the feature dimension)
-    eval_feature: str = "inception"  # inception (weights from $FASTGAN_INCEPTION_WEIGHTS) | classifier:PATH
+    eval_feature: str = "inception"  # inception (standard FID; see --inception-weights) | classifier:PATH
+    inception_weights: str = ""  # Inception-v3 weights file of --eval-every's FID ("" = $FASTGAN_INCEPTION_WEIGHTS)
     tensorboard: bool = False  # also write TensorBoard scalars (needs the tensorboard extra)
     seed: int = 0  # seeds the weights, the training noise and the epoch order
     dry_run: bool = False  # run one iteration and stop (smoke tests)

@@ -157,6 +157,9 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         device = resolve_device(f"cuda:{local_rank}")
     cfg.device = str(device)
     cfg.eval_feature = cfg.eval_feature or "inception"
+    if cfg.eval_every and cfg.eval_feature == "inception":  # the file is found now, its contents checked in train
+        from ..metrics.spaces import find_inception_weights
+        cfg.inception_weights = str(find_inception_weights(cfg.inception_weights or None))
     if cfg.channels_last is None:
         cfg.channels_last = device.type == "cuda" and model.convolutional
     cfg = with_recipe(cfg)
@@ -440,7 +443,8 @@ def _train(cfg: TrainConfig, lock: RunLock, ddp: Distributed) -> dict:
     if cfg.eval_every:  # a missing weights or classifier file, or too small an --eval-n, fails now
         from ..metrics import evaluate_during_training, feature_space
         from ..metrics.evaluation import TRAINING_METRICS, check_sizes
-        check_sizes(feature_space(cfg.eval_feature), TRAINING_METRICS, cfg.eval_n, None, flag="--eval-n")
+        check_sizes(feature_space(cfg.eval_feature, cfg.inception_weights or None), TRAINING_METRICS, cfg.eval_n,
+                    None, flag="--eval-n")
 
     sample_path = checkpoint_path = step_fn = stopping = None
     stop = StopSignals()

@@ -129,3 +129,41 @@ def test_the_real_inception_weights(monkeypatch):
         pool, logits = extractor(grey)
     assert pool.shape == (2, 2048) and (pool >= 0).all()  # pool3 follows a ReLU
     torch.testing.assert_close(pool[0], pool[1])
+
+
+def test_the_refusal_says_where_the_file_is_published(tmp_path):
+    from fastgan.metrics.spaces import INCEPTION_URLS
+
+    with pytest.raises(UserError) as info:
+        feature_space("inception")
+    message = str(info.value)
+    assert INCEPTION_URLS[0].endswith("/" + INCEPTION_FILES[0]) and INCEPTION_URLS[1].endswith("/" + INCEPTION_FILES[1])
+    assert f"published by torch-fidelity at {INCEPTION_URLS[0]}" in message and INCEPTION_URLS[1] in message
+
+
+def test_train_takes_inception_weights_from_the_flag_or_the_environment(tmp_path, monkeypatch, random_inception):
+    from fastgan.train.__main__ import parse_config
+    from fastgan.train.loop import resolve_config
+
+    argv = ["dcgan", "--data", "synthetic", "--device", "cpu", "--eval-every", "10", "--out", str(tmp_path / "r")]
+    cfg = resolve_config(parse_config([*argv, "--inception-weights", str(random_inception)]))
+    assert cfg.inception_weights == str(random_inception)  # saved in config.json as resolved
+    monkeypatch.setenv(ENV_INCEPTION, str(random_inception))
+    assert resolve_config(parse_config(argv)).inception_weights == str(random_inception)
+    # Not evaluating: nothing to find.
+    assert resolve_config(parse_config(argv[:5] + ["--out", str(tmp_path / "r")])).inception_weights == ""
+
+
+def test_train_without_inception_weights_fails_at_start_in_one_line(tmp_path, capsys):
+    from fastgan.metrics.spaces import INCEPTION_URLS
+    from fastgan.train.__main__ import main
+
+    out = tmp_path / "run"
+    for extra, named in (([], INCEPTION_URLS[0]), (["--inception-weights", str(tmp_path / "none.pth")],
+                                                   f"--inception-weights {tmp_path / 'none.pth'}: no such file")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["dcgan", "--data", "synthetic", "--device", "cpu", "--iters", "2", "--eval-every", "1",
+                  "--out", str(out), *extra])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.count("\n") == 1 and named in err, err
+        assert not out.exists()  # refused before the run directory was made
