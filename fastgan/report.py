@@ -5,12 +5,17 @@ The page shows the resolved config, the loss curves (a PNG drawn with matplotlib
 first, the checkpoints and, when the run has one, the metrics history (``metrics.jsonl``). The trainer
 rewrites it with every sample grid; every file is replaced atomically, so a browser never sees half a page.
 Links are relative, so the run directory can be copied or served as it is.
+
+While the run trains, the page reloads itself every REFRESH_SECONDS (a meta refresh, no script); the
+trainer's last rewrite, when it ends, leaves it still. ``python -m fastgan.report`` tells a live run by the
+process named in its lock file.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +28,8 @@ PROG = "fastgan.report"
 REPORT = "report.html"
 LOSS_PLOT = "losses.png"
 MAX_TABLE_ROWS = 200  # without matplotlib: the newest records of the loss log
+REFRESH_SECONDS = 30  # a live run's page reloads this often
+LOCK = "lock"  # the run directory's lock file (fastgan.train): the PID of its last holder
 
 
 def _loss_keys(records: list[dict]) -> list[str]:
@@ -65,8 +72,32 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else ("" if value is None else str(value))
 
 
-def render(run_dir: Path, plotted: bool) -> str:
-    """The report page of ``run_dir`` as HTML (links relative to run_dir)."""
+def training_now(run_dir: Path) -> bool:
+    """Whether the process named in ``run_dir``'s lock file is alive (a trainer holds the lock while it runs;
+    the file keeps the PID of the last one). Reads only: the lock itself is never touched."""
+    try:
+        pid = int((run_dir / LOCK).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _legend(model: str) -> str:
+    from .models import REGISTRY
+
+    definition = REGISTRY.get(model)
+    return getattr(definition, "grid_legend", "") if definition is not None else ""
+
+
+def render(run_dir: Path, plotted: bool, live: bool = False) -> str:
+    """The report page of ``run_dir`` as HTML (links relative to run_dir); ``live``: it reloads itself every
+    REFRESH_SECONDS."""
     config_path = run_dir / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     records = read_records(run_dir / "losses.jsonl")
@@ -75,6 +106,8 @@ def render(run_dir: Path, plotted: bool) -> str:
     checkpoints = sorted(run_dir.glob("checkpoint-*.pt"), reverse=True)
     title = f"fastgan {config.get('model', '')} run: {run_dir.name}"
     parts = [f"<h1>{html.escape(title)}</h1>"]
+    if live:
+        parts.append(f"<p><em>Training: this page reloads every {REFRESH_SECONDS} s.</em></p>")
     if records:
         last = records[-1]
         parts.append(f"<p>Last logged step {last['step']} (epoch {last.get('epoch', '?')}), "
@@ -96,11 +129,15 @@ def render(run_dir: Path, plotted: bool) -> str:
         parts.append(_table(["step", *metric_keys], [[m.get("step"), *(m.get(k) for k in metric_keys)]
                                                       for m in reversed(metrics)]))
     parts.append("<h2>Samples</h2>")
+    legend = _legend(config.get("model", ""))
+    if legend:
+        parts.append(f'<p class="legend">In each grid, {html.escape(legend)}.</p>')
     if not samples:
         parts.append("<p>No sample grids yet.</p>")
     for path in samples:
         rel = path.relative_to(run_dir).as_posix()
-        parts.append(f'<figure><img src="{html.escape(rel)}" alt="{html.escape(path.stem)}">'
+        caption = path.stem + (f": {legend}" if legend else "")
+        parts.append(f'<figure><img src="{html.escape(rel)}" alt="{html.escape(caption)}">'
                      f"<figcaption>{html.escape(path.stem)}</figcaption></figure>")
     parts.append("<h2>Checkpoints</h2>")
     parts.append("<ul>" + "".join(f'<li><a href="{html.escape(p.name)}">{html.escape(p.name)}</a> '
@@ -111,12 +148,15 @@ def render(run_dir: Path, plotted: bool) -> str:
     style = ("body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse;font-size:.85em}"
              "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}figure{display:inline-block;margin:.5em}"
              "figure img{max-width:32em;image-rendering:pixelated}img.plot{max-width:100%}")
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+    refresh = f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">' if live else ""
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">{refresh}<title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Rewrites run_dir/report.html (and its loss plot) from the files the trainer wrote."""
+def write_report(run_dir: str | Path, live: bool | None = None) -> Path:
+    """Rewrites run_dir/report.html (and its loss plot) from the files the trainer wrote. ``live``: whether
+    the page reloads itself (the trainer says so while it trains, and not in its last rewrite); None asks
+    training_now()."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
@@ -124,7 +164,7 @@ def write_report(run_dir: str | Path) -> Path:
         raise UserError(f"{run_dir}: not a fastgan run directory (no config.json)")
     records = read_records(run_dir / "losses.jsonl")
     plotted = bool(records) and plot_losses(records, run_dir / LOSS_PLOT)
-    page = render(run_dir, plotted)
+    page = render(run_dir, plotted, training_now(run_dir) if live is None else live)
     path = run_dir / REPORT
     atomic_write(path, lambda tmp: tmp.write_text(page))
     return path

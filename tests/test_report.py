@@ -117,3 +117,23 @@ def test_report_in_a_headless_browser(run_dir, tmp_path):
                     f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,1600",
                     (run_dir / REPORT).as_uri()], check=True, timeout=120, capture_output=True)
     assert shot.stat().st_size > 10_000
+
+
+def test_the_page_reloads_itself_only_while_the_run_trains(run_dir, tmp_path):
+    import os
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    refresh = '<meta http-equiv="refresh"'
+    assert refresh in write_report(copy, live=True).read_text()
+    (copy / "lock").write_text(f"{os.getpid()}\n")  # a live process holds the run
+    assert refresh in write_report(copy).read_text()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (copy / "lock").write_text(f"{dead.pid}\n")  # its trainer has ended
+    assert refresh not in write_report(copy).read_text()
+
+
+def test_the_page_says_what_the_grid_rows_show(run_dir):
+    text = " ".join(parse(run_dir / REPORT).text)
+    assert "In each grid, the top 8 rows are real training images, the rows below generated from fixed noise." in text

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UserError
+from ..grid_labels import GridLabels
 from ..image_files import GRID_COLUMNS
 
 SAMPLE_ROWS = 8  # rows of real and rows of generated images (cgan: one generated row per class)
@@ -74,6 +75,7 @@ class GanModel:
     fixed_size: ClassVar[int] = SAMPLE_ROWS * GRID_COLUMNS  # images per domain a sample grid needs
     choices: ClassVar[dict[str, tuple]] = {}  # the values each of its options takes (checked, listed in --help)
     default_notes: ClassVar[dict[str, str]] = {}  # --help text of defaults that resolve() sets from the data
+    grid_legend: ClassVar[str]  # one sentence saying what the sample grid shows (report.html)
 
     def resolve(self, cfg, origin: str) -> None:
         """Fills, in place, the defaults that depend on the data (``origin``: what --data names, a
@@ -96,6 +98,10 @@ class GanModel:
         raise NotImplementedError
 
     def sampler(self, cfg, nets: dict, info: dict, device: torch.device) -> Sampler:
+        raise NotImplementedError
+
+    def grid_labels(self, cfg, info: dict) -> GridLabels:
+        """The names of the sampler's grid columns and/or rows, drawn into every grid the trainer writes."""
         raise NotImplementedError
 
     def defaults(self) -> dict[str, Any]:
@@ -164,6 +170,15 @@ def noise_gan_phases(cfg, G: nn.Module, D: nn.Module, num_classes: int = 0) -> l
         return {"total": loss_fn(judge(fake, fake_labels), True)}
 
     return [Phase("D", "D", cfg.d_steps, d_loss, ["D"]), Phase("G", "G", cfg.g_steps, g_loss, ["G"])]
+
+
+NOISE_GAN_LEGEND = f"the top {SAMPLE_ROWS} rows are real training images, the rows below generated from fixed noise"
+
+
+def noise_gan_grid_labels(num_classes: int = 0) -> GridLabels:
+    """noise_gan_sampler's rows: real, then generated (with classes: one generated row per class)."""
+    generated = tuple(f"class {k}" for k in range(num_classes)) if num_classes else ("generated",) * SAMPLE_ROWS
+    return GridLabels(rows=("real",) * SAMPLE_ROWS + generated)
 
 
 def noise_gan_sampler(cfg, G: nn.Module, device: torch.device, num_classes: int = 0) -> Sampler:

@@ -61,6 +61,8 @@ class Model(dcgan.Model):
     # recipe: dcgan's on MNIST-family data (pytorch/examples dcgan/main.py; batch 64 as PyTorch-GAN's cgan.py).
     data_kind = "labelled"
     conditional = True
+    grid_legend = (f"the top {base.SAMPLE_ROWS} rows are real training images, the rows below generated from fixed "
+                   "noise, one row per class (class 0 first)")
 
     def build_nets(self, cfg, info: dict) -> dict[str, nn.Module]:
         channels, classes = info["channels"], info.get("num_classes", 0)
@@ -75,3 +77,6 @@ class Model(dcgan.Model):
 
     def sampler(self, cfg, nets: dict, info: dict, device: torch.device) -> base.Sampler:
         return base.noise_gan_sampler(cfg, nets["G"], device, info["num_classes"])
+
+    def grid_labels(self, cfg, info: dict) -> base.GridLabels:
+        return base.noise_gan_grid_labels(info["num_classes"])

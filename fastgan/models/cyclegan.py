@@ -208,6 +208,8 @@ class Model(base.GanModel):
     translators = {"AtoB": "G_A", "BtoA": "G_B"}
     size_multiple = 4  # the ResNet generator down-samples twice by 2
     fixed_size = 4  # sample rows per grid
+    grid_legend = ("each row: real A | fake B = G_A(real A) | rec A = G_B(fake B) | real B | fake A = G_B(real B) | "
+                   "rec B = G_A(fake A)")
 
     def resolve(self, cfg, origin: str) -> None:
         cfg.n_blocks = cfg.n_blocks or (9 if cfg.image_size >= 256 else 6)  # the authors' 256 / 128 choice
@@ -276,3 +278,6 @@ class Model(base.GanModel):
             return columns.flatten(0, 1), 6
 
         return sample
+
+    def grid_labels(self, cfg, info: dict) -> base.GridLabels:
+        return base.GridLabels(columns=("real A", "fake B", "rec A", "real B", "fake A", "rec B"))

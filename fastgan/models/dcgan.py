@@ -138,6 +138,7 @@ class Model(base.GanModel):
     data_kind = "images"
     optimizers = {"D": ["D"], "G": ["G"]}
     inference = "generate"
+    grid_legend = base.NOISE_GAN_LEGEND
 
     def resolve(self, cfg, origin: str) -> None:
         cfg.image_size = cfg.image_size or size_for(origin)
@@ -157,3 +158,6 @@ class Model(base.GanModel):
 
     def sampler(self, cfg, nets: dict, info: dict, device: torch.device) -> base.Sampler:
         return base.noise_gan_sampler(cfg, nets["G"], device)
+
+    def grid_labels(self, cfg, info: dict) -> base.GridLabels:
+        return base.noise_gan_grid_labels()

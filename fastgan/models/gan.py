@@ -80,6 +80,7 @@ class Model(base.GanModel):
     data_kind = "images"
     optimizers = {"D": ["D"], "G": ["G"]}
     inference = "generate"
+    grid_legend = base.NOISE_GAN_LEGEND
     convolutional = False
 
     def resolve(self, cfg, origin: str) -> None:
@@ -95,3 +96,6 @@ class Model(base.GanModel):
 
     def sampler(self, cfg, nets: dict, info: dict, device: torch.device) -> base.Sampler:
         return base.noise_gan_sampler(cfg, nets["G"], device)
+
+    def grid_labels(self, cfg, info: dict) -> base.GridLabels:
+        return base.noise_gan_grid_labels()

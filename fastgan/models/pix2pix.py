@@ -158,6 +158,7 @@ class Model(base.GanModel):
     translators = {"AtoB": "G", "BtoA": "G"}  # the one generator, for its training's direction: translator()
     size_multiple = 2**RECIPE_DEPTH  # input_multiple() reads a checkpoint's own depth
     fixed_size = 4  # sample rows per grid
+    grid_legend = "each row: input | output = G(input) | target (A -> B, or B -> A with --direction BtoA)"
 
     def resolve(self, cfg, origin: str) -> None:
         for flag, value, choices in (("direction", cfg.direction, DIRECTIONS), ("norm", cfg.norm, NORMS)):
@@ -235,6 +236,10 @@ class Model(base.GanModel):
             return rows.flatten(0, 1), 3
 
         return sample
+
+    def grid_labels(self, cfg, info: dict) -> base.GridLabels:
+        source, target = _keys(cfg.direction)
+        return base.GridLabels(columns=(f"input {source}", f"output {target}", f"target {target}"))
 
     def translator(self, config: dict, direction: str | None) -> tuple[str, str]:
         trained = config["direction"]

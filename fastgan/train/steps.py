@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from ..grid_labels import GridLabels, label_grid
 from ..image_files import make_grid, to_unit
 from ..models.base import Phase, Sampler
 from .stops import AMP_SKIPPED, amp_skipped
@@ -30,12 +31,14 @@ class Task:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     amp_dtype: torch.dtype | None = None  # autocast dtype, None = full precision
     fixed_size: int = 64  # images per domain that sample() needs from loader.fixed(n)
+    grid_labels: GridLabels | None = None  # names of the sample grid's columns and rows (GanModel.grid_labels)
     # Averages an optimiser's gradients across data-parallel processes between backward and its step
     # (fastgan.train.distributed); None in a single process.
     gradient_sync: Callable[[torch.optim.Optimizer], None] | None = None
 
-    def sample(self, fixed: dict) -> np.ndarray:
-        """The sample grid [3, H, W] in [0, 1] for a fixed batch, computed in eval mode without touching any RNG."""
+    def sample(self, fixed: dict, labelled: bool = False) -> np.ndarray:
+        """The sample grid [3, H, W] in [0, 1] for a fixed batch, computed in eval mode without touching any RNG;
+        ``labelled``: with the model's grid_labels drawn around it (the grids the trainer writes)."""
         modes = {name: net.training for name, net in self.nets.items()}
         for net in self.nets.values():
             net.eval()
@@ -43,10 +46,13 @@ class Task:
             with torch.no_grad(), self.autocast():
                 images, columns = self.sampler(fixed)
             # sync: the grid is made on the host, as for fastgan.generate (only when a sample is written)
-            return np.clip(make_grid(to_unit(images.float().cpu().numpy()), columns), 0, 1)
+            grid = np.clip(make_grid(to_unit(images.float().cpu().numpy()), columns), 0, 1)
         finally:
             for name, net in self.nets.items():
                 net.train(modes[name])
+        if labelled and self.grid_labels is not None:
+            grid = label_grid(grid, self.grid_labels, tuple(images.shape[-2:]), columns)
+        return grid
 
     def autocast(self):
         """Autocast to ``amp_dtype`` (none without), each weight cast once per region (fastgan/ops/_casts.py)."""

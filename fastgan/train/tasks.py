@@ -97,6 +97,7 @@ def build_task(cfg: TrainConfig, info: dict, device: torch.device,
                 device=device, amp_dtype=dtype)
     task.sampler = model.sampler(cfg, nets, info, device)
     task.fixed_size = model.fixed_size
+    task.grid_labels = model.grid_labels(cfg, info)
     return task
 
 
