@@ -62,7 +62,7 @@ def test_dry_run(capsys, tmp_path, model):
 
 ZERO_OK = {"iters", "seed", "epochs_decay", "resume", "strict", "amp", "channels_last", "cuda_graphs", "compile",
            "deterministic", "tensorboard", "dry_run", "workers", "eval_every", "sync_bn",
-           "inception_weights"}  # "" without --eval-every (inception weights are looked for only to evaluate)
+           "inception_weights", "init_from", "init_nets"}  # inception weights: looked for only to evaluate
 
 
 def help_text(capsys, model: str) -> str:

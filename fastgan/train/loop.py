@@ -66,6 +66,7 @@ from .distributed import (
 )
 from .files import atomic_write
 from .graphs import check_cuda_graphs, configure_engine, make_train_step, memory_format
+from .init_from import checkpoint_file, chosen_nets, init_from_checkpoint
 from .lock import RunLock
 from .stops import AMP_SKIPPED, Interrupted, StopSignals, TrainingStopped, check_losses
 from .tasks import build_task, data_request, with_recipe
@@ -167,6 +168,14 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     if missing:  # a model whose recipe misses a field it reads
         raise RuntimeError(f"model {cfg.model!r} leaves {', '.join(missing)} unset: add it to its recipe")
     model.check_size(cfg)
+    if cfg.init_nets and not cfg.init_from:
+        raise UserError(f"--init-nets {cfg.init_nets}: names networks to take from --init-from CHECKPOINT; add it")
+    if cfg.init_from:
+        if cfg.resume not in ("", "auto"):
+            raise UserError(f"--init-from {cfg.init_from} --resume {cfg.resume}: choose one (--resume continues "
+                            "that run; --init-from starts a new one from its weights)")
+        cfg.init_from = str(checkpoint_file(cfg.init_from))  # the file, as config.json records it
+        cfg.init_nets = ",".join(chosen_nets(cfg.init_nets, [n for nets in model.optimizers.values() for n in nets]))
     if not cfg.out:
         # Resuming from a file continues in that file's run directory.
         resume_file = cfg.resume not in ("", "auto")
@@ -337,6 +346,8 @@ def _train(cfg: TrainConfig, lock: RunLock, ddp: Distributed) -> dict:
                         f"({loader.info.get('num_images', 0)} images); use a smaller batch")
     info = dict(loader.info)
     task = build_task(cfg, info, device, batches_per_epoch)
+    if cfg.init_from and ckpt is None:  # a new run (resuming one that started so takes its own checkpoint)
+        init_from_checkpoint(task, cfg, info)
     _start_replicas(task, cfg, ddp)
     task = configure_engine(task, cfg)
     fixed = loader.fixed(task.fixed_size)
