@@ -122,6 +122,35 @@ class GanModel:
         return self.size_multiple
 
 
+def l1_loss(output: Tensor, target: Tensor) -> Tensor:
+    """``F.l1_loss(output.float(), target.float())``, whose gradient keeps ``output``'s memory layout.
+
+    F.l1_loss's backward expands the loss gradient into a fresh NCHW tensor, so a channels_last network got
+    an NCHW gradient and a layout copy in its output layer's backward. The NHWC view of a channels_last
+    output is reduced over the same memory in the same order (the same value, bit for bit), and its
+    gradient comes back channels_last.
+    """
+    output, target = output.float(), target.float()
+    if output.dim() == 4 and output.is_contiguous(memory_format=torch.channels_last) and not output.is_contiguous():
+        output, target = output.permute(0, 2, 3, 1), target.permute(0, 2, 3, 1)
+    return F.l1_loss(output, target)
+
+
+def apply_batched(net: nn.Module, inputs: list[Tensor], batched: bool) -> list[Tensor]:
+    """``[net(x) for x in inputs]``, as one call on the inputs' concatenation when ``batched``.
+
+    Pass ``batched=fastgan.nn.samples_independent(net)``: then every sample's output, and every gradient
+    that flows through it, is what its own call gives (the weight gradients of both applications are summed
+    inside the convolutions' weight-gradient kernels instead of by separate adds), with half the launches
+    at batch 1, where each kernel leaves the GPU half idle. Networks whose samples share statistics (batch
+    norm) or random draws (dropout) get separate calls. Inputs of different dtypes are concatenated in the
+    promoted one, which changes no value.
+    """
+    if not batched or len(inputs) == 1:
+        return [net(x) for x in inputs]
+    return list(net(torch.cat(inputs)).split([x.shape[0] for x in inputs]))
+
+
 def fixed_noise(seed: int, n: int, z_dim: int, device: torch.device) -> Tensor:
     """Noise for sample grids from a private generator: it neither consumes nor depends on the global RNG."""
     gen = torch.Generator().manual_seed(seed + 1)

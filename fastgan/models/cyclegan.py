@@ -24,6 +24,8 @@ class ResnetBlock(nn.Module):
     """x + IN(conv3(ReLU(IN(conv3(x))))) with reflection padding; the residual add is fused into the
     second InstanceNormAct."""
 
+    samples_independent = True  # its own forward mixes no samples; its layers answer for themselves
+
     def __init__(self, channels: int):
         super().__init__()
         self.conv1 = fnn.ReflectPadConv2d(channels, channels, 3, padding=1)
@@ -39,6 +41,8 @@ class ResnetBlock(nn.Module):
 class Upsample2x(nn.Module):
     """Nearest-neighbour x2 then a reflection-padded 3x3 conv: the checkerboard-free alternative to
     a transposed conv (Odena et al. 2016), with the same parameter count."""
+
+    samples_independent = True  # its own forward mixes no samples; its layers answer for themselves
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
@@ -58,6 +62,8 @@ class ResnetGenerator(nn.Module):
         n_blocks: residual blocks (9 for 256x256 images, 6 for 128x128 and smaller).
         upsample: "deconv" (ConvTranspose2d k3 s2, the paper's form) or "resize" (nearest x2 + conv3).
     """
+
+    samples_independent = True  # its own forward mixes no samples; its layers answer for themselves
 
     def __init__(self, in_channels: int = 3, out_channels: int = 3, ngf: int = 64, n_blocks: int = 9,
                  upsample: str = "deconv"):
@@ -103,6 +109,8 @@ class PatchDiscriminator(nn.Module):
     nn.BatchNorm2d with batch statistics, as the reference, which never calls eval(), always uses, then the
     fused LeakyReLU; the convs before a norm drop their bias, 2,768,705 parameters with 6 input channels).
     """
+
+    samples_independent = True  # its own forward mixes no samples; its layers answer for themselves
 
     def __init__(self, in_channels: int = 3, ndf: int = 64, n_layers: int = 3, norm: str = "instance"):
         super().__init__()
@@ -240,26 +248,35 @@ class Model(base.GanModel):
         lambda_cycle, lambda_idt = cfg.lambda_cycle, cfg.lambda_identity * cfg.lambda_cycle
         kept: dict[str, torch.Tensor] = {}  # the G phase's detached fakes, for the D phase
 
+        # Independent applications of one network share a call where its samples are independent (InstanceNorm
+        # computes per sample): the G phase's first pass and identity pass of each generator, and each D's real
+        # and fake halves. Decided once, from what the networks declare (fastgan.nn.samples_independent).
+        batched = {name: fnn.samples_independent(net) for name, net in nets.items()}
+
         def g_loss(batch):
             real_A, real_B = batch["A"], batch["B"]
-            fake_B = G_A(real_A)
-            rec_A = G_B(fake_B)
-            fake_A = G_B(real_B)
-            rec_B = G_A(fake_A)
+            identity = lambda_idt > 0
+            # G_A's inputs: real A (-> fake B) and, for the identity loss, real B; G_B's symmetrically.
+            out_A = base.apply_batched(G_A, [real_A, real_B] if identity else [real_A], batched["G_A"])
+            out_B = base.apply_batched(G_B, [real_B, real_A] if identity else [real_B], batched["G_B"])
+            fake_B, fake_A = out_A[0], out_B[0]
+            rec_A, rec_B = G_B(fake_B), G_A(fake_A)
             losses = {"G_A": gan(D_B(fake_B), True), "G_B": gan(D_A(fake_A), True),
-                      "cycle_A": F.l1_loss(rec_A.float(), real_A.float()) * lambda_cycle,
-                      "cycle_B": F.l1_loss(rec_B.float(), real_B.float()) * lambda_cycle}
-            if lambda_idt > 0:
+                      "cycle_A": base.l1_loss(rec_A, real_A) * lambda_cycle,
+                      "cycle_B": base.l1_loss(rec_B, real_B) * lambda_cycle}
+            if identity:
                 # G_A should leave an image that is already in domain B unchanged, and G_B one in A.
-                losses["idt_A"] = F.l1_loss(G_A(real_B).float(), real_B.float()) * lambda_idt
-                losses["idt_B"] = F.l1_loss(G_B(real_A).float(), real_A.float()) * lambda_idt
+                losses["idt_A"] = base.l1_loss(out_A[1], real_B) * lambda_idt
+                losses["idt_B"] = base.l1_loss(out_B[1], real_A) * lambda_idt
             kept["fake_A"], kept["fake_B"] = fake_A.detach(), fake_B.detach()
             return {"total": sum(losses.values())} | losses
 
         def d_loss(batch):
             fake_A, fake_B = state["pool_A"](kept["fake_A"]), state["pool_B"](kept["fake_B"])
-            loss_A = 0.5 * (gan(D_A(batch["A"]), True) + gan(D_A(fake_A), False))
-            loss_B = 0.5 * (gan(D_B(batch["B"]), True) + gan(D_B(fake_B), False))
+            real_A_logits, fake_A_logits = base.apply_batched(D_A, [batch["A"], fake_A], batched["D_A"])
+            real_B_logits, fake_B_logits = base.apply_batched(D_B, [batch["B"], fake_B], batched["D_B"])
+            loss_A = 0.5 * (gan(real_A_logits, True) + gan(fake_A_logits, False))
+            loss_B = 0.5 * (gan(real_B_logits, True) + gan(fake_B_logits, False))
             return {"total": loss_A + loss_B, "D_A": loss_A, "D_B": loss_B}
 
         return [base.Phase("G", "G", cfg.g_steps, g_loss, ["G_A", "G_B"]),

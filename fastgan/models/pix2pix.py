@@ -210,7 +210,7 @@ class Model(base.GanModel):
             source, target = batch[source_key], batch[target_key]
             fake = kept.pop("fake")
             losses = {"gan": gan(D(torch.cat([source, fake], 1)), True),
-                      "l1": F.l1_loss(fake.float(), target.float()) * cfg.lambda_l1}
+                      "l1": base.l1_loss(fake, target) * cfg.lambda_l1}
             return {"total": losses["gan"] + losses["l1"]} | losses
 
         return [base.Phase("D", "D", cfg.d_steps, d_loss, ["D"]),

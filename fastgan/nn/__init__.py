@@ -10,8 +10,9 @@ from .layers import (
     LeakyReLU,
     NormThenAct,
     ReflectPadConv2d,
+    samples_independent,
     set_impl,
 )
 
 __all__ = ["BatchNorm2dAct", "Conv2dLeakyReLU", "Conv2dTanh", "ConvTranspose2dTanh", "InstanceNormAct", "LeakyReLU",
-           "NormThenAct", "ReflectPadConv2d", "accelerate", "set_impl", "unfuse_batch_norm_act"]
+           "NormThenAct", "ReflectPadConv2d", "accelerate", "samples_independent", "set_impl", "unfuse_batch_norm_act"]

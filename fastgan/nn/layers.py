@@ -20,7 +20,8 @@ from ..ops import _dispatch
 from ..ops._casts import autocast_to
 
 __all__ = ["BatchNorm2dAct", "Conv2dLeakyReLU", "Conv2dTanh", "ConvTranspose2dTanh", "InstanceNormAct", "LeakyReLU",
-           "NormThenAct", "ReflectPadConv2d", "set_impl", "FAST_LAYERS", "REFLECT_CONV_KERNELS", "REFLECT_CONV_STRIDES"]
+           "NormThenAct", "ReflectPadConv2d", "samples_independent", "set_impl", "FAST_LAYERS", "REFLECT_CONV_KERNELS",
+           "REFLECT_CONV_STRIDES"]
 
 _ACTS = ("relu", "leaky_relu", "none")
 REFLECT_CONV_KERNELS = range(1, 8)  # square kernel sizes the fused reflect-pad convolution takes
@@ -77,6 +78,7 @@ class ReflectPadConv2d(_FastLayer, nn.Conv2d):
     """
 
     _ops = ("reflect_pad_conv2d",)
+    samples_independent = True  # see samples_independent()
 
     def __init__(self, in_channels, out_channels, kernel_size, padding=None, stride=1, bias=True, impl="auto",
                  device=None, dtype=None):
@@ -130,6 +132,7 @@ class Conv2dLeakyReLU(_FastLayer, nn.Conv2d):
     """
 
     _ops = ("leaky_relu",)
+    samples_independent = True
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
                  negative_slope=0.2, impl="auto", dilation=1, groups=1, padding_mode="zeros", device=None,
@@ -177,6 +180,7 @@ class Conv2dTanh(_FastLayer, nn.Conv2d):
     """
 
     _ops = ("tanh", "reflect_pad_conv2d")
+    samples_independent = True
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, impl="auto",
                  dilation=1, groups=1, padding_mode="zeros", device=None, dtype=None):
@@ -220,6 +224,7 @@ class ConvTranspose2dTanh(_FastLayer, nn.ConvTranspose2d):
     """
 
     _ops = ("tanh",)
+    samples_independent = True
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
                  bias=True, dilation=1, impl="auto", device=None, dtype=None):
@@ -255,6 +260,7 @@ class InstanceNormAct(_FastLayer, nn.Module):
     """
 
     _ops = ("instance_norm_act",)
+    samples_independent = True  # statistics per sample, no running ones
 
     def __init__(self, num_features, act="relu", negative_slope=0.2, eps=1e-5, affine=False, impl="auto",
                  contiguous_output=False, device=None, dtype=None):
@@ -308,6 +314,7 @@ class BatchNorm2dAct(_FastLayer, nn.Module):
     """
 
     _ops = ("batch_norm_act",)
+    samples_independent = False  # statistics over the batch
     _version = 2  # nn.BatchNorm2d's state_dict version (checkpoints before it lack num_batches_tracked)
 
     def __init__(self, num_features, act="relu", negative_slope=0.2, eps=1e-5, momentum=0.1, affine=True,
@@ -386,6 +393,8 @@ class NormThenAct(nn.Module):
     replaced.
     """
 
+    samples_independent = True  # its own step is the activation; its norm child answers for itself
+
     def __init__(self, norm: nn.Module, act="relu", negative_slope=0.2):
         super().__init__()
         _check_act("NormThenAct", act)
@@ -426,6 +435,7 @@ class LeakyReLU(_FastLayer, nn.Module):
     """
 
     _ops = ("leaky_relu",)
+    samples_independent = True
 
     def __init__(self, negative_slope=0.2, inplace=False, impl="auto"):
         super().__init__()
@@ -462,3 +472,35 @@ def set_impl(module: nn.Module, impl: str) -> nn.Module:
         if isinstance(m, FAST_LAYERS) and m.supports(impl):
             m.impl = impl
     return module
+
+
+# torch layers that compute each sample alone, with no state the batch updates (matched by exact type: a
+# subclass may override forward, and declares samples_independent itself).
+_PER_SAMPLE_TORCH = frozenset({
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear,
+    nn.Identity, nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid,
+    nn.ReflectionPad2d, nn.ReplicationPad2d, nn.ZeroPad2d, nn.ConstantPad2d, nn.Upsample, nn.Flatten, nn.Unflatten,
+    nn.GroupNorm, nn.LayerNorm,
+})
+
+
+def samples_independent(module: nn.Module) -> bool:
+    """True when one call of ``module`` on a concatenation of batches computes, sample for sample, what
+    separate calls compute: outputs and gradients, with no buffer the batch updates and no random draw (whose
+    stream a bigger call would change). Then independent applications of one network may share a call
+    (fastgan.models.base.apply_batched).
+
+    Each module says it for its own forward: a class attribute ``samples_independent`` (fastgan's layers and
+    the models' networks declare it; BatchNorm2dAct declares False), else one of the torch layers known to
+    compute per sample (convolutions, linear, activations, padding, containers; InstanceNorm without running
+    statistics). Anything else (batch norm, dropout, an unknown layer) makes the whole network False.
+    """
+    for m in module.modules():
+        declared = getattr(type(m), "samples_independent", None)
+        if declared is not None:
+            if not declared:
+                return False
+        elif not (type(m) in _PER_SAMPLE_TORCH or (type(m) in (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+                                                   and not m.track_running_stats)):
+            return False
+    return True

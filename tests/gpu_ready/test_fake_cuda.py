@@ -35,11 +35,7 @@ _CYCLEGAN = {
     # copied into the NHWC output; the pool also stores fp32 copies of bf16 fakes (see KNOWN_DTYPE).
     "aten.where.self in pool_A", "aten.where.self in pool_B", "aten.copy_.default in pool_A",
     "aten.copy_.default in pool_B", "aten.index_copy_.default in pool_A", "aten.index_copy_.default in pool_B",
-    # The L1 losses' backward (mean: grad.expand(...) / numel) yields NCHW gradients for the NHWC outputs;
-    # the output layer's tanh backward copies them (3 channels) to its saved output's NHWC, so the
-    # convolution backwards after it see one layout.
-    "aten.mul.Tensor in AbsBackward0",
-    "fastgan.tanh_bwd.default in GeneratedBackwardFor_fastgan_tanh_fwd_defaultBackward",
+    # (The L1 losses' NCHW gradients, copied to NHWC in the tanh backward, are gone: models.base.l1_loss.)
 }
 KNOWN_LAYOUT = {
     "gan recipe batch": set(),
@@ -50,11 +46,9 @@ KNOWN_LAYOUT = {
     "dcgan 64x64 bs128": set(),
     "cyclegan bs1": _CYCLEGAN,
     "cyclegan bs4": _CYCLEGAN,
-    # The same L1-loss gradient (AbsBackward0) into the output layer's tanh backward, and the U-Net's skip
-    # concatenations: their backward adds an NCHW slice of the gradient to an NHWC one (CatBackward0).
-    "pix2pix bs1": {"aten.mul.Tensor in AbsBackward0",
-                    "fastgan.tanh_bwd.default in GeneratedBackwardFor_fastgan_tanh_fwd_defaultBackward",
-                    "aten.add.Tensor in CatBackward0"},
+    # (The L1 loss's NCHW gradient, which also reached the U-Net's skip concatenations' backward as NCHW
+    # slices, is gone: models.base.l1_loss.)
+    "pix2pix bs1": set(),
 }
 
 

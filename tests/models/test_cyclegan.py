@@ -297,3 +297,109 @@ def test_fast_paths_match_reference_on_cuda(build, impl, ops):
     torch.testing.assert_close(y_fast, y_ref, rtol=1e-3, atol=1e-3)
     for a, b in zip(g_fast, g_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
+# --- batched phases ---------------------------------------------------------------------------------
+def _phase_runs(monkeypatch, batched: bool, iterations: int = 3):
+    """Losses, every gradient and the pools of ``iterations`` G + D phases of a tiny CycleGAN in float64,
+    with the independent applications batched (the default) or forced apart; same weights, data and RNG."""
+    from fastgan import nn as fnn
+    from fastgan.models import cyclegan
+    from fastgan.testing.tasks import cpu_standin
+
+    torch.manual_seed(0)
+    setup = cpu_standin("cyclegan", None, channels_last=False)
+    task = setup.task
+    for module in (*task.nets.values(), *task.state.values()):
+        module.double()
+    if not batched:
+        monkeypatch.setattr(cyclegan.fnn, "samples_independent", lambda net: False)
+    phases = cyclegan.Model().phases(setup.cfg, task.nets, task.state, dict(setup.loader.info))
+    monkeypatch.setattr(cyclegan.fnn, "samples_independent", fnn.samples_independent)
+    batches = [{k: v.double() for k, v in setup.batch(epoch).items()} for epoch in range(iterations)]
+    torch.manual_seed(11)
+    runs = []
+    for batch in batches:
+        for phase in phases:
+            params = [p for name in phase.trains for p in task.nets[name].parameters()]
+            losses = phase.loss(batch)
+            grads = torch.autograd.grad(losses["total"], params)
+            pools = {f"{name}.{k}": b.clone() for name in ("pool_A", "pool_B")
+                     for k, b in task.state[name].state_dict().items()}
+            runs.append((phase.name, {k: v.detach() for k, v in losses.items()}, grads, pools))
+    weights = [p.detach().clone() for net in task.nets.values() for p in net.parameters()]
+    return runs, weights, torch.rand(4)
+
+
+def test_batched_phases_equal_separate_calls_in_float64(monkeypatch):
+    """G_A(real_A) with G_A(real_B) and G_B(real_B) with G_B(real_A) as one batch-2 call each, D's real and fake
+    halves as one: every loss, every gradient, the image pools and the RNG stream as with separate calls."""
+    batched, weights, next_draws = _phase_runs(monkeypatch, batched=True)
+    separate, same_weights, next_draws_ref = _phase_runs(monkeypatch, batched=False)
+    for a, b in zip(weights, same_weights):
+        assert torch.equal(a, b)  # the same initial networks (the seed), so the comparison means something
+    assert len(batched) == len(separate) == 6
+    # The adversarial losses are fp32 by design (base.adversarial_loss), so what passes through them agrees to
+    # fp32 rounding (an ulp where float64 logits that agree to 1e-16 round apart); the rest to float64's.
+    for (name, losses, grads, pools), (_, losses_ref, grads_ref, pools_ref) in zip(batched, separate):
+        assert losses.keys() == losses_ref.keys() and ("idt_A" in losses or name == "D")
+        for key in losses:
+            torch.testing.assert_close(losses[key], losses_ref[key], rtol=1e-6, atol=1e-9, msg=f"{name}/{key}")
+        for g, g_ref in zip(grads, grads_ref):
+            torch.testing.assert_close(g, g_ref, rtol=1e-6, atol=1e-9)
+            assert g.abs().max() > 0
+        for key in pools:
+            assert torch.equal(pools[key], pools_ref[key]), key
+    assert torch.equal(next_draws, next_draws_ref)  # the pools drew the same random numbers, no more
+
+
+def test_batched_call_count(monkeypatch):
+    """Four generator calls per G phase instead of six, one call per discriminator in the D phase."""
+    from fastgan.models import cyclegan
+    from fastgan.testing.tasks import cpu_standin
+
+    setup = cpu_standin("cyclegan", None)
+    task = setup.task
+    calls = {name: [] for name in task.nets}
+    for name, net in task.nets.items():
+        net.register_forward_pre_hook(lambda m, args, name=name: calls[name].append(args[0].shape[0]))
+    phases = cyclegan.Model().phases(setup.cfg, task.nets, task.state, dict(setup.loader.info))
+    batch = setup.batch()
+    n = batch["A"].shape[0]
+    for phase in phases:
+        phase.loss(batch)
+    assert calls == {"G_A": [2 * n, n], "G_B": [2 * n, n], "D_A": [n, 2 * n], "D_B": [n, 2 * n]}
+
+
+def test_samples_independent_is_declared_by_the_layers():
+    from fastgan import nn as fnn
+
+    assert fnn.samples_independent(ResnetGenerator(ngf=4, n_blocks=1))
+    assert fnn.samples_independent(ResnetGenerator(ngf=4, n_blocks=1, upsample="resize"))
+    assert fnn.samples_independent(PatchDiscriminator(ndf=4, norm="instance"))
+    assert not fnn.samples_independent(PatchDiscriminator(ndf=4, norm="batch"))  # batch statistics
+    assert not fnn.samples_independent(nn.Sequential(nn.Conv2d(3, 3, 1), nn.Dropout()))  # random draws
+    assert not fnn.samples_independent(nn.Sequential(nn.InstanceNorm2d(3, track_running_stats=True)))
+    assert fnn.samples_independent(nn.Sequential(nn.InstanceNorm2d(3), nn.ReLU()))
+    assert not fnn.samples_independent(nn.Sequential(fnn.BatchNorm2dAct(3)))
+
+    class Undeclared(nn.Module):  # its forward could do anything with the batch
+        def forward(self, x):
+            return x - x.mean(0)
+
+    assert not fnn.samples_independent(nn.Sequential(Undeclared()))
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 256, 256), (2, 3, 37, 53)])  # the recipe's; odd sizes
+def test_l1_loss_is_f_l1_loss_with_a_gradient_in_the_outputs_layout(shape):
+    from fastgan.models.base import l1_loss
+
+    torch.manual_seed(0)
+    for fmt in (torch.channels_last, torch.contiguous_format):
+        out = torch.randn(shape, dtype=torch.bfloat16).to(memory_format=fmt).requires_grad_()
+        target = torch.randn(shape).to(memory_format=fmt)
+        loss = l1_loss(out, target)
+        assert torch.equal(loss, F.l1_loss(out.float(), target.float()))  # bit for bit
+        loss.backward()
+        expected = torch.autograd.grad(F.l1_loss(out.float(), target.float()), out)[0]
+        assert torch.equal(out.grad, expected) and out.grad.is_contiguous(memory_format=fmt)
