@@ -1,5 +1,6 @@
-// The one registration point of fastgan's compiled ops: schemas, and kernels per dispatch key. Autograd
-// for reflect_pad_conv2d is registered from Python (fastgan/ops/reflect_pad_conv2d.py) on top of these.
+// The one registration point of fastgan's compiled ops: schemas, and kernels per dispatch key (CPU, CUDA,
+// Meta for fake tensors and torch.compile, Autograd), so torch.ops.fastgan.* is complete and differentiable
+// whoever loads the library (Python's fastgan._C, torch.ops.load_library, a C++ program) and in any order.
 #include <torch/library.h>
 
 #include "reflect_pad_conv2d/reflect_pad_conv2d.h"
@@ -26,4 +27,10 @@ TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {
 TORCH_LIBRARY_IMPL(fastgan, Meta, m) {
   m.impl("reflect_pad_conv2d", &fastgan::reflect_pad_conv2d_meta);
   m.impl("reflect_pad_conv2d_backward", &fastgan::reflect_pad_conv2d_backward_meta);
+}
+
+// Backward (and double backward) for every device: reflect_pad_conv2d_autograd.cpp.
+TORCH_LIBRARY_IMPL(fastgan, Autograd, m) {
+  m.impl("reflect_pad_conv2d", &fastgan::reflect_pad_conv2d_autograd);
+  m.impl("reflect_pad_conv2d_backward", &fastgan::reflect_pad_conv2d_backward_autograd);
 }

@@ -63,6 +63,24 @@ void check_args(const at::Tensor& x, const at::Tensor& weight, const std::option
   }
 }
 
+// The backward's grad_out must be the forward's output shape (a wrong one reached oneDNN/cuDNN, whose
+// errors name no argument).
+void check_grad_out(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, int64_t padding,
+                    int64_t stride) {
+  const c10::SymInt k = weight.sym_size(2);
+  const c10::SymInt ho = (x.sym_size(2) + 2 * padding - k) / stride + 1;
+  const c10::SymInt wo = (x.sym_size(3) + 2 * padding - k) / stride + 1;
+  TORCH_CHECK_VALUE(grad_out.dim() == 4 && sym_true(grad_out.sym_size(0) == x.sym_size(0)) &&
+                        sym_true(grad_out.sym_size(1) == weight.sym_size(0)) &&
+                        sym_true(grad_out.sym_size(2) == ho) && sym_true(grad_out.sym_size(3) == wo),
+                    "reflect_pad_conv2d_backward: grad_out must be the output's shape [", x.sym_size(0), ", ",
+                    weight.sym_size(0), ", ", ho, ", ", wo, "], got ", grad_out.sym_sizes());
+  TORCH_CHECK_VALUE(grad_out.scalar_type() == x.scalar_type(), "reflect_pad_conv2d_backward: grad_out has dtype ",
+                    grad_out.scalar_type(), " but x has ", x.scalar_type());
+  TORCH_CHECK_VALUE(grad_out.device() == x.device(), "reflect_pad_conv2d_backward: grad_out is on ",
+                    grad_out.device(), " but x is on ", x.device());
+}
+
 // Only NCHW and channels_last exist here; anything else is made NCHW-contiguous.
 at::MemoryFormat layout_of(const at::Tensor& x) {
   return x.suggest_memory_format() == at::MemoryFormat::ChannelsLast ? at::MemoryFormat::ChannelsLast
@@ -193,6 +211,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reflect_pad_conv2d_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, int64_t padding, int64_t stride,
     std::array<bool, 3> output_mask) {
   check_args(x, weight, std::nullopt, padding, stride);
+  check_grad_out(grad_out, x, weight, padding, stride);
   const at::MemoryFormat fmt = layout_of(x);
   const at::Tensor xc = x.contiguous(fmt);
   const at::Tensor padded = reflect_pad(xc, padding, fmt);
@@ -219,7 +238,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reflect_pad_conv2d_backward_meta(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, int64_t padding, int64_t stride,
     std::array<bool, 3> output_mask) {
   check_args(x, weight, std::nullopt, padding, stride);
-  (void)grad_out;
+  check_grad_out(grad_out, x, weight, padding, stride);
   at::Tensor dx = output_mask[0] ? at::empty_symint(x.sym_sizes(), x.options(), layout_of(x)) : at::Tensor();
   at::Tensor dweight =
       output_mask[1] ? at::empty_symint(weight.sym_sizes(), weight.options(), layout_of(weight)) : at::Tensor();

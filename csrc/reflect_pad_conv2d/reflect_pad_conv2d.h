@@ -61,4 +61,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reflect_pad_conv2d_backward_meta(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, int64_t padding, int64_t stride,
     std::array<bool, 3> output_mask);
 
+// Autograd-key kernels (reflect_pad_conv2d_autograd.cpp): the op's backward, and the backward's own backward,
+// so double backward (a gradient penalty through the op) works too.
+at::Tensor reflect_pad_conv2d_autograd(const at::Tensor& x, const at::Tensor& weight,
+                                       const std::optional<at::Tensor>& bias, int64_t padding, int64_t stride);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> reflect_pad_conv2d_backward_autograd(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, int64_t padding, int64_t stride,
+    std::array<bool, 3> output_mask);
+
 }  // namespace fastgan

@@ -1,5 +1,7 @@
 // C++ check of fastgan::reflect_pad_conv2d through the dispatcher (as C++ users call it), against
-// at::reflection_pad2d + at::conv2d and their autograd, in float64 on the CPU. Exit code 0 on success.
+// at::reflection_pad2d + at::conv2d and their autograd, in float64 on the CPU: the forward, the backward op
+// called directly, backward through libtorch's autograd (the library's Autograd kernel), and double
+// backward (a gradient penalty). Exit code 0 on success.
 #include <cstdio>
 #include <stdexcept>
 #include <string>
@@ -52,6 +54,35 @@ void check_case(int64_t k, int64_t padding, int64_t stride, bool channels_last) 
   expect_close(dx, xr.grad(), name + ": dx");
   expect_close(dweight, wr.grad(), name + ": dweight");
   expect_close(dbias, br.grad(), name + ": dbias");
+
+  // The same through autograd, as a libtorch program trains with the op: y.backward() fills .grad().
+  const at::Tensor xa = x.clone().requires_grad_(true), wa = weight.clone().requires_grad_(true),
+                   ba = bias.clone().requires_grad_(true);
+  const at::Tensor ya = forward.call(xa, wa, ba, padding, stride);
+  if (!ya.requires_grad()) {
+    ++failures;
+    std::fprintf(stderr, "FAIL %s: the op's output does not require grad (no Autograd kernel)\n", name.c_str());
+    return;
+  }
+  ya.backward(grad_out);
+  expect_close(xa.grad(), xr.grad(), name + ": autograd x.grad");
+  expect_close(wa.grad(), wr.grad(), name + ": autograd weight.grad");
+  expect_close(ba.grad(), br.grad(), name + ": autograd bias.grad");
+
+  // Double backward, as a gradient penalty does it: |dL/dx|^2 + |dL/dw|^2 + |dL/db|^2 with L = <y^2, g>, so
+  // the backward's own backward is reached for each of its inputs (grad_out depends on y) and outputs.
+  const auto penalty = [&](const at::Tensor& y, const at::Tensor& xin, const at::Tensor& win, const at::Tensor& bin) {
+    const auto g = torch::autograd::grad({(y.square() * grad_out).sum()}, {xin, win, bin}, {},
+                                         /*retain_graph=*/true, /*create_graph=*/true);
+    return g[0].square().sum() + g[1].square().sum() + g[2].square().sum();
+  };
+  for (const auto& t : {xa, wa, ba, xr, wr, br}) t.mutable_grad() = at::Tensor();
+  penalty(forward.call(xa, wa, ba, padding, stride), xa, wa, ba).backward();
+  const at::Tensor yr = at::conv2d(at::reflection_pad2d(xr, {padding, padding, padding, padding}), wr, br, stride);
+  penalty(yr, xr, wr, br).backward();
+  expect_close(xa.grad(), xr.grad(), name + ": double backward x.grad");
+  expect_close(wa.grad(), wr.grad(), name + ": double backward weight.grad");
+  expect_close(ba.grad(), br.grad(), name + ": double backward bias.grad");
 }
 
 }  // namespace

@@ -38,6 +38,9 @@ def extension_check(device: torch.device) -> str | None:
     """None when fastgan._C can run reflect_pad_conv2d on ``device``, else why not."""
     if _EXT_ERROR is not None:
         return _EXT_ERROR
+    if not _EXT_HAS_AUTOGRAD:  # a library built from sources older than the C++ autograd registration
+        return "fastgan._C has no autograd kernel for reflect_pad_conv2d (an older build); rebuild it with " \
+               "`pip install --no-build-isolation -e .`"
     if device.type not in _EXT_DEVICE_TYPES:
         return f"fastgan._C has no {device.type.upper()} kernel (built without a CUDA toolkit?)"
     return None
@@ -47,30 +50,17 @@ def extension_check(device: torch.device) -> str | None:
 _EXT_DEVICE_TYPES = frozenset() if _EXT_ERROR is not None else frozenset(
     t for t in ("cpu", "cuda")
     if torch._C._dispatch_has_kernel_for_dispatch_key("fastgan::reflect_pad_conv2d", t.upper()))
+_EXT_HAS_AUTOGRAD = _EXT_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key(
+    "fastgan::reflect_pad_conv2d", "Autograd")
 
 
 _dispatch.register("reflect_pad_conv2d", "cuda", extension_check)
 
 
 # 4. Autograd -------------------------------------------------------------------------------------
-# y = conv(pad(x), weight) + bias; backward: dpad, dweight, dbias = conv_backward(dy, pad(x), weight) and
-# dx = fold(dpad), all in the extension's reflect_pad_conv2d_backward (the pad is recomputed, not saved).
-def _setup_context(ctx, inputs, output):
-    x, weight, bias, padding, stride = inputs
-    ctx.save_for_backward(x, weight)
-    ctx.padding, ctx.stride, ctx.has_bias = padding, stride, bias is not None
-
-
-def _backward(ctx, grad_out):
-    x, weight = ctx.saved_tensors
-    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
-    dx, dweight, dbias = torch.ops.fastgan.reflect_pad_conv2d_backward(
-        grad_out, x, weight, ctx.padding, ctx.stride, mask)
-    return dx, dweight, dbias if ctx.has_bias else None, None, None
-
-
-if _EXT_ERROR is None:
-    torch.library.register_autograd("fastgan::reflect_pad_conv2d", _backward, setup_context=_setup_context)
+# Registered in C++ for the Autograd key (csrc/reflect_pad_conv2d/reflect_pad_conv2d_autograd.cpp), so
+# torch.ops.fastgan.reflect_pad_conv2d is differentiable whoever loads the library and in any import
+# order; double backward (a gradient penalty through the op) is supported there too.
 
 
 # 5. Public function ------------------------------------------------------------------------------

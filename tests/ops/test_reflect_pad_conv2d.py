@@ -175,6 +175,85 @@ def test_opcheck_and_compile():
         torch.testing.assert_close(g, r)
 
 
+# The op's autograd is registered in C++: a caller that never imports fastgan.ops (torch.ops users, the
+# CMake library through torch.ops.load_library) gets the same gradients. Subprocesses, so the import order
+# is real. The script checks every gradient against F.pad + F.conv2d in float64, double backward included.
+_GRAD_SCRIPT = """
+import sys
+import torch
+{load}
+assert "fastgan.ops" not in sys.modules, "the test must not import fastgan.ops"
+import torch.nn.functional as F
+torch.manual_seed(0)
+x = torch.randn(2, 5, 13, 11, dtype=torch.float64, requires_grad=True)
+w = torch.randn(6, 5, 3, 3, dtype=torch.float64, requires_grad=True)
+b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+y = torch.ops.fastgan.reflect_pad_conv2d(x, w, b, 1, 1)
+g = torch.randn_like(y)
+got = torch.autograd.grad((y * g).sum(), (x, w, b), create_graph=True)
+penalty = sum(t.square().sum() for t in got[:2])  # double backward, as a gradient penalty takes it
+got2 = torch.autograd.grad(penalty, (x, w))
+yr = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), w, b)
+want = torch.autograd.grad((yr * g).sum(), (x, w, b), create_graph=True)
+want2 = torch.autograd.grad(sum(t.square().sum() for t in want[:2]), (x, w))
+torch.testing.assert_close(y, yr, rtol=1e-12, atol=1e-12)
+for name, a, r in zip(["x", "w", "b", "x (double)", "w (double)"], got + got2, want + want2):
+    torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12, msg=lambda m, name=name: name + ": " + m)
+y = torch.ops.fastgan.reflect_pad_conv2d(x, w, None, 1, 1)  # the issue's snippet: x.grad after backward()
+y.sum().backward()
+x_grad = x.grad.clone(); x.grad = None
+F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), w).sum().backward()
+torch.testing.assert_close(x_grad, x.grad, rtol=1e-12, atol=1e-12)
+print("ok")
+"""
+
+
+@needs_ext
+@pytest.mark.parametrize("load", [
+    "import fastgan._C",  # the compiled module alone, without fastgan.ops
+    "torch.ops.load_library({path!r})",  # the library file, as the CMake library is loaded; fastgan not imported
+], ids=["import_C", "load_library"])
+def test_gradient_without_fastgan_ops(load):
+    path = sys.modules["fastgan._C"].__file__
+    code = _GRAD_SCRIPT.format(load=load.format(path=path))
+    if "load_library" in load:
+        code = code.replace('"fastgan.ops" not in sys.modules', '"fastgan" not in sys.modules')
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+@needs_ext
+@pytest.mark.parametrize("padding, stride, bias", [(1, 1, True), (2, 2, False)])
+def test_gradgradcheck_float64(padding, stride, bias):
+    x, weight, b = _inputs(1, 2, 3, 3, 5, 4, bias, dtype=torch.float64)
+    args = [t.requires_grad_(True) for t in (x, weight, b) if t is not None]
+
+    def fn(x, weight, *b):
+        return torch.ops.fastgan.reflect_pad_conv2d(x, weight, b[0] if b else None, padding, stride)
+
+    assert torch.autograd.gradgradcheck(fn, args)
+
+
+@needs_ext
+def test_backward_op_opcheck():
+    """The backward op has its own Autograd kernel (double backward), checked like the forward."""
+    x, weight, _ = _inputs(2, 3, 4, 3, 7, 6, False)
+    grad_out = torch.randn(2, 4, 5, 4)  # padding 2, stride 2: (7 + 4 - 3) // 2 + 1, (6 + 4 - 3) // 2 + 1
+    for t in (grad_out, x, weight):
+        t.requires_grad_(True)
+    for mask in ([True, True, True], [True, False, False], [False, True, False]):
+        torch.library.opcheck(torch.ops.fastgan.reflect_pad_conv2d_backward.default,
+                              (grad_out, x, weight, 2, 2, mask))
+
+
+def test_dispatch_refuses_a_build_without_autograd(monkeypatch):
+    """A library built before the C++ autograd registration would train nothing: impl="cuda" refuses it."""
+    monkeypatch.setattr(rpc, "_EXT_ERROR", None)
+    monkeypatch.setattr(rpc, "_EXT_HAS_AUTOGRAD", False)
+    with pytest.raises(RuntimeError, match="no autograd kernel for reflect_pad_conv2d"):
+        _dispatch.resolve(OP, "cuda", torch.device("cpu"))
+
+
 # Each argument error names the argument.
 @needs_ext
 @pytest.mark.parametrize(
@@ -233,6 +312,15 @@ def test_argument_errors(case, match):
     with pytest.raises(ValueError, match=match):  # the Meta kernel checks the same
         torch.ops.fastgan.reflect_pad_conv2d(x.to("meta"), weight.to("meta"),
                                              None if bias is None else bias.to("meta"), padding, stride)
+
+
+@needs_ext
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_backward_grad_out_shape_error(device):
+    x, weight = torch.randn(2, 3, 7, 6, device=device), torch.randn(4, 3, 3, 3, device=device)
+    with pytest.raises(ValueError, match=r"grad_out must be the output's shape \[2, 4, 5, 4\], got \[2, 4, 4, 3\]"):
+        torch.ops.fastgan.reflect_pad_conv2d_backward(torch.randn(2, 4, 4, 3, device=device), x, weight, 2, 2,
+                                                      [True, True, False])
 
 
 @needs_ext
