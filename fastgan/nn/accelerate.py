@@ -21,7 +21,11 @@ a module whose forward is ``x + body(x)``,       the same module, its residual a
 ``body`` a Sequential ending in InstanceNorm2d   InstanceNormAct (``residual=x``) in its pass
 ===============================================  =================================================
 
-Outside a Sequential (a plain attribute of a module) only the single-module rewrites apply.
+Outside a Sequential (a plain attribute of a module) only the single-module rewrites apply. Pairs change
+what single Sequential indices return (an Identity at one, the pair's result at the other): for code that
+reads them, ``keep_sequential_outputs=True`` applies only the single-module rewrites (and residual blocks),
+``exclude=`` leaves named submodules alone, and by default a Sequential whose owner visibly reads its indices
+is left unfused with one warning (see ``_attrs_read_beyond_call``).
 
 What stays identical: outputs and every gradient (the fused layers do the same arithmetic, up to summation
 order); state_dict keys (the fused layer sits at the index of the module that held the parameters and the
@@ -64,9 +68,13 @@ Fusions deliberately not done:
 
 from __future__ import annotations
 
+import ast
 import functools
+import inspect
 import operator
+import textwrap
 import warnings
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -97,7 +105,8 @@ _HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward
                "_load_state_dict_post_hooks")
 
 
-def accelerate(module: nn.Module, impl: str = "auto") -> nn.Module:
+def accelerate(module: nn.Module, impl: str = "auto", *, keep_sequential_outputs: bool | None = None,
+               exclude: Iterable[str] = ()) -> nn.Module:
     """Replaces fusable layers of ``module`` with fastgan layers holding the same parameters, in place.
 
     Args:
@@ -106,15 +115,41 @@ def accelerate(module: nn.Module, impl: str = "auto") -> nn.Module:
         impl: "auto", "ref", "fast", "triton" or "cuda", set on every new layer that has that path ("triton"
             and "cuda" reach the layers with that kind of fast path; the others get "auto"). Change it later
             with fastgan.nn.set_impl.
+        keep_sequential_outputs: True: fuse only inside single modules, never across two modules of a
+            Sequential, so every index of every Sequential returns what it did (for code that runs a
+            Sequential index by index and keeps intermediate outputs, e.g. CUT's
+            ``netG(x, layers, encode_only=True)``). None (default): the same only for the Sequentials whose
+            owner's code visibly reads single indices (iterates over, indexes or slices them, lists their
+            children; also a Sequential subclass with its own forward), with one warning naming them.
+            False: fuse across modules everywhere (nothing reads single indices' outputs).
+        exclude: names of submodules (as ``module.named_modules()`` gives them) to leave untouched, with
+            everything inside them; a name that is not a submodule raises ValueError.
     Returns:
         ``module`` itself, with the same state_dict keys, device, dtype and training mode.
     """
     _dispatch.check_impl(impl, "accelerate")
-    blocked: list[str] = []
-    _walk(module, impl, "", blocked)
-    if blocked:
+    if isinstance(exclude, str):
+        exclude = [exclude]  # one name, not its characters
+    exclude = set(exclude)
+    for name in sorted(exclude):
+        try:
+            module.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"accelerate: exclude names {name!r}, which is not a submodule of the "
+                             f"{type(module).__name__} (names are those of named_modules(), e.g. 'model.0')") \
+                from None
+    walk = _Walk(impl, keep_sequential_outputs, exclude)
+    if "" not in exclude:
+        walk.run(module, "")
+    if walk.blocked:
         warnings.warn("fastgan.accelerate left these pairs unfused because hooks on them would see the tensor "
-                      "between the two modules: " + "; ".join(blocked), stacklevel=2)
+                      "between the two modules: " + "; ".join(walk.blocked), stacklevel=2)
+    if walk.kept:
+        warnings.warn("fastgan.accelerate left the layers of these Sequentials unfused because code reads "
+                      "their single indices' outputs (iterates over, indexes or slices them), which fusing "
+                      "two adjacent layers would change: " + "; ".join(walk.kept) + ". To silence this, pass "
+                      "keep_sequential_outputs=True (fuse inside single modules only, everywhere) or False "
+                      "(fuse them anyway: nothing uses those outputs)", stacklevel=2)
     return module
 
 
@@ -147,27 +182,44 @@ def unfuse_batch_norm_act(module: nn.Module) -> nn.Module:
     return module
 
 
-def _walk(module: nn.Module, impl: str, prefix: str, blocked: list[str]) -> None:
-    if isinstance(module, (*FAST_LAYERS, torch.jit.ScriptModule)):
-        return
-    if isinstance(module, nn.Sequential):
-        _fuse_sequential(module, impl, prefix, blocked)
-    for name, child in list(module.named_children()):
-        single = _replace_single(child, impl)
-        if single is not None:
-            _move_hooks(child, single)
-            setattr(module, name, single)
-        else:
-            _walk(child, impl, f"{prefix}{name}.", blocked)
-    _fuse_residual(module)
+class _Walk:
+    """One accelerate() pass: the options, and what it left unfused and why (for the warnings)."""
+
+    def __init__(self, impl: str, keep_sequential_outputs: bool | None, exclude: set[str]):
+        self.impl, self.keep_sequential_outputs, self.exclude = impl, keep_sequential_outputs, exclude
+        self.blocked: list[str] = []  # pairs with hooks inside
+        self.kept: list[str] = []  # Sequentials whose single indices are read
+
+    def run(self, module: nn.Module, prefix: str, indices_read: str | None = None) -> None:
+        """``indices_read``: where ``module``'s single indices are read (from its owner), else None."""
+        if isinstance(module, (*FAST_LAYERS, torch.jit.ScriptModule)):
+            return
+        if isinstance(module, nn.Sequential):
+            if indices_read is None and type(module).forward is not nn.Sequential.forward:
+                indices_read = f"{type(module).__qualname__}.forward"  # its own forward runs its layers
+            if self.keep_sequential_outputs is None and indices_read is not None:
+                self.kept.append(f"{prefix[:-1] or '(the model)'} (read in {indices_read})")
+            elif not self.keep_sequential_outputs:
+                _fuse_sequential(module, self.impl, prefix, self.blocked, self.exclude)
+        read = _children_indices_read(module)
+        for name, child in list(module.named_children()):
+            if prefix + name in self.exclude:
+                continue
+            single = _replace_single(child, self.impl)
+            if single is not None:
+                _move_hooks(child, single)
+                setattr(module, name, single)
+            else:
+                self.run(child, f"{prefix}{name}.", read.get(name))
+        _fuse_residual(module)
 
 
-def _fuse_sequential(seq: nn.Sequential, impl: str, prefix: str, blocked: list[str]) -> None:
+def _fuse_sequential(seq: nn.Sequential, impl: str, prefix: str, blocked: list[str], exclude=frozenset()) -> None:
     names = list(seq._modules)
     i = 0
     while i < len(names) - 1:
         first, second = seq._modules[names[i]], seq._modules[names[i + 1]]
-        fused = _fuse_pair(first, second, impl)
+        fused = None if {prefix + names[i], prefix + names[i + 1]} & exclude else _fuse_pair(first, second, impl)
         if fused is None:
             i += 1
             continue
@@ -186,6 +238,61 @@ def _fuse_sequential(seq: nn.Sequential, impl: str, prefix: str, blocked: list[s
         seq._modules[names[i]], seq._modules[names[i + 1]] = pair
         # A layer made from the second module may absorb the next one too (ReflectionPad2d, Conv2d, Tanh).
         i += 2 if keep_first else 1
+
+
+# Sequentials whose single indices are read ---------------------------------------------------------
+# Code such as CUT's ResnetGenerator.forward (``for layer_id, layer in enumerate(self.model): ...
+# feats.append(feat)``) keeps the output of single indices; fusing a pair changes those (a ReflectionPad2d
+# index becomes an Identity, a norm index returns the activated tensor). Seen conservatively in the owner's
+# source: any use of ``self.<sequential>`` other than calling it, reaching one of its plain methods
+# (``self.model.parameters()``) or passing it to a function that is not one of Python's iterating builtins
+# (``nn.parallel.data_parallel(self.main, x)`` calls it whole) counts as reading its indices. Not seen:
+# code in other classes or functions, or a Sequential reached through a dynamic name or another container.
+_INDEX_READING_ATTRS = frozenset({"children", "named_children", "modules", "named_modules", "_modules",
+                                  "__iter__", "__getitem__", "__len__"})
+_ITERATING_BUILTINS = frozenset({"enumerate", "iter", "list", "tuple", "zip", "reversed", "len", "map", "sorted",
+                                 "next", "dict", "set", "filter", "any", "all", "sum", "max", "min"})
+
+
+def _children_indices_read(module: nn.Module) -> dict[str, str]:
+    """{child name: "Class.method" that reads its single indices} for ``module``'s Sequential children."""
+    sequentials = {name for name, child in module.named_children() if isinstance(child, nn.Sequential)}
+    if not sequentials:
+        return {}
+    read = _attrs_read_beyond_call(type(module))
+    return {name: read[name] for name in sequentials if name in read}
+
+
+@functools.cache
+def _attrs_read_beyond_call(cls: type) -> dict[str, str]:
+    """{attribute name: "Class.method"} for ``self.<name>`` used other than called, in the methods (but
+    __init__) of ``cls`` and of its bases outside torch."""
+    found: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is object or klass.__module__.split(".")[0] == "torch":
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):  # no source (a REPL class, a compiled module): not seen
+            continue
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) or fn.name == "__init__" \
+                    or not fn.args.args:
+                continue
+            me = fn.args.args[0].arg
+            parents = {child: node for node in ast.walk(fn) for child in ast.iter_child_nodes(node)}
+            for node in ast.walk(fn):
+                if not (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load)
+                        and isinstance(node.value, ast.Name) and node.value.id == me):
+                    continue
+                parent = parents.get(node)
+                called = isinstance(parent, ast.Call) and parent.func is node
+                plain_method = isinstance(parent, ast.Attribute) and parent.attr not in _INDEX_READING_ATTRS
+                passed_whole = isinstance(parent, ast.Call) and parent.func is not node and not (
+                    isinstance(parent.func, ast.Name) and parent.func.id in _ITERATING_BUILTINS)
+                if not (called or plain_method or passed_whole):
+                    found.setdefault(node.attr, f"{klass.__qualname__}.{fn.name}")
+    return found
 
 
 def _fuse_pair(first: nn.Module, second: nn.Module, impl: str):

@@ -472,3 +472,229 @@ def test_generator_heads_through_triton(triton_cpu, name, head):
     torch.testing.assert_close(y1, y0, atol=1e-5, rtol=1e-5)
     for k in g0:
         torch.testing.assert_close(g1[k], g0[k], atol=1e-4 * (1 + g0[k].abs().max().item()), rtol=1e-4, msg=k)
+
+
+# Code that reads single indices of a Sequential ----------------------------------------------------------
+class CutResnetGenerator(nn.Module):
+    """contrastive-unpaired-translation's ResnetGenerator (no_antialias, no_antialias_up, instance norm): its
+    forward runs ``self.model`` index by index for the PatchNCE features (``layers``, ``encode_only``)."""
+
+    def __init__(self, input_nc=3, output_nc=3, ngf=4, n_blocks=2):
+        super().__init__()
+        model = [nn.ReflectionPad2d(3), nn.Conv2d(input_nc, ngf, 7, padding=0, bias=True), INSTANCE(ngf),
+                 nn.ReLU(True)]
+        for i in range(2):  # downsampling
+            mult = 2**i
+            model += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1, bias=True),
+                      INSTANCE(ngf * mult * 2), nn.ReLU(True)]
+        model += [ResnetBlock(ngf * 4, INSTANCE, False, True) for _ in range(n_blocks)]
+        for i in range(2):  # upsampling
+            mult = 2 ** (2 - i)
+            model += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1, output_padding=1,
+                                         bias=True), INSTANCE(ngf * mult // 2), nn.ReLU(True)]
+        model += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, 7, padding=0), nn.Tanh()]
+        self.model = nn.Sequential(*model)
+
+    def forward(self, input, layers=(), encode_only=False):
+        layers = list(layers)
+        if -1 in layers:
+            layers.append(len(self.model))
+        if len(layers) > 0:
+            feat = input
+            feats = []
+            for layer_id, layer in enumerate(self.model):
+                feat = layer(feat)
+                if layer_id in layers:
+                    feats.append(feat)
+                if layer_id == layers[-1] and encode_only:
+                    return feats  # return intermediate features alone; stop in the last layers
+            return feat, feats
+        return self.model(input)
+
+
+class Pix2pixHDNLayerDiscriminator(nn.Module):
+    """pix2pixHD's NLayerDiscriminator with getIntermFeat: one Sequential per stage, each called whole, all
+    stage outputs kept (for the feature-matching loss)."""
+
+    def __init__(self, input_nc=3, ndf=4, n_layers=2):
+        super().__init__()
+        self.n_layers = n_layers
+        sequence = [[nn.Conv2d(input_nc, ndf, 4, stride=2, padding=2), nn.LeakyReLU(0.2, True)]]
+        nf = ndf
+        for _ in range(1, n_layers):
+            nf_prev, nf = nf, min(nf * 2, 512)
+            sequence += [[nn.Conv2d(nf_prev, nf, 4, stride=2, padding=2), INSTANCE(nf), nn.LeakyReLU(0.2, True)]]
+        nf_prev, nf = nf, min(nf * 2, 512)
+        sequence += [[nn.Conv2d(nf_prev, nf, 4, stride=1, padding=2), INSTANCE(nf), nn.LeakyReLU(0.2, True)]]
+        sequence += [[nn.Conv2d(nf, 1, 4, stride=1, padding=2)]]
+        for n in range(len(sequence)):
+            setattr(self, "model" + str(n), nn.Sequential(*sequence[n]))
+
+    def forward(self, input):
+        res = [input]
+        for n in range(self.n_layers + 2):
+            model = getattr(self, "model" + str(n))
+            res.append(model(res[-1]))
+        return res[1:]
+
+
+CUT_LAYERS = [0, 4, 8, 12, 16]  # CUT's --nce_layers default: the pad, both downsampling convs, ...
+
+
+def _features_and_grads(model, x, **kw):
+    """The features (any nesting) and the gradients of sum(feature * fixed noise) for the input and every parameter."""
+    model.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_(True)
+    feats = torch.utils._pytree.tree_leaves(model(x, **kw))
+    gen = torch.Generator().manual_seed(1)
+    sum((f * torch.randn(f.shape, generator=gen, dtype=f.dtype)).sum() for f in feats).backward()
+    return [f.detach() for f in feats], {"input": x.grad, **{n: p.grad for n, p in model.named_parameters()}}
+
+
+def _assert_features_kept(original, fast, x, **kw):
+    (f0, g0), (f1, g1) = _features_and_grads(original, x, **kw), _features_and_grads(fast, x, **kw)
+    assert [f.shape for f in f1] == [f.shape for f in f0]
+    for i, (a, b) in enumerate(zip(f1, f0)):
+        _assert_same(a, b, f"feature {i}")
+    assert g1.keys() == g0.keys()
+    scale = max(g.abs().max().item() for g in g0.values() if g is not None)
+    for k in g0:  # (None for the layers after the last feature under encode_only)
+        assert (g1[k] is None) == (g0[k] is None), k
+        if g0[k] is not None:
+            torch.testing.assert_close(g1[k], g0[k], rtol=TOL, atol=TOL * scale, msg=k)
+
+
+def _cut():
+    torch.manual_seed(0)
+    return CutResnetGenerator().double()
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_cut_features_with_keep_sequential_outputs(mode):
+    original = _cut().train(mode == "train")
+    fast = copy.deepcopy(original)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said explicitly: no warning
+        accelerate(fast, keep_sequential_outputs=True)
+    # only single-module rewrites: no Identity placeholders anywhere, the blocks' residual add still fused
+    assert not any(type(m) is nn.Identity for m in fast.modules())
+    assert sum(type(m) is InstanceNormAct for m in fast.modules()) == 9
+    assert _count(fast)["residual"] == 2
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    _assert_features_kept(original, fast, x, layers=CUT_LAYERS, encode_only=True)
+    _assert_same(fast(x), original(x), "output")
+
+
+def test_cut_indices_read_in_forward_are_detected():
+    original = _cut()
+    fast = copy.deepcopy(original)
+    with pytest.warns(UserWarning, match=r"left the layers of these Sequentials unfused .*: model "
+                                         r"\(read in CutResnetGenerator\.forward\)") as record:
+        accelerate(fast)
+    assert len([w for w in record if "Sequentials unfused" in str(w.message)]) == 1
+    assert type(fast.model[0]) is nn.ReflectionPad2d and type(fast.model[3]) is nn.ReLU
+    # ... while the residual blocks' bodies, called whole by ResnetBlock.forward, are fused
+    assert type(fast.model[10].conv_block[1]) is ReflectPadConv2d and _count(fast)["residual"] == 2
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    _assert_features_kept(original, fast, x, layers=CUT_LAYERS, encode_only=True)
+    _assert_features_kept(original, fast, x, layers=[4, 12])  # (output, features)
+
+
+def test_cut_fused_anyway_when_told():
+    """keep_sequential_outputs=False fuses the Sequential CUT reads: the issue's changed feature 0."""
+    fast = copy.deepcopy(_cut())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        accelerate(fast, keep_sequential_outputs=False)
+    assert type(fast.model[0]) is nn.Identity
+    x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    assert fast(x, layers=[0], encode_only=True)[0].shape == (1, 3, 16, 16)  # the pad's output was 22x22
+
+
+def test_exclude_leaves_submodules_untouched():
+    original = _cut()
+    fast = copy.deepcopy(original)
+    accelerate(fast, keep_sequential_outputs=False, exclude=["model.10", "model.18"])
+    assert type(fast.model[10].conv_block[0]) is nn.ReflectionPad2d  # nothing inside model.10 changed
+    assert type(fast.model[10].conv_block[6]) is nn.InstanceNorm2d and _count(fast)["residual"] == 1
+    assert type(fast.model[18]) is nn.ReflectionPad2d and type(fast.model[19]) is Conv2dTanh  # no pad fusion
+    assert type(fast.model[11].conv_block[0]) is nn.Identity
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    _assert_same(fast(x), original(x), "output")
+    with pytest.raises(ValueError, match=r"exclude names 'model\.99', which is not a submodule"):
+        accelerate(copy.deepcopy(original), exclude=["model.99"])
+
+
+def test_pix2pixhd_intermediate_features_kept_and_fused():
+    """pix2pixHD's getIntermFeat discriminator calls each stage's Sequential whole: fused, no warning, the
+    same features and gradients in train and eval mode."""
+    torch.manual_seed(0)
+    original = Pix2pixHDNLayerDiscriminator().double()
+    fast = copy.deepcopy(original)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        accelerate(fast)
+    assert type(fast.model0[0]) is Conv2dLeakyReLU and type(fast.model1[1]) is InstanceNormAct
+    x = torch.randn(2, 3, 20, 20, dtype=torch.float64)
+    for mode in (True, False):
+        original.train(mode)
+        fast.train(mode)
+        _assert_features_kept(original, fast, x)
+
+
+class _SlicesIts(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(2, 2, 3), nn.InstanceNorm2d(2), nn.ReLU())
+        self.head = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(2, 2, 3), nn.Tanh())
+
+    def forward(self, x):
+        return self.head(x), self.features(x)
+
+    def features(self, x):  # another method than forward, and a slice
+        return self.body[:3](x)
+
+
+class _PassesItWhole(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.main = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(2, 2, 3), nn.InstanceNorm2d(2), nn.ReLU())
+
+    def forward(self, x):  # pytorch/examples' DCGAN form: data_parallel calls the Sequential whole
+        if x.is_cuda and torch.cuda.device_count() > 1:
+            return nn.parallel.data_parallel(self.main, x, range(2))
+        return self.main.forward(x) + self.main(x)
+
+
+class _KeepsEachOutput(nn.Sequential):
+    def forward(self, x):
+        outs = []
+        for layer in self:
+            x = layer(x)
+            outs.append(x)
+        return outs
+
+
+@pytest.mark.parametrize("build, kept, fused", [
+    (_SlicesIts, {"body": "_SlicesIts.features"}, ["head"]),
+    (_PassesItWhole, {}, ["main"]),
+    (lambda: nn.Sequential(_KeepsEachOutput(nn.ReflectionPad2d(1), nn.Conv2d(2, 2, 3))),
+     {"0": "_KeepsEachOutput.forward"}, []),
+])
+def test_detection_of_single_index_reads(build, kept, fused):
+    torch.manual_seed(0)
+    original = build().double()
+    fast = copy.deepcopy(original)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        accelerate(fast)
+    messages = [str(w.message) for w in record if "Sequentials unfused" in str(w.message)]
+    assert len(messages) == (1 if kept else 0)
+    for name, where in kept.items():
+        assert f"{name} (read in {where})" in messages[0]
+        assert type(fast.get_submodule(name)[0]) is nn.ReflectionPad2d
+    for name in fused:
+        assert type(fast.get_submodule(name)[0]) is nn.Identity
+    x = torch.randn(1, 2, 6, 5, dtype=torch.float64)
+    for a, b in zip(torch.utils._pytree.tree_leaves(fast(x)), torch.utils._pytree.tree_leaves(original(x))):
+        _assert_same(a, b, "output")
