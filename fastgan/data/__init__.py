@@ -67,7 +67,8 @@ def build_loader(
     if req.workers < 0:
         raise UserError(f"--workers {req.workers}: must be 0 or more")
     return TorchLoader(
-        spec, req.batch_size, req.seed, device, memory_format, dtype, req.workers, req.rank, req.world_size
+        spec, req.batch_size, req.seed, device, memory_format, dtype, req.workers, req.rank, req.world_size,
+        req.strict,
     )
 
 

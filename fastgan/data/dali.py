@@ -27,11 +27,18 @@ reader at all.
 
 Unreadable files are found before training by the PIL check of fastgan.data.folders (DALI stops a
 pipeline at a corrupt image instead of skipping it): skipped with a warning naming the file, or a
-UserError under --strict; an empty domain folder is a UserError."""
+UserError under --strict; an empty domain folder is a UserError.
+
+What DALI does not serve (not_for_dali): files it is not checked to decode as Pillow and
+fastgan.image_files.convert_image do (16-bit and float grey, CMYK, formats other than JPEG, PNG, BMP, TIFF,
+WebP and PPM; fastgan.data.folders.dali_reason), grey folders (--channels 1) and the --preprocess modes other
+than resize_and_crop. `--loader auto` then reads the folders with the torch loader and warns once, saying
+why; an explicit `--loader dali` is a UserError naming the file or flag."""
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -39,7 +46,7 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 
 from fastgan.data.datasets import DataSpec, FolderSource, resolve_data
-from fastgan.data.loaders import _Loader, epoch_plan
+from fastgan.data.loaders import TorchLoader, _Loader, epoch_plan
 from fastgan.data.request import DataRequest
 from fastgan.errors import UserError
 
@@ -289,7 +296,33 @@ def build_dali_loader(
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype {dtype}: expected torch.float32, float16 or bfloat16")
     spec = resolve_data(req, split)
+    reason = not_for_dali(spec)
+    if reason:
+        if req.loader == "dali":
+            raise UserError(f"--loader dali: {reason}; use --loader torch (or auto)")
+        warnings.warn(f"{reason}: reading the folders with the torch loader instead of DALI", stacklevel=2)
+        return TorchLoader(spec, req.batch_size, req.seed, device, memory_format, dtype, req.workers, req.rank,
+                           req.world_size, req.strict)
     return DaliLoader(spec, req.batch_size, req.seed, device, memory_format, dtype, req.rank, req.world_size)
 
 
-__all__ = ["DaliLoader", "build_dali_loader"]
+def not_for_dali(spec: DataSpec) -> str:
+    """Why DALI should not serve ``spec`` ("" when it may): folders it does not decode as Pillow does (16-bit,
+    float, CMYK: fastgan.data.folders.dali_reason), grey folders (--channels 1) and the --preprocess modes
+    other than resize_and_crop, which DaliLoader does not implement."""
+    for source in spec.sources.values():
+        if not isinstance(source, FolderSource):
+            continue
+        if source.not_for_dali:
+            path, why = next(iter(source.not_for_dali.items()))
+            more = len(source.not_for_dali) - 1
+            return f"{path} is {why}" + (f" (and {more} more file(s))" if more else "") + \
+                ", which DALI's decoders are not checked against"
+        if source.channels != 3:
+            return "--channels 1 (grey folders)"
+        if source.load_size and source.preprocess != "resize_and_crop":
+            return f"--preprocess {source.preprocess}"
+    return ""
+
+
+__all__ = ["DaliLoader", "build_dali_loader", "not_for_dali"]

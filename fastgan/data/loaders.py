@@ -16,13 +16,15 @@ happen on the device in `finish_batch`."""
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from fastgan.data.datasets import DataSpec, check_batch
+from fastgan.data.datasets import DataSpec, UnreadableImage, check_batch
+from fastgan.errors import UserError
 
 FIXED_EPOCH = -1  # the plan stream of loader.fixed(n), apart from every training epoch
 _MASK64 = (1 << 64) - 1
@@ -81,7 +83,9 @@ def finish_batch(
     x = x / 127.5 - 1  # 0 -> -1, 255 -> 1 exactly
     if flip is not None:
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-    if x.shape[1] != spec.channels:
+    if x.shape[1] == 3 and spec.channels == 1:  # an RGB set read as grey: ITU-R 601-2 luma, as Pillow's "L"
+        x = (x * x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    elif x.shape[1] != spec.channels:
         x = x.expand(-1, spec.channels, -1, -1)
     return x.to(dtype).contiguous(memory_format=memory_format)
 
@@ -121,6 +125,10 @@ class _Loader:
             # The same on every rank (rank itself is left out, so info can be logged or saved by rank 0 alone).
             "world_size": self.world_size,
             "global_batch": self.global_batch,
+            # Image folders: images kept per folder ({"trainA": N, "trainB": M}) and files passed over per
+            # reason ({"not an image file": k, "unreadable": j}); empty for in-memory sets.
+            "folders": dict(spec.folders),
+            "skipped": dict(spec.skipped),
         }
 
     def _check_start(self, start: int) -> None:
@@ -177,6 +185,22 @@ class DeviceLoader(_Loader):
         return self._batch(indices, dict.fromkeys(indices))
 
 
+SKIPPED = "skipped"  # key of a _PlanDataset item: the (path, reason) of images that no longer decode
+
+
+def load_or_next(source, index: int, crop) -> tuple[torch.Tensor, list[tuple[str, str]]]:
+    """source.load(index, crop), or, when that image no longer decodes (deleted or replaced since the start-up
+    check), the next one of the domain that does: (image, [(path, reason) of each image passed over]). The
+    choice depends on the index alone, so the number of loader workers cannot change a batch."""
+    skipped = []
+    for k in range(len(source)):
+        try:
+            return source.load((index + k) % len(source), crop), skipped
+        except UnreadableImage as e:
+            skipped.append((e.path, e.reason))
+    raise UserError(f"{skipped[0][0]}: no image of its folder is readable any more ({skipped[0][1]})")
+
+
 class _PlanDataset(torch.utils.data.Dataset):
     """Item = one epoch position: each domain's image at that position, decoded and cropped on the host."""
 
@@ -187,16 +211,25 @@ class _PlanDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.spec.num_images
 
-    def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
-        item = {}
+    def __getitem__(self, position: int) -> dict:
+        item: dict = {SKIPPED: []}
         for key, source in self.spec.sources.items():
             plan = self.plans[key]
             index = int(plan.order[position])
             crop = None if plan.crop is None else tuple(plan.crop[position].tolist())
-            item[key] = source.load(index, crop)
+            item[key], skipped = load_or_next(source, index, crop)
+            item[SKIPPED] += skipped
             if source.labels is not None:
                 item["label"] = source.labels[index]
         return item
+
+
+def _collate(items: list[dict]) -> dict:
+    """default_collate of the images and labels; the skipped images of every item in one list."""
+    skipped = [entry for item in items for entry in item.pop(SKIPPED)]
+    batch = torch.utils.data.default_collate(items)
+    batch[SKIPPED] = skipped
+    return batch
 
 
 class TorchLoader(_Loader):
@@ -206,9 +239,23 @@ class TorchLoader(_Loader):
 
     impl = "torch"
 
-    def __init__(self, spec, batch_size, seed, device, memory_format, dtype, workers: int, rank=0, world_size=1):
+    def __init__(self, spec, batch_size, seed, device, memory_format, dtype, workers: int, rank=0, world_size=1,
+                 strict: bool = False):
         super().__init__(spec, batch_size, seed, device, memory_format, dtype, rank, world_size)
         self.workers = workers
+        self.strict = strict  # an image that stops decoding mid-run raises UnreadableImage instead of a warning
+        self.warned: set[str] = set()  # each skipped image is named once per loader, not once per epoch
+
+    def _report(self, skipped: list[tuple[str, str]]) -> None:
+        """An image that decoded at start and no longer does: one warning naming it (its positions take the
+        next readable image of its folder), or UnreadableImage under --strict."""
+        for path, reason in skipped:
+            if self.strict:
+                raise UnreadableImage(path, reason)
+            if path not in self.warned:
+                self.warned.add(path)
+                warnings.warn(f"skipping {path}: not a readable image any more ({reason}); the next image of its "
+                              "folder takes its place", stacklevel=3)
 
     def _to_device(self, batch: dict[str, torch.Tensor], flips: dict[str, torch.Tensor | None]) -> dict:
         out = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -233,8 +280,10 @@ class TorchLoader(_Loader):
             # Its own generator: a DataLoader otherwise draws its workers' base seed from the global RNG at
             # every new iterator, which would shift the training RNG and break exact resume.
             generator=torch.Generator().manual_seed(_stream_seed(self.seed, epoch, -1)),
+            collate_fn=_collate,
         )
         for i, batch in enumerate(data):
+            self._report(batch.pop(SKIPPED))
             sl = slice(i * b, (i + 1) * b)
             yield self._to_device(batch, {k: f if f is None else f[sl] for k, f in flip.items()})
 
@@ -242,7 +291,9 @@ class TorchLoader(_Loader):
         batch = {}
         for key, indices in self._fixed_plan(n).items():
             source = self.spec.sources[key]
-            batch[key] = torch.stack([source.load(int(i), None) for i in indices])
+            loaded = [load_or_next(source, int(i), None) for i in indices]
+            self._report([entry for _, skipped in loaded for entry in skipped])
+            batch[key] = torch.stack([image for image, _ in loaded])
             if source.labels is not None:
                 batch["label"] = source.labels[indices]
         return self._to_device(batch, dict.fromkeys(self.spec.sources))

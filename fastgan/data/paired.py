@@ -15,7 +15,8 @@ as the trainA/ trainB/ folders of an unpaired set) is an error naming the file.
 
 Training transform of folders, pix2pix's "random jitter" (Isola et al. 2017, sec. 6.1): each half or file
 resized to --load-size square (bicubic), then the same random --image-size crop and the same random
-horizontal flip for A and B.
+horizontal flip for A and B (--preprocess chooses another of the reference's transforms, fastgan.data.folders;
+--no-flip drops the flip).
 
 The built-in demo, fashion-edges (no download; Debian's Fashion-MNIST or $FASTGAN_DATA, as fashion-mnist): A
 is the edge map of a Fashion-MNIST image, B the image itself (grey, served as RGB). It is a miniature of the
@@ -32,15 +33,18 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from fastgan.data import folders
 from fastgan.data.datasets import (
     PAIRED_SIZE,
     DataSpec,
-    FolderSource,
+    FolderScan,
     TensorSource,
+    _check_channels,
+    _check_preprocess,
+    _crop_range,
     _image_size,
+    _in_memory,
     _load_size,
     find_fashion_mnist,
 )
@@ -70,13 +74,17 @@ def edge_map(images: torch.Tensor) -> torch.Tensor:
 
 def fashion_edges(req: DataRequest, split: str) -> DataSpec:
     """The built-in paired demo: A = edge_map(image), B = the Fashion-MNIST image, in memory."""
+    _in_memory(req, "fashion-edges")
     images, _ = load_idx(find_fashion_mnist(), split)
     sources = {"A": TensorSource(edge_map(images), None), "B": TensorSource(images, None)}
-    return DataSpec("fashion-edges", "paired", sources, 3, _image_size(req, PAIRED_SIZE), 0, True, 0, paired=True)
+    return DataSpec("fashion-edges", "paired", sources, req.channels or 3, _image_size(req, PAIRED_SIZE), 0,
+                    req.flip, 0, paired=True)
 
 
 def paired_folder(req: DataRequest, split: str) -> DataSpec:
     """The pairs of req.data for `split`, in either layout (module docstring), listed and checked."""
+    _check_preprocess(req)
+    _check_channels(req)
     image_size = _image_size(req, PAIRED_SIZE)
     load_size = _load_size(req, image_size)
     aligned = os.path.join(req.data, split)
@@ -85,37 +93,45 @@ def paired_folder(req: DataRequest, split: str) -> DataSpec:
     if os.path.isdir(aligned) and two_folders:
         raise UserError(f"--data {req.data}: holds both {split}/ (side-by-side A|B images) and {split}A/ {split}B/ "
                         f"(two folders of pairs); keep one layout for {req.who}")
+    scan = FolderScan(req, load_size if req.preprocess == "resize_and_crop" else 0)
     if os.path.isdir(aligned):
-        paths = _aligned_files(req, aligned, load_size)
-        sources = {"A": FolderSource(paths, None, image_size, load_size, "left"),
-                   "B": FolderSource(paths, None, image_size, load_size, "right")}
+        paths = _aligned_files(scan, aligned)
+        scan.check_geometry(paths, load_size, image_size, half="left")
+        channels = scan.channels()
+        sources = {"A": scan.source(paths, None, image_size, load_size, channels, "left"),
+                   "B": scan.source(paths, None, image_size, load_size, channels, "right")}
     elif two_folders:
-        a_paths, b_paths = _matched_files(req, a_dir, b_dir, load_size)
-        sources = {"A": FolderSource(a_paths, None, image_size, load_size),
-                   "B": FolderSource(b_paths, None, image_size, load_size)}
+        a_paths, b_paths = _matched_files(req, scan, a_dir, b_dir)
+        for paths in (a_paths, b_paths):
+            scan.check_geometry(paths, load_size, image_size)
+        channels = scan.channels()
+        sources = {"A": scan.source(a_paths, None, image_size, load_size, channels),
+                   "B": scan.source(b_paths, None, image_size, load_size, channels)}
     else:
         raise UserError(f"--data {req.data}: {req.who} needs pairs, either a {split}/ folder of side-by-side A|B "
                         f"images or {split}A/ and {split}B/ folders of same-named images")
-    return DataSpec(req.data, "paired", sources, 3, image_size, 0, True, load_size - image_size, paired=True)
+    return scan.spec(req.data, "paired", sources, channels, image_size, 0, req.flip,
+                     _crop_range(req, load_size, image_size), paired=True)
 
 
-def _aligned_files(req: DataRequest, root: str, load_size: int) -> list[str]:
-    paths = folders.check_images(folders.list_images(root), req.strict, req.workers, load_size)
-    if not paths:
-        raise UserError(f"{root}: no readable images")
+def _aligned_files(scan: FolderScan, root: str) -> list[str]:
+    paths = scan.files(root)
     for path in paths:
-        with Image.open(path) as img:  # the header only: check_images has decoded every file already
-            width, height = img.size
+        width, height = scan.facts[path].width, scan.facts[path].height
         if width % 2:
             raise UserError(f"{path}: {width}x{height} is not two halves of equal width; an aligned pair is A "
                             "and B side by side (A left, B right)")
     return paths
 
 
-def _by_name(root: str) -> dict[str, str]:
+def _by_name(scan: FolderScan, root: str) -> dict[str, str]:
     """Relative path without extension -> file, for the images below root."""
     found: dict[str, str] = {}
-    for path in folders.list_images(root):
+    listing = folders.scan_images(root)
+    scan.skipped[folders.NOT_AN_IMAGE] += len(listing.others)
+    if not listing.paths:
+        raise UserError(f"{root}: no images ({', '.join(folders.IMAGE_EXTENSIONS)}) found below it")
+    for path in listing.paths:
         name = os.path.splitext(os.path.relpath(path, root))[0]
         if name in found:
             raise UserError(f"{found[name]} and {path}: two images named {name!r}; pairs are matched by name, "
@@ -124,14 +140,14 @@ def _by_name(root: str) -> dict[str, str]:
     return found
 
 
-def _matched_files(req: DataRequest, a_dir: str, b_dir: str, load_size: int) -> tuple[list[str], list[str]]:
+def _matched_files(req: DataRequest, scan: FolderScan, a_dir: str, b_dir: str) -> tuple[list[str], list[str]]:
     """The A and B files of every pair, in name order; an unmatched name is a UserError naming its file, and a
     pair with an unreadable file is skipped (with a warning for its partner) or, with --strict, rejected."""
     for root in (a_dir, b_dir):
         if not os.path.isdir(root):
             raise UserError(f"{root}: no such directory; two folders of pairs need {os.path.basename(a_dir)}/ and "
                             f"{os.path.basename(b_dir)}/ with the same file names")
-    a, b = _by_name(a_dir), _by_name(b_dir)
+    a, b = _by_name(scan, a_dir), _by_name(scan, b_dir)
     only_a, only_b = sorted(a.keys() - b.keys()), sorted(b.keys() - a.keys())
     if only_a or only_b:
         path, other = (a[only_a[0]], b_dir) if only_a else (b[only_b[0]], a_dir)
@@ -140,8 +156,7 @@ def _matched_files(req: DataRequest, a_dir: str, b_dir: str, load_size: int) -> 
                         "paired data needs each A image's B partner under the same name (unpaired A/B folders are "
                         "for unpaired translation)")
     names = sorted(a)
-    readable = set(folders.check_images([a[n] for n in names] + [b[n] for n in names], req.strict, req.workers,
-                                        load_size))
+    readable = scan.check([a[n] for n in names] + [b[n] for n in names])
     kept = []
     for name in names:
         pair = (a[name], b[name])
@@ -149,7 +164,11 @@ def _matched_files(req: DataRequest, a_dir: str, b_dir: str, load_size: int) -> 
             kept.append(name)
         elif any(p in readable for p in pair):
             good, bad = pair if pair[0] in readable else pair[::-1]
+            scan.skipped[folders.UNREADABLE] += 1  # the partner of an unreadable image is passed over too
             warnings.warn(f"skipping {good}: its partner {bad} is not readable", stacklevel=3)
     if not kept:
         raise UserError(f"{a_dir}: no readable pairs with {b_dir}")
-    return [a[n] for n in kept], [b[n] for n in kept]
+    a_paths, b_paths = [a[n] for n in kept], [b[n] for n in kept]
+    scan.count(a_dir, {p: scan.facts[p] for p in a_paths})
+    scan.count(b_dir, {p: scan.facts[p] for p in b_paths})
+    return a_paths, b_paths

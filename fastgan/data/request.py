@@ -27,6 +27,12 @@ class DataRequest:
     loader: str = "auto"  # auto | device | torch | dali
     workers: int = 2  # torch DataLoader worker processes (folders)
     strict: bool = False  # stop at the first unreadable image instead of skipping it with a warning
+    # A/B data (CycleGAN, pix2pix): junyanz/pytorch-CycleGAN-and-pix2pix's --preprocess modes (folders only;
+    # fastgan.data.folders), random horizontal flips, and the channels of the batches (0 = the data's own: 1
+    # for MNIST-family sets, 3 otherwise; 1 reads folders as grey, 3 replicates grey sets).
+    preprocess: str = "resize_and_crop"
+    flip: bool = True
+    channels: int = 0
     model: str = ""  # who asks, named in error messages ("" = a generic description of the kind)
     # Data-parallel training (torchrun): a step's global batch is batch_size * world_size epoch positions, of
     # which rank r serves the r-th block of batch_size, so N ranks of batch B see what one process of batch N*B

@@ -24,9 +24,15 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 from ..grid_labels import GridLabels
-from ..image_files import GRID_COLUMNS
+from ..image_files import GRID_COLUMNS, PREPROCESS
 
 SAMPLE_ROWS = 8  # rows of real and rows of generated images (cgan: one generated row per class)
+
+# The data options of the image-to-image models, as junyanz/pytorch-CycleGAN-and-pix2pix has them
+# (options/base_options.py: --preprocess resize_and_crop, --no_flip off, --input_nc = --output_nc = 3).
+IMAGE_DATA_OPTIONS = ("preprocess", "flip", "channels")
+IMAGE_DATA_RECIPE = {"preprocess": "resize_and_crop", "flip": True, "channels": 3}
+IMAGE_DATA_CHOICES = {"preprocess": PREPROCESS, "channels": (1, 3)}
 
 
 @dataclass

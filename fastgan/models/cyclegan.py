@@ -197,7 +197,7 @@ class Model(base.GanModel):
     name = "cyclegan"
     summary = "CycleGAN (Zhu et al. 2017): unpaired image-to-image translation between domains A and B"
     options = ("domains", "load_size", "ngf", "ndf", "n_blocks", "upsample", "lambda_cycle", "lambda_identity",
-               "pool_size")
+               "pool_size", *base.IMAGE_DATA_OPTIONS)
     recipe = {
         # junyanz/pytorch-CycleGAN-and-pix2pix options (base/train_options.py, cycle_gan_model.py): batch 1,
         # 100 epochs at constant LR + 100 decaying linearly to 0, Adam 2e-4 (0.5, 0.999), load 286 / crop 256,
@@ -207,9 +207,10 @@ class Model(base.GanModel):
         "pool_size": 50,
         "upsample": "deconv",  # the paper's transposed convolutions; "resize" is the checkerboard-free option
         "domains": "7,9",  # fashion-unpaired: sneaker <-> ankle boot (fastgan's built-in demo)
+        **base.IMAGE_DATA_RECIPE,
     }
     default_notes = {"n_blocks": "9 at 256x256, 6 below", "load_size": "image_size * 286 / 256"}
-    choices = {"upsample": UPSAMPLE_MODES}
+    choices = {"upsample": UPSAMPLE_MODES, **base.IMAGE_DATA_CHOICES}
     data_kind = "unpaired"
     optimizers = {"G": ["G_A", "G_B"], "D": ["D_A", "D_B"]}
     inference = "translate"

@@ -138,7 +138,7 @@ class Model(base.GanModel):
 
     name = "pix2pix"
     summary = "pix2pix (Isola et al. 2017): paired image-to-image translation, A -> B (or B -> A)"
-    options = ("direction", "load_size", "ngf", "ndf", "norm", "unet_depth", "lambda_l1")
+    options = ("direction", "load_size", "ngf", "ndf", "norm", "unet_depth", "lambda_l1", *base.IMAGE_DATA_OPTIONS)
     recipe = {
         # junyanz/pytorch-CycleGAN-and-pix2pix: pix2pix_model.py (norm batch, netG unet_256, vanilla GAN loss,
         # lambda_L1 100, no image pool, Adam betas (beta1, 0.999)), options/base_options.py (ngf = ndf = 64,
@@ -148,10 +148,11 @@ class Model(base.GanModel):
         "batch_size": 1, "epochs": 100, "epochs_decay": 100, "lr": 2e-4, "beta1": 0.5, "beta2": 0.999,
         "image_size": 256, "gan_loss": "vanilla", "ngf": 64, "ndf": 64, "norm": "batch", "lambda_l1": 100.0,
         "direction": "AtoB",  # fashion-edges: edge map -> image, as edges2shoes in the paper
+        **base.IMAGE_DATA_RECIPE,
     }
     default_notes = {"unet_depth": "8 (unet_256), or the deepest of 7, 6, 5 that divides --image-size",
                      "load_size": "image_size * 286 / 256"}
-    choices = {"direction": DIRECTIONS, "norm": NORMS}
+    choices = {"direction": DIRECTIONS, "norm": NORMS, **base.IMAGE_DATA_CHOICES}
     data_kind = "paired"
     optimizers = {"G": ["G"], "D": ["D"]}
     inference = "translate"

@@ -49,6 +49,9 @@ class TrainConfig:
     norm: str | None = None  # normalisation of the U-Net and its PatchGAN: batch | instance
     unet_depth: int | None = None  # U-Net down-sampling levels (8 = unet_256); image sides are multiples of 2^depth
     lambda_l1: float | None = None  # weight of the L1 distance between the generator's output and the target
+    preprocess: str | None = None  # folders: resize_and_crop | crop | scale_width | scale_width_and_crop | none
+    flip: bool | None = None  # random horizontal flips of the training images (--no-flip: none)
+    channels: int | None = None  # image channels: 3 (RGB; grey images replicated) | 1 (grey; RGB images by luma)
     # --- engine ---
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = False  # autocast mixed precision (losses stay fp32)
@@ -92,6 +95,7 @@ def config_fields() -> list[dataclasses.Field]:
 
 # The fields that belong to some models only (each model lists its own in Model.options).
 MODEL_OPTIONS = ("z_dim", "hidden", "ngf", "ndf", "domains", "load_size", "n_blocks", "upsample", "lambda_cycle",
-                 "lambda_identity", "pool_size", "direction", "norm", "unet_depth", "lambda_l1")
+                 "lambda_identity", "pool_size", "direction", "norm", "unet_depth", "lambda_l1", "preprocess", "flip",
+                 "channels")
 
 __all__ = ["MODEL_OPTIONS", "TrainConfig", "config_fields", "field"]

@@ -22,7 +22,8 @@ from .steps import Task
 def data_request(cfg: TrainConfig, split: str = "train", rank: int = 0, world_size: int = 1) -> DataRequest:
     """What the config's model asks the data layer for (fields the model does not use keep their defaults);
     under torchrun, for this rank's block of each global batch (``rank`` of ``world_size``)."""
-    fields = ("data", "image_size", "load_size", "batch_size", "seed", "domains", "loader", "workers", "strict")
+    fields = ("data", "image_size", "load_size", "batch_size", "seed", "domains", "loader", "workers", "strict",
+              "preprocess", "flip", "channels")
     given = {name: getattr(cfg, name) for name in fields if getattr(cfg, name) is not None}
     return DataRequest(kind=get_model(cfg.model).data_kind, model=cfg.model, rank=rank, world_size=world_size,
                        **given)

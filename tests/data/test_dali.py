@@ -97,6 +97,7 @@ def test_unpaired_batches_shape_dtype_layout_range(mixed_folder, memory_format, 
     assert loader.info == {
         "name": mixed_folder, "channels": 3, "image_size": IMAGE_SIZE, "num_classes": 0, "num_images": 7,
         "kind": "unpaired", "impl": "dali", "world_size": 1, "global_batch": 2,
+        "folders": {"trainA": 7, "trainB": 4}, "skipped": {},
     }  # fmt: skip
     batches = list(loader.epoch(0))
     assert len(batches) == 3
@@ -317,3 +318,47 @@ def test_gpu_pipeline_matches_cpu_pipeline(mixed_folder, idx_dir, memory_format,
                 assert x.is_contiguous(memory_format=memory_format) or x.dim() == 1
                 diff = (x.cpu().float() - theirs[key].float()).abs()
                 assert diff.max() <= 4 * ONE_LEVEL + 1 / 128 and diff.mean() <= ONE_LEVEL
+
+
+@pytest.fixture
+def modes_folder(tmp_path):
+    """Domain A in the modes and formats DALI is trusted with (checked here against the torch loader)."""
+    rng = np.random.default_rng(1)
+    root = tmp_path / "modes"
+    palette = Image.fromarray(_noise(rng, 24, 24)).quantize(8)
+    for name, img in (("la.png", Image.fromarray(_noise(rng, 24, 24)).convert("LA")),
+                      ("p.png", palette), ("one.png", Image.fromarray(_noise(rng, 24, 24)).convert("1")),
+                      ("rgb.bmp", Image.fromarray(_noise(rng, 24, 24))),
+                      ("rgb.tif", Image.fromarray(_noise(rng, 24, 24))),
+                      ("rgb.ppm", Image.fromarray(_noise(rng, 24, 24))),
+                      ("rgb.webp", Image.fromarray(_noise(rng, 24, 24)))):
+        os.makedirs(root / "trainA", exist_ok=True)
+        img.save(root / "trainA" / name, **({"lossless": True} if name.endswith("webp") else {}))
+    palette.save(root / "trainA" / "pt.png", transparency=3)
+    for i in range(4):
+        _save(str(root / "trainB" / f"{i}.png"), _noise(rng, 24, 24))
+    return str(root)
+
+
+def test_modes_read_as_the_torch_loader_reads_them(modes_folder):
+    request = _cyclegan(modes_folder, batch_size=8, load_size=IMAGE_SIZE)
+    dali = build_dali_loader(request, torch.device("cpu"))
+    assert dali.impl == "dali"
+    ref = build_loader(_cyclegan(modes_folder, batch_size=8, load_size=IMAGE_SIZE, loader="torch"), "cpu")
+    ours, theirs = dali.fixed(8), ref.fixed(8)
+    assert (ours["A"] - theirs["A"]).abs().mean() <= ONE_LEVEL  # bicubic resampling differs slightly
+
+
+def test_files_dali_is_not_trusted_with_go_to_the_torch_loader(solid_folder):
+    g16 = os.path.join(solid_folder, "trainA", "g16.tif")
+    Image.fromarray(np.full((LOAD_SIZE, LOAD_SIZE), 257 * 15, np.uint16)).save(g16)  # mode I;16
+    with pytest.raises(UserError, match=r"--loader dali: .*g16.tif is a 16-bit grey image.*--loader torch"):
+        build_loader(_cyclegan(solid_folder, loader="dali"), torch.device("cpu"))
+    with pytest.warns(UserWarning, match="g16.tif is a 16-bit grey image.*torch loader instead of DALI"):
+        loader = build_dali_loader(_cyclegan(solid_folder), torch.device("cpu"))  # as --loader auto on a GPU
+    assert loader.impl == "torch"
+    os.remove(g16)
+    for flags in (dict(preprocess="crop"), dict(channels=1)):
+        request = _cyclegan(solid_folder, loader="dali", **flags)
+        with pytest.raises(UserError, match="--loader dali: --(preprocess crop|channels 1)"):
+            build_loader(request, torch.device("cpu"))

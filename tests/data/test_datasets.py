@@ -195,3 +195,57 @@ def test_fashion_unpaired_picks_two_classes(cfg, tmp_path, monkeypatch, datagen)
     assert len(a) == len(b) == 4  # labels cycle 0..9 over 40 images
     images, labels = load_idx(str(tmp_path / "fm"))
     assert torch.equal(a.images, images[labels == 7]) and torch.equal(b.images, images[labels == 9])
+
+
+def test_folder_counts_and_skip_reasons(cfg, unpaired_dir):
+    """loader.info's "folders" and "skipped": what the trainer's start-up line reports."""
+    train_a = os.path.join(unpaired_dir, "trainA")
+    for name in (".DS_Store", "notes.txt"):
+        with open(os.path.join(train_a, name), "w") as f:
+            f.write("x")
+    open(os.path.join(unpaired_dir, "trainB", "empty.jpg"), "w").close()  # 0 bytes
+    c = _cfg(cfg, model="cyclegan", data=unpaired_dir, image_size=16, batch_size=2)
+    with pytest.warns(UserWarning, match="empty.jpg"):
+        spec = resolve_data(c)
+    assert spec.folders == {"trainA": 5, "trainB": 3}
+    assert spec.skipped == {"not an image file": 2, "unreadable": 1}
+
+
+def test_grey_folders_are_said_and_read_as_one_channel(cfg, tmp_path, datagen):
+    for domain in ("trainA", "trainB"):
+        for i in range(2):
+            datagen.save_image(tmp_path / domain / f"{i}.png", 20, 20, mode="L", seed=i)
+    c = _cfg(cfg, model="cyclegan", data=str(tmp_path), image_size=16, batch_size=1)
+    with pytest.warns(UserWarning, match=r"every image in trainA/ and trainB/ is grey.*--channels 1"):
+        assert resolve_data(_cfg(c, channels=3)).channels == 3
+    spec = resolve_data(_cfg(c, channels=1))
+    assert spec.channels == 1 and spec.sources["A"].load(0, None).shape == (1, 16, 16)
+
+
+@pytest.mark.parametrize("mode", ["crop", "scale_width_and_crop", "none", "scale_width"])
+def test_preprocess_modes_on_folders(cfg, tmp_path, datagen, mode):
+    sizes = [(16, 16)] * 3 if mode in ("none", "scale_width") else [(20, 31), (37, 16), (16, 16)]
+    for domain in ("trainA", "trainB"):
+        for i, size in enumerate(sizes):
+            datagen.save_image(tmp_path / domain / f"{i}.png", *size, seed=i)
+    c = _cfg(cfg, model="cyclegan", data=str(tmp_path), image_size=16, load_size=16, batch_size=3, preprocess=mode)
+    spec = resolve_data(c)
+    assert spec.preprocess == mode and spec.crop_range == (0 if mode in ("none", "scale_width") else 2**16 - 1)
+    from fastgan.data import build_loader
+
+    batch = next(build_loader(c, "cpu").epoch(0))
+    assert batch["A"].shape == (3, 3, 16, 16)
+    datagen.save_image(tmp_path / "trainB" / "small.png", 12, 40)
+    if mode == "scale_width_and_crop":  # scales every width to --load-size, heights to at least --image-size
+        assert len(resolve_data(c).sources["B"]) == 4
+    else:  # too small to crop, or not square: named at start
+        words = ["small.png"] + (["scale_width_and_crop"] if mode == "scale_width" else [])
+        _one_line_error(lambda: resolve_data(c), *words)
+
+
+def test_preprocess_and_flip_on_in_memory_sets(cfg):
+    c = _cfg(cfg, model="cyclegan", data="synthetic", image_size=16, batch_size=2)
+    _one_line_error(lambda: resolve_data(_cfg(c, preprocess="crop")), "--preprocess crop", "synthetic")
+    _one_line_error(lambda: resolve_data(_cfg(c, preprocess="squash")), "--preprocess squash")
+    _one_line_error(lambda: resolve_data(_cfg(c, channels=2)), "--channels 2")
+    assert resolve_data(c).flip and not resolve_data(_cfg(c, flip=False)).flip

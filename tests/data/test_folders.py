@@ -6,12 +6,17 @@ import torch
 from PIL import Image
 
 from fastgan.data.folders import (
+    CROP_STEPS,
+    check_geometry,
     check_images,
     class_labels,
     list_images,
     load_center_crop,
     load_image,
+    load_preprocessed,
     load_resized_crop,
+    preprocess_geometry,
+    scan_images,
 )
 from fastgan.errors import UserError
 
@@ -20,11 +25,13 @@ def test_list_images_recursive_case_insensitive(tmp_path, datagen):
     for name in ("b/x.PNG", "a.jpg", "c/d/e.JpEg", "f.png"):
         datagen.save_image(tmp_path / name, 4, 4)
     (tmp_path / "notes.txt").write_text("not an image")
-    (tmp_path / "scan.bmp").write_bytes(b"BM")
+    (tmp_path / "scan.bmp").write_bytes(b"BM")  # listed by its extension; the start-up check finds it unreadable
     datagen.save_image(tmp_path / ".hidden.png", 4, 4)  # e.g. macOS ._ resource forks
     datagen.save_image(tmp_path / ".cache" / "g.png", 4, 4)
     names = [os.path.relpath(p, tmp_path) for p in list_images(str(tmp_path))]
-    assert names == ["a.jpg", "b/x.PNG", "c/d/e.JpEg", "f.png"]
+    assert names == ["a.jpg", "b/x.PNG", "c/d/e.JpEg", "f.png", "scan.bmp"]
+    listing = scan_images(str(tmp_path))
+    assert [os.path.relpath(p, tmp_path) for p in listing.others] == [".hidden.png", "notes.txt"]
 
 
 def test_list_images_survives_a_symlink_loop(tmp_path, datagen):
@@ -134,3 +141,67 @@ def test_load_center_crop(tmp_path, datagen, width, height):
     path = datagen.save_image(tmp_path / "x.png", width, height, mode="L")
     x = load_center_crop(path, 16)
     assert x.shape == (3, 16, 16) and x.dtype == torch.uint8
+
+
+# --preprocess as junyanz/pytorch-CycleGAN-and-pix2pix defines it (data/base_dataset.py), L = 32, C = 16:
+@pytest.mark.parametrize("mode,size,expected", [
+    ("resize_and_crop", (40, 30), ((32, 32), True)),
+    ("crop", (40, 30), ((40, 30), True)),  # no resize
+    ("scale_width", (40, 30), ((32, 24), False)),  # width to L, height L * h / w
+    ("scale_width", (40, 10), ((32, 16), False)),  # ... but at least C
+    ("scale_width", (32, 50), ((32, 50), False)),  # width already L, height >= C: kept
+    ("scale_width", (32, 8), ((32, 16), False)),  # width already L, height < C: resized
+    ("scale_width_and_crop", (37, 53), ((32, 45), True)),  # int(32 * 53 / 37) = 45
+    ("none", (37, 53), ((36, 52), False)),  # each side to the nearest multiple of 4
+    ("none", (38, 54), ((40, 56), False)),  # round half to even, as the reference's round()
+])  # fmt: skip
+def test_preprocess_geometry(mode, size, expected):
+    assert preprocess_geometry(*size, mode, 32, 16) == expected
+
+
+def _pil_expected(path, mode, top_left=None):
+    """What the reference's transforms make of the image: Pillow resizes and crops, done by hand."""
+    img = Image.open(path).convert("RGB")
+    w, h = img.size
+    if mode == "crop":
+        scaled = img
+    elif mode == "scale_width_and_crop":
+        scaled = img.resize((32, int(max(32 * h / w, 16))), Image.BICUBIC)
+    else:  # none
+        return np.asarray(img.resize((round(w / 4) * 4, round(h / 4) * 4), Image.BICUBIC)).transpose(2, 0, 1)
+    top, left = top_left if top_left else ((scaled.height - 16) // 2, (scaled.width - 16) // 2)
+    return np.asarray(scaled.crop((left, top, left + 16, top + 16))).transpose(2, 0, 1)
+
+
+@pytest.mark.parametrize("mode,size", [("crop", (40, 23)), ("scale_width_and_crop", (37, 53)), ("none", (15, 17))])
+def test_load_preprocessed_matches_the_reference_transform(tmp_path, datagen, mode, size):
+    path = datagen.save_image(tmp_path / "x.png", *size)
+    centre = load_preprocessed(path, mode, 32, 16, None)
+    assert centre.shape == (3, 16, 16)
+    np.testing.assert_array_equal(centre.numpy(), _pil_expected(path, mode))
+    if mode != "none":  # the plan's offset r in [0, CROP_STEPS] lands at r * (range + 1) // (CROP_STEPS + 1)
+        w, h = preprocess_geometry(*size, mode, 32, 16)[0]
+        for r in (0, CROP_STEPS // 3, CROP_STEPS):
+            top, left = r * (h - 16 + 1) // (CROP_STEPS + 1), r * (w - 16 + 1) // (CROP_STEPS + 1)
+            x = load_preprocessed(path, mode, 32, 16, (r, r))
+            np.testing.assert_array_equal(x.numpy(), _pil_expected(path, mode, (top, left)))
+        assert top == h - 16 and left == w - 16  # the last offset reaches the far edge
+
+
+@pytest.mark.parametrize("mode,size,words", [
+    ("crop", (40, 12), ["40x12", "smaller than the --image-size 16"]),
+    ("scale_width", (40, 40), ["becomes 32x32", "scale_width_and_crop"]),
+    ("none", (18, 22), ["becomes 16x24", "resize_and_crop"]),  # round(4.5) = 4, round(5.5) = 6
+])  # fmt: skip
+def test_check_geometry_names_the_image(mode, size, words):
+    with pytest.raises(UserError) as e:
+        check_geometry("dir/x.png", *size, mode, 32, 16)
+    assert "dir/x.png" in str(e.value) and all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_grey_channel_reads_luma(tmp_path, datagen):
+    path = datagen.save_image(tmp_path / "x.png", 23, 17)
+    x = load_resized_crop(path, 11, 8, top=2, left=3, channels=1)
+    full = np.array(Image.open(path).convert("L").resize((11, 11), Image.BICUBIC))
+    assert x.shape == (1, 8, 8)
+    np.testing.assert_array_equal(x[0].numpy(), full[2:10, 3:11])

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from fastgan.data import build_loader
 from fastgan.data.datasets import DataSpec, TensorSource, resolve_data
 from fastgan.data.folders import load_resized_crop
-from fastgan.data.loaders import FIXED_EPOCH, DeviceLoader, TorchLoader, epoch_plan, finish_batch
+from fastgan.data.loaders import FIXED_EPOCH, DeviceLoader, TorchLoader, epoch_plan, finish_batch, load_or_next
 from fastgan.models import get_model
 
 
@@ -264,3 +264,53 @@ def test_folder_fixed_is_the_centre_crop(cfg, unpaired_dir):
             path = loader.spec.sources[key].paths[order[k]]
             x = load_resized_crop(path, 12, 8, 2, 2).double() / 127.5 - 1  # (12 - 8) // 2: centred, unflipped
             torch.testing.assert_close(fixed[key][k].double(), x, rtol=0, atol=1e-6)
+
+
+def _solid_folder(root, datagen, n=4, size=16):
+    for domain in ("trainA", "trainB"):
+        for i in range(n):
+            datagen.save_image(root / domain / f"{i}.png", size, size, seed=i)
+    return str(root)
+
+
+def test_no_flip(cfg, tmp_path, datagen):
+    """--no-flip: every batch is the images as loaded (here preprocess none on 16x16 files: untouched)."""
+    c = _cfg(cfg, model="cyclegan", data=_solid_folder(tmp_path, datagen), image_size=16, batch_size=4,
+             preprocess="none")
+    for flip, expect_flipped in ((False, False), (True, True)):
+        loader = build_loader(_cfg(c, flip=flip), "cpu")
+        plan = epoch_plan(loader.spec, 0, 0)["A"]
+        assert (plan.flip is not None) == expect_flipped
+        batch = next(loader.epoch(0))["A"]
+        source = loader.spec.sources["A"]
+        for k in range(4):
+            x = source.load(int(plan.order[k]), None).float() / 127.5 - 1
+            flipped = bool(plan.flip[k]) if plan.flip is not None else False
+            torch.testing.assert_close(batch[k], x.flip(-1) if flipped else x)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_image_replaced_mid_run_with_workers(cfg, tmp_path, datagen, strict):
+    """A file that decoded at start and is deleted or replaced by text later: its positions take the next
+    image of the folder with one warning (not once per epoch, not DataLoader's multi-line worker error);
+    --strict raises UnreadableImage naming it."""
+    from fastgan.data.datasets import UnreadableImage
+
+    root = _solid_folder(tmp_path, datagen)
+    c = _cfg(cfg, model="cyclegan", data=root, image_size=16, batch_size=2, workers=2, strict=strict)
+    loader = build_loader(c, "cpu")
+    (tmp_path / "trainA" / "1.png").write_text("not a png any more")
+    (tmp_path / "trainB" / "2.png").unlink()
+    if strict:
+        with pytest.raises(UnreadableImage) as e:
+            list(loader.epoch(0))
+        assert "trainA/1.png" in str(e.value) or "trainB/2.png" in str(e.value)
+        return
+    with pytest.warns(UserWarning) as record:
+        for epoch in range(2):
+            assert len(list(loader.epoch(epoch))) == 2
+    messages = sorted(str(w.message) for w in record)
+    assert len(messages) == 2 and "trainA/1.png" in messages[0] and "trainB/2.png" in messages[1]
+    image, skipped = load_or_next(loader.spec.sources["A"], 1, None)
+    torch.testing.assert_close(image, loader.spec.sources["A"].load(2, None))
+    assert skipped[0][0].endswith("trainA/1.png")

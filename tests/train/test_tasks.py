@@ -141,3 +141,18 @@ def test_sample_grid_layout_and_no_rng_use(tiny, tmp_path, model):
     assert grid.min() >= 0 and grid.max() <= 1
     torch.testing.assert_close(grid, task.sample(fixed))
     assert all(net.training for net in task.nets.values())
+
+
+@pytest.mark.parametrize("model", ["cyclegan", "pix2pix"])
+def test_image_data_flags_reach_the_data_request(model):
+    from fastgan.train.__main__ import parse_config
+    from fastgan.train.tasks import data_request, with_recipe
+
+    recipe = data_request(with_recipe(parse_config([model, "--data", "synthetic"])))
+    assert (recipe.flip, recipe.preprocess, recipe.channels) == (True, "resize_and_crop", 3)
+    cfg = parse_config([model, "--data", "synthetic", "--no-flip", "--preprocess", "scale_width_and_crop",
+                        "--channels", "1"])
+    assert (cfg.flip, cfg.preprocess, cfg.channels) == (False, "scale_width_and_crop", 1)
+    request = data_request(cfg)
+    assert (request.flip, request.preprocess, request.channels) == (False, "scale_width_and_crop", 1)
+    assert {"flip", "preprocess", "channels"} <= set(cfg.to_dict())  # saved in config.json, checked on resume
