@@ -38,6 +38,7 @@ import torch
 from tqdm import tqdm
 
 from ..data import LOADERS
+from ..data.datasets import UnreadableImage
 from ..errors import UserError
 from ..image_files import save_image
 from ..models import get_model, model_names
@@ -68,7 +69,7 @@ from .files import atomic_write
 from .graphs import check_cuda_graphs, configure_engine, make_train_step, memory_format
 from .init_from import checkpoint_file, chosen_nets, init_from_checkpoint
 from .lock import RunLock
-from .stops import AMP_SKIPPED, Interrupted, StopSignals, TrainingStopped, check_losses
+from .stops import AMP_SKIPPED, DataStopped, Interrupted, StopSignals, TrainingStopped, check_losses
 from .tasks import build_task, data_request, with_recipe
 
 CHOICES = {  # the shared fields'; a model's own options take Model.choices
@@ -513,6 +514,16 @@ def _train(cfg: TrainConfig, lock: RunLock, ddp: Distributed) -> dict:
                 checkpoint_path = save()
             if main:
                 write_report(out)  # again: the final checkpoint came after the last grid
+    except UnreadableImage as e:  # --strict: an image stopped decoding mid-run (without it: one warning, skipped)
+        if ddp.enabled:  # saving is collective and the other ranks are mid-step: exit 2, as at start
+            raise
+        if pending:
+            read_losses()
+        if step > start_step and not saved_now():
+            checkpoint_path = save()
+            write_report(out)
+        saved = checkpoint_path or resume_path
+        raise DataStopped(str(e), step, str(saved) if saved else None) from None
     finally:
         if stopping is not None and ddp.enabled:
             stop.ignore_until_exit()  # torchrun SIGTERMs the ranks still tearing down when the first one exits

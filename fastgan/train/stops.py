@@ -2,7 +2,8 @@
 
 Exit codes of ``python -m fastgan.train`` (also in README, "Reliability"):
     0    done (or already complete when resumed)
-    2    bad input: one line naming the flag or file (fastgan.errors.EXIT_USAGE)
+    2    bad input: one line naming the flag or file (fastgan.errors.EXIT_USAGE); under --strict also an image
+         that stopped decoding mid-run, after saving a checkpoint of the steps before its batch (DataStopped)
     3    diverged: a non-finite loss or weight; nothing non-finite was saved
     130  stopped by SIGINT (Ctrl-C) after saving a checkpoint of the current step
     143  stopped by SIGTERM (Slurm, Kubernetes, torchrun) after saving a checkpoint of the current step
@@ -56,6 +57,17 @@ class Diverged(TrainingStopped):
         last = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written"
         super().__init__(f"diverged at step {step}: {what}; stopped without saving it, {last} "
                          "(try a lower --lr, or --amp-dtype bf16 instead of fp16)", step, checkpoint)
+
+
+class DataStopped(TrainingStopped):
+    """--strict: an image that decoded at start no longer does; the steps before its batch were checkpointed."""
+
+    exit_code = 2  # bad input, as an unreadable image at start under --strict
+
+    def __init__(self, what: str, step: int, checkpoint: str | None):
+        where = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint (no iteration ran)"
+        super().__init__(f"{what}; stopped after step {step} (--strict), {where}; replace or remove the file and "
+                         "run the same command with --resume auto, or drop --strict to skip it", step, checkpoint)
 
 
 class StopSignals:

@@ -370,3 +370,44 @@ def test_a_complete_run_resumed_says_so(capsys, tmp_path):
     assert capsys.readouterr().out.splitlines()[-1] == (
         f"fastgan.train: already complete at step 2 (epoch 0); checkpoint {tmp_path}/checkpoint-00000002.pt; "
         "raise --iters or --epochs to train further")
+
+
+# --- an image that stops decoding mid-run (issue 22 §12) ---
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_an_image_replaced_mid_run_with_workers(tiny, tmp_path, monkeypatch, strict):
+    """Training with --workers 2: an image that decoded at start is replaced by text. Without --strict its
+    positions take the next image of the folder with one warning (not DataLoader's multi-line "Caught ... in
+    DataLoader worker process 0"); with --strict the run stops before that batch with a checkpoint, exit 2."""
+    from fastgan.data import build_loader
+    from fastgan.data.loaders import TorchLoader, epoch_plan
+    from fastgan.train.stops import DataStopped
+    from fastgan.train.tasks import data_request
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(8):
+        Image.new("RGB", (40, 48), (30 * i, 0, 255 - 30 * i)).save(folder / f"{i}.png")
+    cfg = tiny("dcgan", tmp_path / "run", data=str(folder), image_size=32, batch_size=2, iters=4, workers=2,
+               loader="torch", strict=strict)
+    spec = build_loader(data_request(loop.resolve_config(cfg)), "cpu").spec
+    victim = spec.sources["real"].paths[int(epoch_plan(spec, cfg.seed, 0)["real"].order[5])]  # step 3's batch
+    fixed = TorchLoader.fixed
+
+    def fixed_then_replace(self, n):  # the last read of the start-up (the sample grid's images)
+        batch = fixed(self, n)
+        Path(victim).write_text("replaced by text since the start-up check")
+        return batch
+
+    monkeypatch.setattr(TorchLoader, "fixed", fixed_then_replace)
+    if strict:
+        with pytest.raises(DataStopped) as e:
+            train(cfg)
+        assert e.value.exit_code == 2 and victim in str(e.value) and "--strict" in str(e.value)
+        assert "\n" not in str(e.value) and e.value.step == 2
+        assert load_checkpoint(tmp_path / "run")["step"] == 2
+        return
+    with pytest.warns(UserWarning) as record:
+        assert train(cfg)["step"] == 4
+    named = [str(w.message) for w in record if victim in str(w.message)]
+    assert len(named) == 1 and "\n" not in named[0]
