@@ -20,7 +20,7 @@ from .train.files import atomic_write
 # What junyanz/pytorch-CycleGAN-and-pix2pix reads (data/image_folder.py), and WebP.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
 GRID_COLUMNS = 8  # sample grids: 8 images per row
-NOT_AN_IMAGE = "not an image file"  # a skip reason: the name's extension (or a hidden file)
+NOT_AN_IMAGE = "non-image"  # a skip reason: the name's extension, or a hidden file
 UNREADABLE = "unreadable"  # a skip reason: an image file that does not decode
 # How CycleGAN and pix2pix make image_size squares of folder images (--preprocess; fastgan.data.folders).
 PREPROCESS = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")

@@ -101,8 +101,9 @@ class DataSpec:
     crop_range: int  # random crop offsets drawn in [0, crop_range]; 0 = no random crop
     paired: bool = False  # the domains are aligned pairs: one epoch plan (order, flips, crops) serves them all
     # Image folders: images kept per folder ({"trainA": N, "trainB": M}; the folder's name relative to --data,
-    # "." for --data itself) and files passed over per reason (NOT_AN_IMAGE, UNREADABLE), both in loader.info.
-    folders: dict[str, int] = field(default_factory=dict)
+    # or its own name for --data itself) and files passed over per reason (NOT_AN_IMAGE, UNREADABLE), both
+    # in loader.info as "counts" and "skipped".
+    counts: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     preprocess: str = "resize_and_crop"  # folders of A/B data: how images become image_size squares
 
@@ -229,18 +230,20 @@ def _in_memory(req: DataRequest, name: str) -> None:
 
 
 class FolderScan:
-    """Lists and checks the image folders of one dataset, counting what it passes over (DataSpec.folders,
+    """Lists and checks the image folders of one dataset, counting what it passes over (DataSpec.counts,
     .skipped) and noting the folders whose every image is grey."""
 
     def __init__(self, req: DataRequest, draft_size: int):
         self.req, self.draft_size = req, draft_size
-        self.folders: dict[str, int] = {}
+        self.counts: dict[str, int] = {}
         self.skipped = {folders.NOT_AN_IMAGE: 0, folders.UNREADABLE: 0}
         self.facts: dict[str, folders.ImageFacts] = {}
         self.grey: list[str] = []
 
     def name(self, root: str) -> str:
-        return os.path.relpath(root, self.req.data)
+        """trainA for --data/trainA; the folder's own name for --data itself."""
+        name = os.path.relpath(root, self.req.data)
+        return os.path.basename(os.path.abspath(root)) if name == "." else name
 
     def files(self, root: str) -> list[str]:
         """The readable images below root (UserError when there are none)."""
@@ -264,7 +267,7 @@ class FolderScan:
         return facts
 
     def count(self, root: str, facts: dict[str, folders.ImageFacts]) -> None:
-        self.folders[self.name(root)] = len(facts)
+        self.counts[self.name(root)] = len(facts)
         if all(f.grey for f in facts.values()):
             self.grey.append(self.name(root))
 
@@ -280,7 +283,7 @@ class FolderScan:
         if channels == 3 and self.grey:
             every = " and ".join(f"{name}/" for name in self.grey)
             warnings.warn(f"every image in {every} is grey: training on RGB copies of it; pass --channels 1 to "
-                          "train on one channel" + ("" if len(self.grey) == len(self.folders) else
+                          "train on one channel" + ("" if len(self.grey) == len(self.counts) else
                                                     " (then every folder is read as grey)"), stacklevel=3)
         return channels
 
@@ -297,7 +300,7 @@ class FolderScan:
     def spec(self, name: str, kind: str, sources: dict, channels: int, image_size: int, num_classes: int,
              flip: bool, crop_range: int, paired: bool = False) -> DataSpec:
         return DataSpec(name, kind, sources, channels, image_size, num_classes, flip, crop_range, paired,
-                        self.folders, {k: v for k, v in self.skipped.items() if v},
+                        self.counts, {k: v for k, v in self.skipped.items() if v},
                         self.req.preprocess if kind in ("unpaired", "paired") else "")
 
 

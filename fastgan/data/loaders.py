@@ -126,8 +126,8 @@ class _Loader:
             "world_size": self.world_size,
             "global_batch": self.global_batch,
             # Image folders: images kept per folder ({"trainA": N, "trainB": M}) and files passed over per
-            # reason ({"not an image file": k, "unreadable": j}); empty for in-memory sets.
-            "folders": dict(spec.folders),
+            # reason ({"non-image": k, "unreadable": j}); empty for in-memory sets.
+            "counts": dict(spec.counts),
             "skipped": dict(spec.skipped),
         }
 

@@ -13,7 +13,7 @@ from fastgan.models import get_model
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 INFO_KEYS = {"name", "channels", "image_size", "num_classes", "num_images", "kind", "impl", "world_size",
-             "global_batch", "folders", "skipped"}
+             "global_batch", "counts", "skipped"}
 
 
 def _cfg(cfg, model=None, **changes):
@@ -169,7 +169,7 @@ def test_real_fashion_mnist_defaults(cfg, monkeypatch):
         "impl": "device",
         "world_size": 1,
         "global_batch": 64,
-        "folders": {},
+        "counts": {},
         "skipped": {},
     }
     assert len(loader) == 937

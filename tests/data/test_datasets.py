@@ -198,7 +198,7 @@ def test_fashion_unpaired_picks_two_classes(cfg, tmp_path, monkeypatch, datagen)
 
 
 def test_folder_counts_and_skip_reasons(cfg, unpaired_dir):
-    """loader.info's "folders" and "skipped": what the trainer's start-up line reports."""
+    """loader.info's "counts" and "skipped": what the trainer's start-up line reports."""
     train_a = os.path.join(unpaired_dir, "trainA")
     for name in (".DS_Store", "notes.txt"):
         with open(os.path.join(train_a, name), "w") as f:
@@ -207,8 +207,8 @@ def test_folder_counts_and_skip_reasons(cfg, unpaired_dir):
     c = _cfg(cfg, model="cyclegan", data=unpaired_dir, image_size=16, batch_size=2)
     with pytest.warns(UserWarning, match="empty.jpg"):
         spec = resolve_data(c)
-    assert spec.folders == {"trainA": 5, "trainB": 3}
-    assert spec.skipped == {"not an image file": 2, "unreadable": 1}
+    assert spec.counts == {"trainA": 5, "trainB": 3}
+    assert spec.skipped == {"non-image": 2, "unreadable": 1}
 
 
 def test_grey_folders_are_said_and_read_as_one_channel(cfg, tmp_path, datagen):
