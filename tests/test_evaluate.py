@@ -1,6 +1,7 @@
 """python -m fastgan.evaluate end to end on checkpoints of tiny --dry-run trainings: the table, metrics.json,
 both CycleGAN directions, train-classifier, and bad input as one line with exit code 2."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -13,6 +14,7 @@ pytest.importorskip("torch_fidelity", reason="needs the fastgan[metrics] extra (
 from fastgan.evaluate import main  # noqa: E402
 from fastgan.metrics.classifier import DomainClassifier, load_classifier, save_classifier  # noqa: E402
 from fastgan.metrics.spaces import ENV_INCEPTION  # noqa: E402
+from fastgan.rundir import checksum_path  # noqa: E402
 from fastgan.train.config import TrainConfig  # noqa: E402
 from fastgan.train.loop import train  # noqa: E402
 
@@ -123,6 +125,8 @@ def test_a_checkpoint_without_a_generator(capsys, runs, classifier, tmp_path):
     del ckpt["nets"]["G"]
     path = tmp_path / "checkpoint-00000001.pt"
     torch.save(ckpt, path)
+    # With its checksum, as fastgan.train writes one: without, reading it also warns that it is unverified.
+    checksum_path(path).write_text(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}\n")
     err = one_line_error(capsys, [path, "--feature", f"classifier:{classifier}", "--n", "300"])
     assert "no generator" in err and str(path) in err
 

@@ -100,6 +100,15 @@ def option_strings(parser: argparse.ArgumentParser) -> set[str]:
 
 
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    return parse_given(argv)[0]
+
+
+_UNSET = object()
+
+
+def parse_given(argv: list[str] | None = None) -> tuple[TrainConfig, frozenset[str]]:
+    """The config, and the fields whose flags the command line gives (a resumed run takes the others from
+    its checkpoint)."""
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     hint = reference_flag_hint(argv, option_strings(parser))
@@ -107,7 +116,16 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
         parser.error(hint)
     args = vars(parser.parse_args(argv))
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in args.items() if k in names})
+    cfg = TrainConfig(**{k: v for k, v in args.items() if k in names})
+    # Parsed again with every default replaced by a marker: what is not the marker was on the command line
+    # (argparse's abbreviations and --flag=value forms included).
+    for action in parser._subparsers._group_actions:
+        for sub in action.choices.values():
+            for flag in sub._actions:
+                if flag.dest in names and flag.dest not in NOT_FLAGS:
+                    flag.default = _UNSET
+    again = vars(parser.parse_args(argv))
+    return cfg, frozenset(k for k, v in again.items() if k in names and k not in NOT_FLAGS and v is not _UNSET)
 
 
 def _collective_failed(error: RuntimeError) -> bool:
@@ -118,10 +136,10 @@ def _collective_failed(error: RuntimeError) -> bool:
 
 
 def _train(argv: list[str] | None) -> int:
-    cfg = parse_config(argv)
+    cfg, given = parse_given(argv)
     rank, world_size, _ = world_from_env()
     try:
-        summary = train(cfg)
+        summary = train(cfg, given)
     except TrainingStopped as e:  # a signal or divergence: one line, and its exit code (fastgan/train/stops.py)
         if rank == 0:  # every rank stops at the same step with the same reason
             print(f"{PROG}: {e}", file=sys.stderr, flush=True)

@@ -81,11 +81,14 @@ class TrainConfig:
     seed: int = 0  # seeds the weights, the training noise and the epoch order
     dry_run: bool = False  # run one iteration and stop (smoke tests)
 
-    def to_dict(self) -> dict:
-        """The fields this config's model uses (shared ones and its own options), as saved and printed."""
-        from ..models import get_model
+    def to_dict(self, model=None) -> dict:
+        """The fields this config's model uses (shared ones and its own options), as saved and printed.
+        ``model``: its definition, when the caller has it (else looked up by name)."""
+        if model is None:
+            from ..models import get_model
 
-        own = set(get_model(self.model).options)
+            model = get_model(self.model)
+        own = set(model.options)
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in MODEL_OPTIONS or k in own}
 
 

@@ -69,9 +69,10 @@ def check_cuda_graphs(cfg, device: torch.device, world_size: int = 1) -> None:
                         "mode='reduce-overhead'); fastgan's graphs capture the eager step")
 
 
-def memory_format(cfg, device: torch.device) -> torch.memory_format:
-    """channels_last for conv models on CUDA unless --no-channels-last; the batches and nets use it."""
-    if not get_model(cfg.model).convolutional:
+def memory_format(cfg, device: torch.device, model=None) -> torch.memory_format:
+    """channels_last for conv models on CUDA unless --no-channels-last; the batches and nets use it.
+    ``model``: cfg.model's definition, when the caller has it."""
+    if not (model or get_model(cfg.model)).convolutional:
         return torch.contiguous_format
     on = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
     return torch.channels_last if on else torch.contiguous_format
@@ -88,14 +89,14 @@ def compile_nets(nets, mode: str | None = None) -> None:
         net.compile(mode=mode)
 
 
-def configure_engine(task: Task, cfg) -> Task:
+def configure_engine(task: Task, cfg, model=None) -> Task:
     """Applies --impl, --channels-last and --compile to the task's networks, in place; call it before
     loading a checkpoint so the optimiser state follows the parameters' memory format.
 
     In place because the phases hold the networks themselves: ``nn.Module.compile`` compiles a module's
     forward without replacing the object, and ``.to(memory_format=...)`` keeps the Parameter objects.
     """
-    fmt = memory_format(cfg, task.device)
+    fmt = memory_format(cfg, task.device, model)
     for net in task.nets.values():
         set_impl(net, cfg.impl)
         if fmt is torch.channels_last:
@@ -164,8 +165,8 @@ class GraphedTrainStep:
     """``step(batch, accum)`` with each phase of ``task`` replayed from a CUDA graph.
 
     Built from one example batch (shapes, dtypes and memory formats of every later batch). ``accum``
-    is the loop's dict of loss sums: the step puts its device accumulators into it (zeroing them when
-    the loop has started a new dict), so the loop reads them like the eager step's.
+    is the loop's dict of loss sums: the step puts its device accumulators into it (starting them from
+    what a new dict holds, else zero), so the loop reads them like the eager step's.
     """
 
     def __init__(self, task: Task, batch: dict, warmup_iters: int = WARMUP_ITERS):
@@ -233,7 +234,12 @@ class GraphedTrainStep:
                 static.copy_(given, non_blocking=True)
         for key, static in self.accum.items():
             if accum.get(key) is not static:
-                static.zero_()  # a new log interval: the loop handed in a fresh dict
+                # A new log interval: the loop handed in a fresh dict, empty or holding the sums a resumed run
+                # carries over from its checkpoint.
+                if key in accum:
+                    static.copy_(accum[key])
+                else:
+                    static.zero_()
                 accum[key] = static
         for phase, graph in zip(self.task.phases, self.graphs):
             for _ in range(phase.repeats):

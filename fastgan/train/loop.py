@@ -1,25 +1,15 @@
-"""The training loop: resolve the config, build data and task, run the phases, and write the outputs.
+"""The training loop: set the run up (config, resume point, data, task, run directory), then run the phases
+and write the outputs. What the run directory holds, who may write it, how a run continues and what is pruned
+is decided by its owner, fastgan.rundir; this module asks it.
 
-Run directory (--out, default runs/<model>):
-    config.json                the resolved config of the latest start or resume
-    losses.jsonl               one record per log interval: step, epoch, lr, mean losses since the last one
-    samples/step-XXXXXXXX.png  sample grids from fixed noise (every --sample-every and at the end)
-    checkpoint-XXXXXXXX.pt     the full training state (every --save-every, at the end and when stopped by
-                               SIGTERM/SIGINT; the newest --keep-checkpoints are kept)
-    checkpoint-XXXXXXXX.pt.sha256  its checksum, verified whenever the checkpoint is read
-    latest                     the newest checkpoint's file name
-    lock                       flock-ed by the training process while it runs; holds its PID
-    report.html                config, loss curves, sample grids and checkpoints (fastgan.report), rewritten with
-                               every sample grid
-    tensorboard/               scalars, with --tensorboard
-
-How a run ends early (fastgan/train/stops.py): SIGTERM/SIGINT finish the current iteration, save it and
-raise Interrupted; a non-finite loss or weight raises Diverged before anything non-finite is saved.
+How a run ends early (fastgan/train/stops.py): SIGTERM, SIGINT, SIGHUP and SIGUSR1 finish the current
+iteration, save it and raise Interrupted; a non-finite loss or weight raises Diverged before anything
+non-finite is saved.
 
 Under torchrun (fastgan/train/distributed.py) every process trains a replica on its block of the global
-batch; rank 0 alone writes the run directory (every file above, evaluation included) and holds the lock,
-and the other ranks resume from the checkpoint rank 0 chose. Checkpoints, stops and divergence checks
-are collective: every rank reaches them after the same step.
+batch; rank 0 alone writes the run directory (every file, evaluation included) and holds the lock, and the
+other ranks resume from the checkpoint rank 0 chose, with the config rank 0 resolved. Checkpoints, stops and
+divergence checks are collective: every rank reaches them after the same step.
 """
 
 from __future__ import annotations
@@ -32,6 +22,7 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -43,19 +34,20 @@ from ..errors import UserError
 from ..image_files import save_image
 from ..models import get_model, model_names
 from ..report import write_report
-from .checkpoint import (
-    DamagedCheckpoint,
+from ..rundir import (
+    BEST,
+    LOSSES,
+    METRICS,
+    REPORT,
+    SAMPLES,
+    TENSORBOARD,
+    ResumePoint,
+    RunDir,
+    check_out_path,
     checkpoint_name,
-    existing_checkpoints,
-    gather_rank_states,
-    latest_checkpoint,
-    load_checkpoint,
-    load_rank_state,
-    load_task_state,
-    resume_candidates,
-    save_checkpoint,
-    set_aside,
+    read_checkpoint,
 )
+from .checkpoint import gather_rank_states, load_rank_state, load_task_state, save_checkpoint
 from .config import TrainConfig
 from .distributed import (
     Distributed,
@@ -68,7 +60,6 @@ from .distributed import (
 from .files import atomic_write
 from .graphs import check_cuda_graphs, configure_engine, make_train_step, memory_format
 from .init_from import checkpoint_file, chosen_nets, init_from_checkpoint
-from .lock import RunLock
 from .stops import AMP_SKIPPED, DataStopped, Interrupted, StopSignals, TrainingStopped, check_losses
 from .tasks import build_task, data_request, with_recipe
 
@@ -82,9 +73,14 @@ POSITIVE = ("batch_size", "image_size", "d_steps", "g_steps", "z_dim", "hidden",
             "keep_checkpoints", "dist_timeout")
 NON_NEGATIVE = ("epochs", "epochs_decay", "iters", "workers", "n_blocks", "load_size",
                 "pool_size", "sample_every", "save_every", "lambda_cycle", "lambda_identity", "eval_every")
-# Fields that shape the networks or the data stream: a resumed run must use the checkpoint's values.
-# The schedule (--epochs, --epochs-decay, --iters) may change; Adam's settings live in the optimiser state.
+# Fields that shape the networks or the data stream: a resumed run must use the checkpoint's values (Adam's
+# settings live in the optimiser state). The others come from the checkpoint unless a flag overrides them
+# (the schedule, loss weights, output cadence, precision), except the machine's own (MACHINE).
 RESUME_FIXED = ("model", "data", "image_size", "batch_size", "gan_loss", "seed", "lr", "beta1", "beta2")
+# Fields of the machine and of this command that a resumed run takes from its command line, never from the
+# checkpoint (--init-from applies to a new run only; a resumed one has its own checkpoint).
+MACHINE = ("device", "channels_last", "cuda_graphs", "compile", "loader", "workers", "dist_timeout", "out", "resume",
+           "dry_run", "init_from", "init_nets", "inception_weights")
 
 
 def resume_fixed(model) -> tuple[str, ...]:
@@ -114,13 +110,26 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def resolve_config(cfg: TrainConfig) -> TrainConfig:
+def process_device(name: str) -> torch.device:
+    """--device resolved for this process: under torchrun with CUDA, cuda:LOCAL_RANK."""
+    device = resolve_device(name)
+    _, world_size, local_rank = world_from_env()
+    if world_size > 1 and device.type == "cuda":  # torchrun: one GPU per process, its LOCAL_RANK
+        if device.index is not None:
+            raise UserError(f"--device {name}: under torchrun each process uses cuda:LOCAL_RANK; "
+                            "pass --device cuda (or auto)")
+        device = resolve_device(f"cuda:{local_rank}")
+    return device
+
+
+def resolve_config(cfg: TrainConfig, model=None) -> TrainConfig:
     """Validates the config and fills what it leaves to the model (its recipe, then the defaults that
     depend on the data), the output directory and the device. Returns a new config; the input is left
-    as it was."""
-    if cfg.model not in model_names():
-        raise UserError(f"model {cfg.model!r}: choose from {', '.join(model_names())}")
-    model = get_model(cfg.model)
+    as it was. ``model``: cfg.model's definition, when the caller has it already."""
+    if model is None:
+        if cfg.model not in model_names():
+            raise UserError(f"model {cfg.model!r}: choose from {', '.join(model_names())}")
+        model = get_model(cfg.model)
     cfg = dataclasses.replace(cfg)
     for name, value in model.defaults().items():  # before validating: a recipe value is checked like a flag
         if getattr(cfg, name) is None:
@@ -150,13 +159,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         except ImportError:
             raise UserError("--tensorboard: the tensorboard package is not installed; "
                             "pip install tensorboard, or drop the flag") from None
-    device = resolve_device(cfg.device)
-    _, world_size, local_rank = world_from_env()
-    if world_size > 1 and device.type == "cuda":  # torchrun: one GPU per process, its LOCAL_RANK
-        if device.index is not None:
-            raise UserError(f"--device {cfg.device}: under torchrun each process uses cuda:LOCAL_RANK; "
-                            "pass --device cuda (or auto)")
-        device = resolve_device(f"cuda:{local_rank}")
+    device = process_device(cfg.device)
     cfg.device = str(device)
     cfg.eval_feature = cfg.eval_feature or "inception"
     if cfg.eval_every and cfg.eval_feature == "inception":  # the file is found now, its contents checked in train
@@ -164,8 +167,8 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         cfg.inception_weights = str(find_inception_weights(cfg.inception_weights or None))
     if cfg.channels_last is None:
         cfg.channels_last = device.type == "cuda" and model.convolutional
-    cfg = with_recipe(cfg)
-    missing = [name for name, value in cfg.to_dict().items() if value is None]
+    cfg = with_recipe(cfg, model)
+    missing = [name for name, value in cfg.to_dict(model).items() if value is None]
     if missing:  # a model whose recipe misses a field it reads
         raise RuntimeError(f"model {cfg.model!r} leaves {', '.join(missing)} unset: add it to its recipe")
     model.check_size(cfg)
@@ -177,76 +180,8 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
                             "that run; --init-from starts a new one from its weights)")
         cfg.init_from = str(checkpoint_file(cfg.init_from))  # the file, as config.json records it
         cfg.init_nets = ",".join(chosen_nets(cfg.init_nets, [n for nets in model.optimizers.values() for n in nets]))
-    if not cfg.out:
-        # Resuming from a file continues in that file's run directory.
-        resume_file = cfg.resume not in ("", "auto")
-        cfg.out = str(Path(cfg.resume).parent) if resume_file else str(Path("runs") / cfg.model)
+    cfg.out = cfg.out or default_out(cfg)
     return cfg
-
-
-def _find_resume(cfg: TrainConfig, out: Path) -> Path | None:
-    """The checkpoint file given by --resume PATH, or None to start fresh (refusing an existing run)."""
-    if cfg.resume:
-        path = Path(cfg.resume)
-        if out.is_dir() and existing_checkpoints(out) and path.resolve().parent != out.resolve():
-            raise UserError(f"--out {out}: already holds checkpoints of another run; choose another --out "
-                            f"for the run resumed from {path}")
-        return path
-    if out.is_dir() and existing_checkpoints(out):
-        raise UserError(f"--out {out}: already holds checkpoints; pass --resume auto to continue that run "
-                        "or choose another --out")
-    return None
-
-
-def _newest_valid(out: Path, model: str, device: torch.device) -> tuple[Path | None, dict | None]:
-    """--resume auto: the newest checkpoint that reads and verifies. Damaged newer ones are set aside
-    (renamed *.damaged) with a warning naming both files."""
-    damaged: list[tuple[Path, DamagedCheckpoint]] = []
-    for path in resume_candidates(out):
-        try:
-            ckpt = load_checkpoint(path, model, map_location=device)
-        except DamagedCheckpoint as e:
-            damaged.append((path, e))
-            continue
-        for bad, error in damaged:
-            aside = set_aside(bad)
-            print(f"fastgan.train: warning: {error}; resuming from {path} instead (the damaged file is kept as "
-                  f"{aside.name})", file=sys.stderr, flush=True)
-        return path, ckpt
-    if damaged:
-        raise UserError(f"{damaged[0][1]}; no older checkpoint of the run is valid either")
-    return None, None
-
-
-def _resume_point(cfg: TrainConfig, out: Path, device: torch.device) -> tuple[Path | None, dict | None]:
-    """The checkpoint to resume from (None to start fresh), loaded and checked against the config."""
-    if cfg.resume == "auto":
-        path, ckpt = _newest_valid(out, cfg.model, device) if out.is_dir() else (None, None)
-    else:
-        path = _find_resume(cfg, out)
-        ckpt = None if path is None else load_checkpoint(path, cfg.model, map_location=device)
-    if ckpt is not None:
-        _check_resume_config(cfg, ckpt["config"], path)
-    return path, ckpt
-
-
-def _check_resume_config(cfg: TrainConfig, saved: dict, path: Path) -> None:
-    for name in resume_fixed(get_model(cfg.model)):
-        if name in saved and saved[name] != getattr(cfg, name):
-            raise UserError(f"{_flag(name)} {getattr(cfg, name)!r} differs from {saved[name]!r} in "
-                            f"checkpoint {path}; resume with the same value")
-
-
-def _write_json(path: Path, obj) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
-
-
-def _trim_log(log: Path, step: int) -> None:
-    """Drops records after ``step`` (written by the interrupted run after its last checkpoint)."""
-    if not log.is_file():
-        return
-    kept = [line for line in log.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    atomic_write(log, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
 
 
 def _setup_determinism(cfg: TrainConfig, device: torch.device) -> None:
@@ -275,17 +210,25 @@ def _batches(loader, epoch: int, position: int, stop: StopSignals):
         yield batch
 
 
-def train(cfg: TrainConfig) -> dict:
+def train(cfg: TrainConfig, given: Iterable[str] | None = None) -> dict:
     """Trains cfg.model; returns a summary (step, epoch, last logged losses, paths, it/s, already_complete).
 
-    Holds the run directory's lock (fastgan.train.lock) from before it reads the run's checkpoints to the
-    end. Raises UserError for bad input, Interrupted after saving on SIGTERM/SIGINT, Diverged on a
-    non-finite loss or weight (fastgan.train.stops)."""
-    cfg = resolve_config(cfg)
-    ddp = Distributed.setup(torch.device(cfg.device), cfg.dist_timeout)  # a no-op without torchrun
-    lock = RunLock(cfg.out)
+    ``given``: the fields the user set (the CLI passes the flags on its command line); None counts every field
+    that differs from TrainConfig's default. A resumed run takes the fields not given from its checkpoint
+    (resumed_config). Holds the run directory's lock (fastgan.rundir) from before it reads the run's
+    checkpoints to the end. Raises UserError for bad input, Interrupted after saving on a stop signal,
+    Diverged on a non-finite loss or weight (fastgan.train.stops)."""
+    given = frozenset(given) if given is not None else _differing_from_defaults(cfg)
+    if "out" in given:
+        check_out_path(cfg.out)  # --out '' is refused, not read as "the default"
+    model = get_model(cfg.model)  # the one look-up of the model definition; passed down from here
+    if not cfg.resume:
+        cfg = resolve_config(cfg, model)  # every flag checked on every rank before anything is written
+    run = RunDir(check_out_path(cfg.out or default_out(cfg)))
+    device = process_device(cfg.device)
+    ddp = Distributed.setup(device, cfg.dist_timeout)  # a no-op without torchrun
     try:
-        summary = _train(cfg, lock, ddp)
+        summary = _train(cfg, given, model, run, device, ddp)
     except TrainingStopped:
         # Every rank stopped after the same step with its peers alive: close the group in order, as at the end.
         # Left to the interpreter's exit, gloo's threads were destroyed unjoined and the process aborted
@@ -293,10 +236,50 @@ def train(cfg: TrainConfig) -> dict:
         ddp.close(barrier=True)
         raise
     finally:
-        lock.release()
+        run.lock.release()
     # Not on errors: a group whose peer died may block in its destructor; the process exit frees it.
     ddp.close()
     return summary
+
+
+def _differing_from_defaults(cfg: TrainConfig) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cfg)
+                     if getattr(cfg, f.name) != (f.default if f.default is not dataclasses.MISSING else None))
+
+
+def default_out(cfg: TrainConfig) -> str:
+    """Where a run goes without --out: the run directory --resume names (a directory, its ``latest`` or one of
+    its checkpoints), else runs/<model>."""
+    if cfg.resume and cfg.resume != "auto":
+        given = Path(cfg.resume)
+        return str(given if given.is_dir() else given.parent)
+    return str(Path("runs") / cfg.model)
+
+
+def resumed_config(cfg: TrainConfig, given: frozenset[str], saved: dict, path: Path, model) -> tuple[TrainConfig, str]:
+    """The config a resumed run trains with, and the line that says what the flags changed ("" if nothing):
+    fields that shape the networks or the data stream (resume_fixed) come from the checkpoint and a flag given
+    again must match; the machine's (MACHINE) come from this command line; every other field (the schedule,
+    loss weights, output cadence, precision) comes from the checkpoint unless a flag overrides it."""
+    merged = dataclasses.replace(cfg)
+    fixed = resume_fixed(model)
+    changed = []
+    for f in dataclasses.fields(cfg):
+        name = f.name
+        if name in MACHINE or name not in saved:
+            continue
+        if name not in given:
+            setattr(merged, name, saved[name])
+            continue
+        value = getattr(cfg, name)
+        if value == saved[name]:
+            continue
+        if name in fixed:
+            raise UserError(f"{_flag(name)} {value!r} differs from {saved[name]!r} in checkpoint {path}; resume "
+                            "with the same value, or leave the flag out")
+        changed.append(f"{_flag(name)} {value} (was {saved[name]})")
+    note = "resumed run: " + ", ".join(changed) + " from this command line" if changed else ""
+    return merged, note
 
 
 def _start_replicas(task, cfg: TrainConfig, ddp: Distributed) -> None:
@@ -325,219 +308,271 @@ def _check_world_size(ckpt: dict, path: Path | None, world_size: int) -> None:
                         f"with {saved} (the data order and each rank's random streams depend on the number)")
 
 
-def _train(cfg: TrainConfig, lock: RunLock, ddp: Distributed) -> dict:
+def _train(cfg: TrainConfig, given: frozenset[str], model, run: RunDir, device: torch.device,
+           ddp: Distributed) -> dict:
+    """Sets the run up (resume point, config, data, task, run directory) and hands it to the loop."""
     from ..data import build_loader
 
-    device = torch.device(cfg.device)
-    check_cuda_graphs(cfg, device, ddp.world_size)
-    out = Path(cfg.out)
     main = ddp.is_main  # writes the run directory; the other ranks only read the checkpoint it picks
-    if main and out.is_dir():
-        lock.acquire()  # before reading the run's checkpoints: no other trainer changes them from here on
-    resume_path, ckpt = _resume_point(cfg, out, device) if main else (None, None)
+    point: ResumePoint | None = None
+    note = ""
+    if main:
+        if run.holds_run():
+            run.lock.acquire()  # before reading the run's checkpoints: no other trainer changes them from here on
+        point = run.resume_point(cfg.resume, cfg.model, device)
+        if cfg.resume:
+            cfg = dataclasses.replace(cfg, out=str(run.path))
+            if point is not None:
+                cfg, note = resumed_config(cfg, given, point.ckpt["config"], point.path, model)
+    if cfg.resume:
+        cfg = resolve_config(ddp.broadcast_object(cfg), model)  # every rank trains with rank 0's resolved config
+    check_cuda_graphs(cfg, device, ddp.world_size)
 
     _setup_determinism(cfg, device)
     torch.manual_seed(cfg.seed)
-    request = data_request(cfg, rank=ddp.rank, world_size=ddp.world_size)
-    loader = build_loader(request, device, memory_format=memory_format(cfg, device))
+    request = data_request(cfg, rank=ddp.rank, world_size=ddp.world_size, model=model)
+    loader = build_loader(request, device, memory_format=memory_format(cfg, device, model))
     batches_per_epoch = len(loader)
     if batches_per_epoch == 0:
         processes = f" x {ddp.world_size} processes" if ddp.enabled else ""
         raise UserError(f"--batch-size {cfg.batch_size}{processes}: larger than the dataset "
                         f"({loader.info.get('num_images', 0)} images); use a smaller batch")
     info = dict(loader.info)
-    task = build_task(cfg, info, device, batches_per_epoch)
-    if cfg.init_from and ckpt is None:  # a new run (resuming one that started so takes its own checkpoint)
+    task = build_task(cfg, info, device, batches_per_epoch, model=model)
+    if cfg.init_from and point is None:  # a new run (resuming one that started so takes its own checkpoint)
         init_from_checkpoint(task, cfg, info)
     _start_replicas(task, cfg, ddp)
-    task = configure_engine(task, cfg)
+    task = configure_engine(task, cfg, model)
     fixed = loader.fixed(task.fixed_size)
-    if main and not lock.held:  # a new run directory: created only now, once the config and the data are good
-        out.mkdir(parents=True, exist_ok=True)
-        lock.acquire()
-        if existing_checkpoints(out):  # another trainer started the same run meanwhile and has ended
-            resume_path, ckpt = _resume_point(cfg, out, device)
-    if ddp.enabled:  # --resume auto: every rank continues from the checkpoint rank 0 chose
+    if main and not run.lock.held:  # a new run directory: created only now, once the config and the data are good
+        run.create()
+        run.lock.acquire()
+        if run.checkpoints():
+            raise UserError(f"--out {run.path}: another trainer wrote checkpoints there while this one started; "
+                            "run again with --resume auto to continue that run, or choose another --out")
+    resume_path = point.path if point is not None else None
+    if ddp.enabled:  # every rank continues from the checkpoint rank 0 chose
         chosen = ddp.broadcast_object(str(resume_path) if resume_path else None)
         resume_path = Path(chosen) if chosen else None
-        if not main and resume_path is not None:
-            ckpt = load_checkpoint(resume_path, cfg.model, map_location=device)
-    step = 0
+    ckpt = point.ckpt if point is not None else None
+    if ckpt is None and resume_path is not None:
+        ckpt = read_checkpoint(resume_path, cfg.model, map_location=device, training=True)
+    step, pending_log = 0, {"sums": {}, "iterations": 0}
     if ckpt is not None:
         _check_world_size(ckpt, resume_path, ddp.world_size)
-        load_task_state(task, ckpt)
-        load_rank_state(task, ckpt, ddp.rank)
+        load_task_state(task, ckpt, resume_path)
+        pending_log = load_rank_state(task, ckpt, ddp.rank, resume_path)
         step = ckpt["step"]
 
-    config = cfg.to_dict()
-    log_path = out / "losses.jsonl"
-    if main:
+    config = cfg.to_dict(model)
+    if main:  # the run is known to start: only now is anything in the run directory written
         print("fastgan.train: " + json.dumps(config), flush=True)
         if ddp.enabled:
             print(f"fastgan.train: {ddp.world_size} processes ({ddp.backend}): batch {cfg.batch_size} per process, "
                   f"effective batch {cfg.batch_size * ddp.world_size} per step; learning rate {cfg.lr} not scaled "
                   f"with the number of processes; BatchNorm statistics "
                   f"{'of the global batch (--sync-bn)' if cfg.sync_bn else 'per process'}", flush=True)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "samples").mkdir(exist_ok=True)
-        _write_json(out / "config.json", config)
-        if ckpt is not None:
-            _trim_log(log_path, step)
-        else:
-            log_path.unlink(missing_ok=True)
+        if point is not None:
+            print(f"fastgan.train: resumed from step {step} (checkpoint {point.path})", flush=True)
+        if note:
+            print(f"fastgan.train: {note}", flush=True)
+        run.start(config, point)
+    return _Loop(cfg, config, task, loader, fixed, info, run, ddp, step, pending_log, resume_path).run()
 
-    total = (cfg.epochs + cfg.epochs_decay) * batches_per_epoch
-    if cfg.iters:
-        total = min(total, cfg.iters)
-    if cfg.dry_run:
-        total = min(total, step + 1)
 
-    writer = None
-    if main and cfg.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1)
+class _Loop:
+    """The training iterations of a set-up run, with what they write: loss records, sample grids,
+    checkpoints, evaluations (rank 0, through the run directory), and how they end (done, a stop signal,
+    divergence)."""
 
-    repeats = {phase.name: phase.repeats for phase in task.phases}
-    accum: dict[str, torch.Tensor] = {}
-    pending = 0  # iterations accumulated in accum since the last read
-    latest: dict[str, float] = {}
-    start_step, start_time = step, time.perf_counter()
-    bar = tqdm(total=total, initial=step, unit="it", dynamic_ncols=True, disable=None if main else True,
-               file=sys.stderr)
+    def __init__(self, cfg: TrainConfig, config: dict, task, loader, fixed: dict, info: dict, run: RunDir,
+                 ddp: Distributed, step: int, pending_log: dict, resume_path: Path | None):
+        self.cfg, self.config, self.task, self.loader, self.fixed, self.info = cfg, config, task, loader, fixed, info
+        self.run_dir, self.ddp, self.main = run, ddp, ddp.is_main
+        self.step = self.start_step = step
+        self.resumed = resume_path is not None
+        self.resume_path = resume_path
+        self.batches_per_epoch = len(loader)
+        total = (cfg.epochs + cfg.epochs_decay) * self.batches_per_epoch
+        if cfg.iters:
+            total = min(total, cfg.iters)
+        if cfg.dry_run:
+            total = min(total, step + 1)
+        self.total = total
+        self.repeats = {phase.name: phase.repeats for phase in task.phases}
+        # Loss sums since the last record (a resumed run continues the sums its checkpoint saved, so its log
+        # equals an uninterrupted run's), and the iterations they cover.
+        self.accum: dict[str, torch.Tensor] = {k: t.clone() for k, t in pending_log["sums"].items()}
+        self.pending = pending_log["iterations"]
+        self.latest: dict[str, float] = {}
+        self.sample_path: Path | None = None
+        self.checkpoint_path: Path | None = None
+        self.writer = None
+        if self.main and cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(run.file(TENSORBOARD)), purge_step=step + 1)
+        self.bar = tqdm(total=total, initial=step, unit="it", dynamic_ncols=True, disable=None if self.main else True,
+                        file=sys.stderr)
 
-    def read_losses() -> None:
-        nonlocal accum, pending, latest
-        keys = sorted(accum)
+    @property
+    def last_good(self) -> str | None:
+        """The newest checkpoint known to be verified and finite (for the divergence message)."""
+        last = self.checkpoint_path or self.resume_path
+        return str(last) if last else None
+
+    def read_losses(self) -> None:
+        step = self.step
+        keys = sorted(self.accum)
         # sync: the loop's only read of the losses, every --log-every iterations. Under torchrun: the mean over
         # the ranks (the global batch's losses), so every rank takes the same divergence decision.
-        values = ddp.mean(torch.stack([accum[k].float() for k in keys])).tolist()
+        values = self.ddp.mean(torch.stack([self.accum[k].float() for k in keys])).tolist()
+        pending = self.pending
         # Losses as means per update; fp16 loss-scale overflows (updates the GradScaler skipped) as counts.
-        latest = {k: int(v) if k.endswith("/" + AMP_SKIPPED) else v / (pending * repeats[k.split("/")[0]])
+        latest = {k: int(v) if k.endswith("/" + AMP_SKIPPED) else v / (pending * self.repeats[k.split("/")[0]])
                   for k, v in zip(keys, values)}
+        self.latest = latest
         first_step = step - pending + 1
-        accum, pending = {}, 0
-        lr = float(next(iter(task.optimizers.values())).param_groups[0]["lr"])  # a tensor under --cuda-graphs
-        record = {"step": step, "epoch": step // batches_per_epoch, "lr": lr} | latest
-        if main:
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        if writer is not None:
+        self.accum, self.pending = {}, 0
+        lr = float(next(iter(self.task.optimizers.values())).param_groups[0]["lr"])  # a tensor under --cuda-graphs
+        record = {"step": step, "epoch": step // self.batches_per_epoch, "lr": lr} | latest
+        if self.main:
+            self.run_dir.append_record(LOSSES, record)
+        if self.writer is not None:
             for k, v in latest.items():
-                writer.add_scalar(k, v, step)
-            writer.add_scalar("lr", lr, step)
+                self.writer.add_scalar(k, v, step)
+            self.writer.add_scalar("lr", lr, step)
         short = {k: f"{v:.3g}" for k, v in latest.items()
                  if k.endswith("total") or "cycle" in k or (k.endswith(AMP_SKIPPED) and v)}
-        if main and bar.disable:
-            print(f"step {step}/{total} " + " ".join(f"{k}={v}" for k, v in short.items()), flush=True)
-        elif main:
-            bar.set_postfix(short, refresh=False)
-        last_good = checkpoint_path or resume_path
+        if self.main and self.bar.disable:
+            print(f"step {step}/{self.total} " + " ".join(f"{k}={v}" for k, v in short.items()), flush=True)
+        elif self.main:
+            self.bar.set_postfix(short, refresh=False)
         check_losses({k: v for k, v in latest.items() if not k.endswith(AMP_SKIPPED)}, first_step, step,
-                     str(last_good) if last_good else None)
+                     self.last_good)
 
-    def write_sample() -> Path:
-        path = out / "samples" / f"step-{step:08d}.png"
-        save_image(task.sample(fixed), path)
-        write_report(out)
+    def write_sample(self) -> Path:
+        path = self.run_dir.file(SAMPLES) / f"step-{self.step:08d}.png"
+        self.run_dir.write_with(path, lambda: save_image(self.task.sample(self.fixed), path))
+        self.write_report()
         return path
 
-    def save() -> Path:
+    def write_report(self) -> None:
+        self.run_dir.write_with(self.run_dir.file(REPORT), lambda: write_report(self.run_dir.path))
+
+    def save(self) -> Path:
         """Collective under torchrun: checks the replicas and gathers every rank's own state to rank 0."""
-        ranks = gather_rank_states(task, ddp, step, str(checkpoint_path or resume_path or "") or None)
-        if not main:
-            return out / checkpoint_name(step)
-        return save_checkpoint(out, task, step=step, epoch=step // batches_per_epoch, config=config, info=info,
-                               keep=cfg.keep_checkpoints, ranks=ranks)
+        log = {"sums": dict(self.accum), "iterations": self.pending}
+        ranks = gather_rank_states(self.task, self.ddp, self.step, self.last_good, log)
+        if not self.main:
+            return self.run_dir.file(checkpoint_name(self.step))
+        return save_checkpoint(self.run_dir, self.task, step=self.step, epoch=self.step // self.batches_per_epoch,
+                               config=self.config, info=self.info, keep=self.cfg.keep_checkpoints, ranks=ranks,
+                               log=log)
 
-    def saved_now() -> bool:
-        return checkpoint_path is not None and checkpoint_path.name.endswith(f"{step:08d}.pt")
+    def saved_now(self) -> bool:
+        return self.checkpoint_path is not None and self.checkpoint_path.name == checkpoint_name(self.step)
 
-    if cfg.eval_every:  # a missing weights or classifier file, or too small an --eval-n, fails now
-        from ..metrics import evaluate_during_training, feature_space
-        from ..metrics.evaluation import TRAINING_METRICS, check_sizes
-        check_sizes(feature_space(cfg.eval_feature, cfg.inception_weights or None), TRAINING_METRICS, cfg.eval_n,
-                    None, flag="--eval-n")
+    def evaluate(self) -> None:
+        """Rank 0 evaluates (the others wait, within --dist-timeout) and says whether to save best.pt."""
+        from ..metrics import evaluate_during_training
 
-    sample_path = checkpoint_path = step_fn = stopping = None
-    stop = StopSignals()
-    task.train()
-    try:
-        stop.install()
-        while step < total and stopping is None:
-            epoch, position = divmod(step, batches_per_epoch)
-            for batch in _batches(loader, epoch, position, stop):
-                if step_fn is None:  # graphs are captured for the first batch's shapes
-                    step_fn = make_train_step(task, batch, cfg.cuda_graphs)
-                step_fn(batch, accum)
-                with warnings.catch_warnings():
-                    # fp16: the schedule follows iterations even where a GradScaler skipped an overflowing
-                    # optimiser step, which LambdaLR would otherwise warn about.
-                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
-                    for scheduler in task.schedulers.values():
-                        scheduler.step()
-                step += 1
-                pending += 1
-                bar.update(1)
-                if step % cfg.log_every == 0:
-                    read_losses()
-                if main and cfg.sample_every and step % cfg.sample_every == 0:
-                    sample_path = write_sample()
-                if cfg.save_every and step % cfg.save_every == 0:
-                    checkpoint_path = save()
-                if cfg.eval_every and step % cfg.eval_every == 0:
-                    # Rank 0 evaluates (the others wait, within --dist-timeout) and says whether to save best.pt.
-                    best = main and evaluate_during_training(task, cfg, step, out)["best"]
-                    if ddp.broadcast_object(best):  # best.pt: a copy of the checkpoint of the lowest FID so far
-                        checkpoint_path = checkpoint_path if saved_now() else save()
-                        if main:
-                            atomic_write(out / "best.pt", functools.partial(shutil.copyfile, checkpoint_path))
-                # Checked once per iteration: a stop lands between whole iterations (between graph replays),
-                # the same one on every rank.
-                stopping = ddp.agree_stop(stop.signum)
-                if step >= total or stopping is not None:
-                    break
-            if stopping is None and stop.signum is not None:  # the batch fetch ended with the signal
-                stopping = ddp.agree_stop(stop.signum)
-        if pending:
-            read_losses()
-        if stopping is not None and step < total:
-            if step > start_step and not saved_now():
-                checkpoint_path = save()
-                if main:
-                    write_report(out)
-            saved = checkpoint_path or resume_path
-            raise Interrupted(stopping, step, str(saved) if saved else None)
-        if step > start_step or ckpt is None:
-            if main and (sample_path is None or not sample_path.name.endswith(f"{step:08d}.png")):
-                sample_path = write_sample()
-            if not saved_now():
-                checkpoint_path = save()
-            if main:
-                write_report(out)  # again: the final checkpoint came after the last grid
-    except UnreadableImage as e:  # --strict: an image stopped decoding mid-run (without it: one warning, skipped)
-        if ddp.enabled:  # saving is collective and the other ranks are mid-step: exit 2, as at start
-            raise
-        if pending:
-            read_losses()
-        if step > start_step and not saved_now():
-            checkpoint_path = save()
-            write_report(out)
-        saved = checkpoint_path or resume_path
-        raise DataStopped(str(e), step, str(saved) if saved else None) from None
-    finally:
-        if stopping is not None and ddp.enabled:
-            stop.ignore_until_exit()  # torchrun SIGTERMs the ranks still tearing down when the first one exits
-        else:
-            stop.restore()
-        bar.close()
-        if writer is not None:
-            writer.close()
-    seconds = time.perf_counter() - start_time
-    iterations = step - start_step
-    return {"model": cfg.model, "step": step, "epoch": step // batches_per_epoch, "losses": latest,
-            "out": str(out), "checkpoint": str(checkpoint_path or latest_checkpoint(out)),
-            "sample": str(sample_path) if sample_path else None,
-            "already_complete": ckpt is not None and iterations == 0,
-            "it_per_s": iterations / seconds if seconds > 0 else 0.0,
-            "images_per_s": iterations * cfg.batch_size * ddp.world_size / seconds if seconds > 0 else 0.0,
-            "rank": ddp.rank, "world_size": ddp.world_size}
+        run = self.run_dir
+        best = self.main and run.write_with(run.file(METRICS), lambda: evaluate_during_training(
+            self.task, self.cfg, self.step, run.path))["best"]
+        if self.ddp.broadcast_object(best):  # best.pt: a copy of the checkpoint of the lowest FID so far
+            self.checkpoint_path = self.checkpoint_path if self.saved_now() else self.save()
+            if self.main:
+                run.write_with(run.file(BEST), lambda: atomic_write(
+                    run.file(BEST), functools.partial(shutil.copyfile, self.checkpoint_path)))
+
+    def run(self) -> dict:
+        cfg, task, ddp = self.cfg, self.task, self.ddp
+        if cfg.eval_every:  # a missing weights or classifier file, or too small an --eval-n, fails now
+            from ..metrics import feature_space
+            from ..metrics.evaluation import TRAINING_METRICS, check_sizes
+            check_sizes(feature_space(cfg.eval_feature, cfg.inception_weights or None), TRAINING_METRICS, cfg.eval_n,
+                        None, flag="--eval-n")
+        step_fn = stopping = None
+        stop = StopSignals()
+        start_time = time.perf_counter()
+        task.train()
+        try:
+            stop.install()
+            while self.step < self.total and stopping is None:
+                epoch, position = divmod(self.step, self.batches_per_epoch)
+                for batch in _batches(self.loader, epoch, position, stop):
+                    if step_fn is None:  # graphs are captured for the first batch's shapes
+                        step_fn = make_train_step(task, batch, cfg.cuda_graphs)
+                    step_fn(batch, self.accum)
+                    with warnings.catch_warnings():
+                        # fp16: the schedule follows iterations even where a GradScaler skipped an overflowing
+                        # optimiser step, which LambdaLR would otherwise warn about.
+                        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+                        for scheduler in task.schedulers.values():
+                            scheduler.step()
+                    self.step += 1
+                    self.pending += 1
+                    self.bar.update(1)
+                    self.after_iteration()
+                    # Checked once per iteration: a stop lands between whole iterations (between graph replays),
+                    # the same one on every rank.
+                    stopping = ddp.agree_stop(stop.signum)
+                    if self.step >= self.total or stopping is not None:
+                        break
+                if stopping is None and stop.signum is not None:  # the batch fetch ended with the signal
+                    stopping = ddp.agree_stop(stop.signum)
+            if stopping is not None and self.step < self.total:
+                # The loss sums since the last record go into the checkpoint, not into a record of their own:
+                # the resumed run writes the records an uninterrupted one would.
+                if self.step > self.start_step and not self.saved_now():
+                    self.checkpoint_path = self.save()
+                    if self.main:
+                        self.write_report()
+                raise Interrupted(stopping, self.step, self.last_good)
+            if self.pending:
+                self.read_losses()
+            if self.step > self.start_step or not self.resumed:
+                if self.main and (self.sample_path is None or self.sample_path.name != f"step-{self.step:08d}.png"):
+                    self.sample_path = self.write_sample()
+                if not self.saved_now():
+                    self.checkpoint_path = self.save()
+                if self.main:
+                    self.write_report()  # again: the final checkpoint came after the last grid
+        except UnreadableImage as e:  # --strict: an image stopped decoding mid-run (without it: one warning, skipped)
+            if ddp.enabled:  # saving is collective and the other ranks are mid-step: exit 2, as at start
+                raise
+            if self.step > self.start_step and not self.saved_now():  # the loss sums go into it, as for a signal
+                self.checkpoint_path = self.save()
+                self.write_report()
+            raise DataStopped(str(e), self.step, self.last_good) from None
+        finally:
+            if stopping is not None and ddp.enabled:
+                stop.ignore_until_exit()  # torchrun SIGTERMs the ranks still tearing down when the first one exits
+            else:
+                stop.restore()
+            self.bar.close()
+            if self.writer is not None:
+                self.writer.close()
+        seconds = time.perf_counter() - start_time
+        iterations = self.step - self.start_step
+        step = self.step
+        return {"model": cfg.model, "step": step, "epoch": step // self.batches_per_epoch, "losses": self.latest,
+                "out": str(self.run_dir.path),
+                "checkpoint": str(self.checkpoint_path or self.resume_path or self.run_dir.latest()),
+                "sample": str(self.sample_path) if self.sample_path else None,
+                "already_complete": self.resumed and iterations == 0,
+                "it_per_s": iterations / seconds if seconds > 0 else 0.0,
+                "images_per_s": iterations * cfg.batch_size * ddp.world_size / seconds if seconds > 0 else 0.0,
+                "rank": ddp.rank, "world_size": ddp.world_size}
+
+    def after_iteration(self) -> None:
+        """The outputs due after iteration ``self.step``: a loss record, a sample grid, a checkpoint, an evaluation."""
+        cfg, step = self.cfg, self.step
+        if step % cfg.log_every == 0:
+            self.read_losses()
+        if self.main and cfg.sample_every and step % cfg.sample_every == 0:
+            self.sample_path = self.write_sample()
+        if cfg.save_every and step % cfg.save_every == 0:
+            self.checkpoint_path = self.save()
+        if cfg.eval_every and step % cfg.eval_every == 0:
+            self.evaluate()

@@ -5,10 +5,13 @@ Exit codes of ``python -m fastgan.train`` (also in README, "Reliability"):
     2    bad input: one line naming the flag or file (fastgan.errors.EXIT_USAGE); under --strict also an image
          that stopped decoding mid-run, after saving a checkpoint of the steps before its batch (DataStopped)
     3    diverged: a non-finite loss or weight; nothing non-finite was saved
+    129  stopped by SIGHUP (the terminal or ssh connection closed) after saving a checkpoint of the current step
     130  stopped by SIGINT (Ctrl-C) after saving a checkpoint of the current step
+    138  stopped by SIGUSR1 (Slurm's --signal=USR1@SECONDS warning before the time limit) after saving one
     143  stopped by SIGTERM (Slurm, Kubernetes, torchrun) after saving a checkpoint of the current step
-130 and 143 are what a shell reports for a process killed by those signals (128 + the signal number), so
-wrappers that already treat them as "interrupted" keep doing so; the checkpoint makes the run resumable.
+Each is what a shell reports for a process killed by that signal (128 + the signal number), so wrappers
+that already treat them as "interrupted" keep doing so; the checkpoint makes the run resumable. Other
+signals keep their default action (SIGKILL cannot be caught: the previous checkpoint stays valid).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import torch
 from torch import Tensor
 
 EXIT_DIVERGED = 3
-EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+# The signals that save and stop, with their exit codes (128 + the signal number).
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129, signal.SIGUSR1: 138}
 AMP_SKIPPED = "amp_skipped"  # loss-dict key: 1 where fp16 loss scaling skipped the update (a count, not a loss)
 
 
@@ -37,7 +41,7 @@ class TrainingStopped(Exception):
 
 
 class Interrupted(TrainingStopped):
-    """SIGTERM or SIGINT: the current iteration was finished and checkpointed."""
+    """A stop signal (EXIT_SIGNAL): the current iteration was finished and checkpointed."""
 
     def __init__(self, signum: int, step: int, checkpoint: str | None):
         name = signal.Signals(signum).name
@@ -71,7 +75,7 @@ class DataStopped(TrainingStopped):
 
 
 class StopSignals:
-    """``with StopSignals() as stop:`` turns SIGTERM and SIGINT into ``stop.signum``, which the loop checks
+    """``with StopSignals() as stop:`` turns the stop signals (EXIT_SIGNAL) into ``stop.signum``, which the loop checks
     after each iteration, instead of ending the process at once. Later signals are only acknowledged, so
     they cannot cut the checkpoint that is being written; SIGKILL still ends the process (the previous
     checkpoint then stays valid: every write is a rename).
@@ -109,7 +113,7 @@ class StopSignals:
         self._previous.clear()
 
     def ignore_until_exit(self) -> None:
-        """For a process that stopped on a signal and now exits: SIGTERM/SIGINT are ignored at the OS level
+        """For a process that stopped on a signal and now exits: the stop signals are ignored at the OS level
         (SIG_IGN), not by a Python handler, which Python's finalisation resets to the default while the process
         may still be tearing down. Under torchrun the first rank to exit with 128 + signal makes torchrun
         SIGTERM the others, which must exit with their own code, not die of that signal."""

@@ -14,32 +14,36 @@ import torch
 
 from ..data import DataRequest
 from ..data.datasets import data_origin
+from ..errors import UserError
 from ..models import get_model, init_weights
 from .config import TrainConfig
 from .steps import Task
 
 
-def data_request(cfg: TrainConfig, split: str = "train", rank: int = 0, world_size: int = 1) -> DataRequest:
+def data_request(cfg: TrainConfig, split: str = "train", rank: int = 0, world_size: int = 1,
+                 model=None) -> DataRequest:
     """What the config's model asks the data layer for (fields the model does not use keep their defaults);
-    under torchrun, for this rank's block of each global batch (``rank`` of ``world_size``)."""
+    under torchrun, for this rank's block of each global batch (``rank`` of ``world_size``). ``model``:
+    cfg.model's definition, when the caller has it (else looked up)."""
+    model = model or get_model(cfg.model)
     fields = ("data", "image_size", "load_size", "batch_size", "seed", "domains", "loader", "workers", "strict",
               "preprocess", "flip", "channels")
     given = {name: getattr(cfg, name) for name in fields if getattr(cfg, name) is not None}
-    return DataRequest(kind=get_model(cfg.model).data_kind, model=cfg.model, rank=rank, world_size=world_size,
-                       **given)
+    return DataRequest(kind=model.data_kind, model=cfg.model, rank=rank, world_size=world_size, **given)
 
 
-def with_recipe(cfg: TrainConfig) -> TrainConfig:
+def with_recipe(cfg: TrainConfig, model=None) -> TrainConfig:
     """A copy of ``cfg`` with what it leaves to the model filled in: the recipe's defaults, then the ones
     that depend on the data (Model.resolve). Values already set are kept; nothing is validated here
     (fastgan.train.loop.resolve_config validates the user's config before this)."""
     cfg = dataclasses.replace(cfg)
-    model = get_model(cfg.model)
+    model = model or get_model(cfg.model)
     for name, value in model.defaults().items():
         if getattr(cfg, name) is None:
             setattr(cfg, name, value)
-    model.resolve(cfg, data_origin(data_request(cfg)))
-    cfg.data = cfg.data or data_request(cfg).default_data
+    request = data_request(cfg, model=model)
+    model.resolve(cfg, data_origin(request))
+    cfg.data = cfg.data or request.default_data
     return cfg
 
 
@@ -73,14 +77,14 @@ def amp_dtype(cfg: TrainConfig) -> torch.dtype | None:
 
 
 def build_task(cfg: TrainConfig, info: dict, device: torch.device,
-               batches_per_epoch: int | None = None) -> Task:
+               batches_per_epoch: int | None = None, model=None) -> Task:
     """The model's Task from a config (what it leaves unset comes from the model's recipe) and loader.info.
 
     ``batches_per_epoch`` (len(loader)) places the learning-rate decay; without it the decay is placed
-    from info["num_images"] // cfg.batch_size."""
-    cfg = with_recipe(cfg)
+    from info["num_images"] // cfg.batch_size. ``model``: cfg.model's definition, when the caller has it."""
+    model = model or get_model(cfg.model)
+    cfg = with_recipe(cfg, model)
     device = torch.device(device)
-    model = get_model(cfg.model)
     nets = model.build_nets(cfg, info)
     for net in nets.values():
         init_weights(net)
@@ -102,12 +106,21 @@ def build_task(cfg: TrainConfig, info: dict, device: torch.device,
     return task
 
 
-def nets_from_checkpoint(ckpt: dict, names: list[str], device: torch.device) -> dict[str, torch.nn.Module]:
-    """The named networks of a loaded checkpoint, with its weights, in eval mode on ``device``."""
-    cfg = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in TrainConfig.__dataclass_fields__})
-    nets = build_nets(with_recipe(cfg), ckpt["info"])
+def nets_from_checkpoint(ckpt: dict, names: list[str], device: torch.device, path=None) -> dict[str, torch.nn.Module]:
+    """The named networks of a loaded checkpoint, with its weights, in eval mode on ``device``; a checkpoint
+    whose networks do not fit its config (edited) is one UserError naming the network."""
+    from .checkpoint import _load
+
+    where = f"checkpoint {path}" if path else "checkpoint"
+    try:
+        cfg = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in TrainConfig.__dataclass_fields__})
+        nets = build_nets(with_recipe(cfg), ckpt["info"])
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise UserError(f"{where}: its config or data info does not build a {ckpt['model']} model "
+                        f"({type(e).__name__}: {e}); it was edited") from None
     out = {}
     for name in names:
-        nets[name].load_state_dict(ckpt["nets"][name])
+        saved = ckpt["nets"].get(name) if isinstance(ckpt["nets"], dict) else None
+        _load(nets[name], saved, f"network {name!r}", path)
         out[name] = nets[name].to(device).eval()
     return out

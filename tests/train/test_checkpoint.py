@@ -89,7 +89,7 @@ def test_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, task_and_c
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint.torch, "save", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match=r"cannot write checkpoint .*checkpoint-00000002.pt \(disk full\)"):
         save_checkpoint(tmp_path, task, step=2, epoch=0, config=config, info=INFO)
     assert names(tmp_path) == [good.name, checksum_path(good).name, LATEST]
     assert good.read_bytes() == before

@@ -19,10 +19,10 @@ from PIL import Image
 
 from fastgan.errors import UserError
 from fastgan.generate import generate
+from fastgan.rundir import RunLock
 from fastgan.train import checkpoint, loop
 from fastgan.train.__main__ import main
 from fastgan.train.checkpoint import existing_checkpoints, latest_checkpoint, load_checkpoint
-from fastgan.train.lock import RunLock
 from fastgan.train.loop import train
 from fastgan.train.stops import Diverged, Interrupted, first_nonfinite
 
