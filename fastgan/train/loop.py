@@ -175,13 +175,17 @@ def resolve_config(cfg: TrainConfig, model=None) -> TrainConfig:
     if cfg.init_nets and not cfg.init_from:
         raise UserError(f"--init-nets {cfg.init_nets}: names networks to take from --init-from CHECKPOINT; add it")
     if cfg.init_from:
-        if cfg.resume not in ("", "auto"):
-            raise UserError(f"--init-from {cfg.init_from} --resume {cfg.resume}: choose one (--resume continues "
-                            "that run; --init-from starts a new one from its weights)")
+        _check_init_from(cfg)
         cfg.init_from = str(checkpoint_file(cfg.init_from))  # the file, as config.json records it
         cfg.init_nets = ",".join(chosen_nets(cfg.init_nets, [n for nets in model.optimizers.values() for n in nets]))
     cfg.out = cfg.out or default_out(cfg)
     return cfg
+
+
+def _check_init_from(cfg: TrainConfig) -> None:
+    if cfg.init_from and cfg.resume not in ("", "auto"):
+        raise UserError(f"--init-from {cfg.init_from} --resume {cfg.resume}: choose one (--resume continues "
+                        "that run; --init-from starts a new one from its weights)")
 
 
 def _setup_determinism(cfg: TrainConfig, device: torch.device) -> None:
@@ -222,6 +226,7 @@ def train(cfg: TrainConfig, given: Iterable[str] | None = None) -> dict:
     if "out" in given:
         check_out_path(cfg.out)  # --out '' is refused, not read as "the default"
     model = get_model(cfg.model)  # the one look-up of the model definition; passed down from here
+    _check_init_from(cfg)
     if not cfg.resume:
         cfg = resolve_config(cfg, model)  # every flag checked on every rank before anything is written
     run = RunDir(check_out_path(cfg.out or default_out(cfg)))
