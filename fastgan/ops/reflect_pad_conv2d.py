@@ -57,6 +57,61 @@ _EXT_HAS_AUTOGRAD = _EXT_ERROR is None and torch._C._dispatch_has_kernel_for_dis
 _dispatch.register("reflect_pad_conv2d", "cuda", extension_check)
 
 
+# 3. Launches (the C++ launchers' work on CUDA, for fastgan.testing.ledger) --------------------------------
+# reflect_pad_conv2d.cpp's launchers replayed step by step on meta tensors: the ATen calls as the C++ makes them,
+# and ``kernel(name, *tensors)`` for each launch of this extension's own CUDA kernels (reflect_pad_conv2d_cuda.cu).
+# tests/gpu_ready/test_ledger.py checks the ATen calls against the C++ CPU path and the launches against the .cu.
+def _layout_of(x):  # layout_of: only NCHW and channels_last exist there
+    cl = torch._prims_common.suggest_memory_format(x) == torch.channels_last
+    return torch.channels_last if cl else torch.contiguous_format
+
+
+def _with_layout(t, fmt):  # with_layout: t itself when its strides are a fresh tensor's in fmt, else a copy
+    if t.stride() == torch.empty(t.shape, device="meta", memory_format=fmt).stride():
+        return t
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=fmt).copy_(t)
+
+
+def _pad_launches(xc, padding, fmt, kernel):  # reflect_pad: a workspace and one reflect_pad_kernel launch
+    if padding == 0:
+        return xc
+    n, c, h, w = xc.shape
+    padded = torch.empty((n, c, h + 2 * padding, w + 2 * padding), dtype=xc.dtype, device=xc.device,
+                         memory_format=fmt)
+    kernel("reflect_pad_kernel", xc, padded)
+    return padded
+
+
+def _forward_launches(x, weight, bias, padding, stride, *, kernel):
+    fmt = _layout_of(x)
+    xc = x.contiguous(memory_format=fmt)
+    padded = _pad_launches(xc, padding, fmt, kernel)
+    y = torch.ops.aten.convolution(padded, weight, bias, [stride, stride], [0, 0], [1, 1], False, [0, 0], 1)
+    _with_layout(y, fmt)
+
+
+def _backward_launches(grad_out, x, weight, padding, stride, output_mask, *, kernel):
+    fmt = _layout_of(x)
+    xc = x.contiguous(memory_format=fmt)
+    padded = _pad_launches(xc, padding, fmt, kernel)  # recomputed, not saved
+    dpadded, dweight, _ = torch.ops.aten.convolution_backward(
+        grad_out.contiguous(memory_format=fmt), padded, weight, [weight.shape[0]] if output_mask[2] else None,
+        [stride, stride], [0, 0], [1, 1], False, [0, 0], 1, list(output_mask))
+    if output_mask[0]:
+        if padding == 0:
+            _with_layout(dpadded, fmt)
+        else:  # reflect_fold: one reflect_fold_kernel launch
+            dp = dpadded.contiguous(memory_format=fmt)
+            dx = torch.empty(xc.shape, dtype=xc.dtype, device=xc.device, memory_format=fmt)
+            kernel("reflect_fold_kernel", dp, dx)
+    if output_mask[1]:
+        _with_layout(dweight, _layout_of(weight))
+
+
+EXTENSION_LAUNCHES = {"fastgan::reflect_pad_conv2d": _forward_launches,
+                      "fastgan::reflect_pad_conv2d_backward": _backward_launches}
+
+
 # 4. Autograd -------------------------------------------------------------------------------------
 # Registered in C++ for the Autograd key (csrc/reflect_pad_conv2d/reflect_pad_conv2d_autograd.cpp), so
 # torch.ops.fastgan.reflect_pad_conv2d is differentiable whoever loads the library and in any import

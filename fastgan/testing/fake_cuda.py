@@ -170,6 +170,7 @@ class OpCall:
     backward: bool  # recorded during the backward pass (then ``layer`` names the autograd node)
     requires_grad: bool = False  # forward: an input requires grad, so autograd records a backward for it
     args: tuple = ()  # fastgan ops only: (args, kwargs) with TensorSpec for tensors, for replays
+    accumulates: bool = False  # backward: the engine summing two gradients of one tensor (run_backward)
 
 
 def _infos(values) -> tuple[TensorInfo, ...]:
@@ -195,6 +196,7 @@ class OpTrace:
                        for net, module in self.nets.items() for name, m in module.named_modules()}
         self._stack: list[nn.Module] = []
         self._node = ""  # the autograd node running, in the backward pass
+        self._accumulating = False
         self._handles = []
         self._mode = None
 
@@ -208,7 +210,7 @@ class OpTrace:
 
         self._handles = [nn.modules.module.register_module_forward_pre_hook(pre),
                          nn.modules.module.register_module_forward_hook(post, always_call=True)]
-        self._mode = _Recorder(self)
+        self._mode = self._recorder()
         self._mode.__enter__()
         return self
 
@@ -216,6 +218,9 @@ class OpTrace:
         self._mode.__exit__(*exc)
         for handle in self._handles:
             handle.remove()
+
+    def _recorder(self) -> TorchDispatchMode:
+        return _Recorder(self)
 
     def record(self, func, args, kwargs, out) -> None:
         if func.namespace == "prim":  # prim.device and friends: metadata queries
@@ -235,7 +240,8 @@ class OpTrace:
             op=str(func), namespace=func.namespace, is_view=func.is_view,
             launches=not func.is_view and func not in _NO_KERNEL and bool(outputs),
             inputs=_infos((args, kwargs)), outputs=outputs, layer=layer, layer_type=layer_type,
-            in_fused_layer=fused, backward=self.in_backward, requires_grad=requires_grad, args=replay))
+            in_fused_layer=fused, backward=self.in_backward, requires_grad=requires_grad, args=replay,
+            accumulates=self._accumulating))
 
     @contextlib.contextmanager
     def backward_pass(self):
@@ -248,6 +254,15 @@ class OpTrace:
 
     def on_node(self, node) -> None:
         self._node = type(node).__name__
+
+    @contextlib.contextmanager
+    def accumulating(self):
+        """Marks the ops recorded inside as gradient accumulation; pass it to run_backward."""
+        self._accumulating = True
+        try:
+            yield
+        finally:
+            self._accumulating = False
 
     # --- what the gpu_ready checks ask ---------------------------------------------------------------
     def launches(self, backward: bool = False) -> list[OpCall]:
@@ -312,12 +327,13 @@ class OpTrace:
         return bad
 
 
-def run_backward(loss: torch.Tensor, on_node=None) -> dict[torch.Tensor, torch.Tensor]:
+def run_backward(loss: torch.Tensor, on_node=None, accumulating=None) -> dict[torch.Tensor, torch.Tensor]:
     """``loss.backward()`` without the autograd engine (which needs a CUDA driver for CUDA tensors): each
     node's backward in dependency order, its gradients reduced and cast to what the next node expects.
 
     Returns the gradient of each leaf tensor that requires grad; ``on_node(node)`` is called before each
-    autograd node runs. Hooks and retain_grad are not run.
+    autograd node runs, and the sum of two gradients of one tensor (the engine's InputBuffer::accumulate)
+    runs inside ``accumulating()`` when given. Hooks and retain_grad are not run.
     """
     root = loss.grad_fn
     if root is None:
@@ -354,7 +370,11 @@ def run_backward(loss: torch.Tensor, on_node=None) -> dict[torch.Tensor, torch.T
             if grad is not None:
                 grad = _as_expected(grad, child._input_metadata[slot])
                 into = grads.setdefault(child, {})
-                into[slot] = grad if slot not in into else into[slot] + grad
+                if slot not in into:
+                    into[slot] = grad
+                else:
+                    with accumulating() if accumulating is not None else contextlib.nullcontext():
+                        into[slot] = into[slot] + grad
             pending[child] -= 1
             if pending[child] == 0:
                 ready.append(child)
@@ -396,7 +416,7 @@ def trace_phases(task, batch: dict, *, autocast: torch.dtype | None = None, back
                 losses = phase.loss(inputs)
             if backward:
                 with trace.backward_pass():
-                    run_backward(losses["total"], trace.on_node)
+                    run_backward(losses["total"], trace.on_node, trace.accumulating)
     set_trainable(task, None)
     return trace
 

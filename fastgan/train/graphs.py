@@ -46,8 +46,8 @@ from ..models import get_model
 from ..nn import set_impl
 from .steps import Task, run_phase, set_trainable, train_step
 
-__all__ = ["GraphedTrainStep", "check_cuda_graphs", "compile_nets", "configure_engine", "make_train_step",
-           "memory_format", "WARMUP_ITERS"]
+__all__ = ["GraphedTrainStep", "check_cuda_graphs", "compile_nets", "configure_engine", "make_capturable",
+           "make_train_step", "memory_format", "WARMUP_ITERS"]
 
 WARMUP_ITERS = 3  # eager iterations before capture: autotuning and cuDNN choice settle in 1-2
 
@@ -127,6 +127,14 @@ def _check_task(task: Task) -> None:
                             "use --amp-dtype bf16 or drop --cuda-graphs")
 
 
+def make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """The optimiser as the graphs step it: capturable, its learning rate a device tensor (see the module doc)."""
+    for group in optimizer.param_groups:
+        group["capturable"] = True
+        # float(): a learning rate resumed from a graphed run's checkpoint is already a tensor.
+        group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
+
+
 class _Snapshot:
     """The training state before warm-up, put back in place (same tensors) after capture."""
 
@@ -174,10 +182,7 @@ class GraphedTrainStep:
         self.task = task
         self.static_batch = {k: torch.empty_like(v).copy_(v) for k, v in batch.items()}
         for optimizer in task.optimizers.values():
-            for group in optimizer.param_groups:
-                group["capturable"] = True
-                # float(): a learning rate resumed from a graphed run's checkpoint is already a tensor.
-                group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=task.device)
+            make_capturable(optimizer, task.device)
         snapshot = _Snapshot(task)
         self.accum = self._warm_up(warmup_iters)
         self.graphs = self._capture()
