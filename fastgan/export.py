@@ -164,9 +164,9 @@ def onnx_metadata(ckpt: dict, spec: ExportSpec) -> dict:
     model = get_model(ckpt["model"])
     info = {"fastgan_model": model.name, "image_size": ckpt["config"]["image_size"],
             "num_classes": ckpt["info"].get("num_classes", 0), "size_multiple": model.input_multiple(ckpt["config"]),
-            "inference": model.inference}
-    if model.inference == "translate":
-        info["direction"] = spec.name
+            "inference": model.inference, "data_kind": model.data_kind}
+    if model.inference == "translate":  # min_size: what fastgan.translate pads small inputs up to
+        info.update(direction=spec.name, min_size=model.min_input_size(ckpt["config"]))
     return info
 
 

@@ -1,25 +1,52 @@
-"""``python -m fastgan.translate CHECKPOINT --direction AtoB|BtoA INPUT --out DIR``: translate an image or
-a folder of images with an image-to-image checkpoint (``Model.inference == "translate"``: cyclegan,
-pix2pix); output files keep the input's names (and subfolders). The model says which of its generators
-translates a direction (``Model.translator``): cyclegan has one per direction, a pix2pix checkpoint only the
-one of its training's --direction, which is also its default."""
+"""``python -m fastgan.translate CHECKPOINT INPUT --out DIR [--direction AtoB|BtoA]``: translate an image, a
+folder of images or a dataset's test split with an image-to-image checkpoint (``Model.inference ==
+"translate"``: cyclegan, pix2pix). The model says which of its generators translates a direction
+(``Model.translator``): cyclegan has one per direction, a pix2pix checkpoint only the one of its training's
+--direction, which is also its default.
+
+What is translated:
+    an image file, or a folder of images (its subfolders too); outputs keep the input's names and subfolders.
+    a dataset folder (one that holds trainA/, testB/, test/ ...; the layouts fastgan.train reads): its
+        test split for the direction, said on stdout: test/ of aligned A|B pairs, or test<A|B>/ of the
+        direction's source domain (with test<B|A>/ as the targets of same-named pairs for a paired model).
+        Such a folder without that split is refused, naming what it holds: its other splits and domains are
+        never translated by recursion.
+    aligned A|B pairs (pix2pix's layout: A the left half, B the right half) are split, and the direction's
+        source half is translated, the other half is the target. --aligned says whether the inputs are pairs;
+        by default they are for a test/ folder of a dataset, and for a paired model (pix2pix) every image
+        exactly twice as wide as high.
+
+What is written into --out: the output of each image under the input's name, ``compare/<name>`` with the
+(resized) input, the output and, for pairs, the target side by side (the reference's real_A | fake_B |
+real_B), and ``index.html`` showing those rows with the names. A file that does not decode is skipped with
+one warning (``fastgan.translate: warning: ...``) and counted at the end; --strict stops at it instead."""
 
 from __future__ import annotations
 
+import argparse
+import html
+import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 from PIL import Image
 
 from .errors import UserError
-from .image_files import list_images, read_image, save_image, to_unit
+from .image_files import IMAGE_EXTENSIONS, read_image, save_image, scan_images, to_unit
 from .onnx_backend import BACKENDS, OnnxGenerator, check_cpu, resolve_backend
 from .train.cli import OneLineParser, run
+from .train.files import atomic_write
 
 PROG = "fastgan.translate"
 DIRECTIONS = ("AtoB", "BtoA")
+COMPARE = "compare"  # --out's folder of side-by-side images ("_compare" etc. if the input has a compare/)
+# Folder names of the datasets fastgan.train reads (unpaired trainA/ testB/ ..., paired train/ test/ val/).
+SPLITS = ("train", "test", "val")
+DATASET_FOLDERS = tuple(split + domain for split in SPLITS for domain in ("", "A", "B"))
 
 
 def parse_args(argv):
@@ -27,14 +54,22 @@ def parse_args(argv):
                                              "pix2pix).")
     parser.add_argument("checkpoint", help="checkpoint-*.pt written by fastgan.train cyclegan or pix2pix, a run "
                         "directory, or a .onnx file written by fastgan.export")
-    parser.add_argument("input", help="an image file or a folder of images")
+    parser.add_argument("input", help="an image file, a folder of images, or a dataset folder (its test split "
+                                      "for the direction: test/ of A|B pairs, or testA/ / testB/)")
     parser.add_argument("--direction", choices=DIRECTIONS, default=None,
                         help="AtoB translates domain A images into domain B (cyclegan: G_A), BtoA the reverse "
                              "(default: AtoB; pix2pix: the direction it was trained in, the only one it has)")
-    parser.add_argument("--out", required=True, help="output directory (created); file names are kept")
+    parser.add_argument("--out", required=True, help="output directory (created); file names are kept, "
+                        "compare/ holds input | output (| target) side by side, index.html shows them")
     parser.add_argument("--size", default="checkpoint",
                         help="checkpoint (resize to the training resolution), input (keep each "
                              "image's size), or N pixels (square)")
+    parser.add_argument("--aligned", action=argparse.BooleanOptionalAction, default=None,
+                        help="the inputs are A|B pairs side by side (A left): translate the direction's source "
+                             "half, the other half is the target (default: a dataset's test/ folder, and for "
+                             "pix2pix every image twice as wide as high)")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop at the first unreadable image instead of skipping it with a warning")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of test-time dropout (pix2pix, torch backend), set again for every image")
@@ -44,39 +79,62 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def _target_size(size: str, trained: int, multiple: int) -> int | None:
+def _target_size(size: str, trained: int, multiple: int, smallest: int) -> int | None:
     if size == "checkpoint":
         return trained
     if size == "input":
         return None
-    if not size.isdigit() or int(size) < multiple:
-        raise UserError(f"--size {size}: use checkpoint, input, or a size in pixels of at least {multiple}")
+    if not size.isdigit() or int(size) < smallest:
+        raise UserError(f"--size {size}: use checkpoint, input, or a size in pixels of at least {smallest} (the "
+                        "smallest side this generator takes)")
     return int(size)
 
 
-def translate_image(G: Callable[[np.ndarray], np.ndarray], image: np.ndarray, size: int | None,
-                    multiple: int = 4) -> np.ndarray:
-    """uint8 [H, W, 3] -> float32 [3, h, w] in [-1, 1] at ``size`` x ``size`` (None: the image's own size).
-    ``G`` maps float32 [1, 3, H, W] to [1, 3, H, W] (either backend); ``multiple``: the generator's
-    down-sampling factor (sides are padded to a multiple of it)."""
+def resize_unit(image: np.ndarray, size: int | None) -> np.ndarray:
+    """uint8 [H, W] or [H, W, C] -> float32 [H, W, C] in [-1, 1], resized to ``size`` x ``size`` (None: kept).
+    Pillow's float-mode bilinear resize antialiases like F.interpolate(..., antialias=True) (torch's is a port
+    of it; equal to 4e-7 here) and needs no torch."""
     x = image.astype(np.float32) / 127.5 - 1
+    if x.ndim == 2:
+        x = x[:, :, None]
     if size is not None:
-        # Pillow's float-mode bilinear resize antialiases like F.interpolate(..., antialias=True) (torch's is
-        # a port of it; equal to 4e-7 here) and needs no torch.
         x = np.stack([np.asarray(Image.fromarray(x[:, :, c]).resize((size, size), Image.BILINEAR))
                       for c in range(x.shape[2])], axis=-1)
+    return x
+
+
+def translate_image(G: Callable[[np.ndarray], np.ndarray], image: np.ndarray, size: int | None,
+                    multiple: int = 4, smallest: int = 0) -> np.ndarray:
+    """uint8 [H, W, C] (or [H, W]) -> float32 [C, h, w] in [-1, 1] at ``size`` x ``size`` (None: the image's
+    own size). ``G`` maps float32 [1, C, H, W] to [1, C, H, W] (either backend); ``multiple``: the generator's
+    down-sampling factor, ``smallest``: the smallest side it takes (sides are padded up to both, then the
+    output is cropped back)."""
+    x = resize_unit(image, size)
     h, w = x.shape[:2]
-    # Reflect-pad to a multiple of the generator's stride, translate, crop back.
-    pad_h, pad_w = -h % multiple, -w % multiple
+    # Pad to a multiple of the generator's stride, and to its smallest side, translate, crop back.
+    pad_h = max(-h % multiple, smallest - h + (-smallest % multiple) if h < smallest else 0)
+    pad_w = max(-w % multiple, smallest - w + (-smallest % multiple) if w < smallest else 0)
     if pad_h or pad_w:
-        x = np.pad(x, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect" if min(h, w) > multiple else "edge")
+        reflect = h > pad_h and w > pad_w  # reflection needs more rows and columns than it adds
+        x = np.pad(x, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect" if reflect else "edge")
     y = G(np.ascontiguousarray(x.transpose(2, 0, 1)[None]))
     return np.clip(y[0, :, :h, :w], -1, 1)
 
 
-def _load_translator(args) -> tuple[Callable[[np.ndarray], np.ndarray], str, int, int]:
-    """(G, direction, training size, down-sampling factor) from a checkpoint or an exported .onnx file. Only
-    the torch backend imports torch."""
+@dataclass
+class Translator:
+    G: Callable[[np.ndarray], np.ndarray]
+    direction: str
+    trained: int  # the training image size (--size checkpoint)
+    multiple: int  # input sides are padded to a multiple of this
+    smallest: int  # and to at least this
+    channels: int  # 3 (RGB) or 1 (grey)
+    paired: bool | None  # trained on aligned pairs (pix2pix); None: not known (an older .onnx file)
+
+
+def _load_translator(args) -> Translator:
+    """The generator and what translate needs to know of it, from a checkpoint or an exported .onnx file.
+    Only the torch backend imports torch."""
     if resolve_backend(args.checkpoint, args.backend) == "onnxruntime":
         check_cpu(args.device)
         G = OnnxGenerator(args.checkpoint).require("translate")
@@ -84,7 +142,11 @@ def _load_translator(args) -> tuple[Callable[[np.ndarray], np.ndarray], str, int
         if args.direction not in (None, direction):
             raise UserError(f"--direction {args.direction}: {args.checkpoint} translates {direction} only "
                             f"(fastgan.export writes one file per direction)")
-        return G, direction, int(G.meta["image_size"]), int(G.meta["size_multiple"])
+        channels = G.session.get_inputs()[0].shape[1]
+        kind = G.meta.get("data_kind")
+        multiple = int(G.meta["size_multiple"])
+        return Translator(G, direction, int(G.meta["image_size"]), multiple, int(G.meta.get("min_size", multiple)),
+                          channels if isinstance(channels, int) else 3, None if kind is None else kind == "paired")
     import torch
 
     from .train.checkpoint import load_for_inference
@@ -102,32 +164,170 @@ def _load_translator(args) -> tuple[Callable[[np.ndarray], np.ndarray], str, int
             y = nets[name](torch.from_numpy(x).to(device))
         return y.float().cpu().numpy()  # sync: the image goes to a file
 
-    return G, direction, ckpt["config"]["image_size"], model.input_multiple(ckpt["config"])
+    config = ckpt["config"]
+    return Translator(G, direction, config["image_size"], model.input_multiple(config),
+                      model.min_input_size(config), int(ckpt["info"].get("channels", 3)),
+                      model.data_kind == "paired")
+
+
+@dataclass
+class Inputs:
+    """The images to translate: files, their names under --out, the target files of two-folder pairs."""
+
+    files: list[Path]
+    names: list[Path]
+    targets: dict[Path, Path]  # file -> its pair's target file (test<A|B>/ of a paired dataset)
+    aligned: bool | None  # every file is an A|B pair (a dataset's test/), or None: decided per image
+    skipped: int  # files passed over for their name (not images, hidden)
+
+
+def _images(folder: Path) -> tuple[list[Path], list[Path], int]:
+    listing = scan_images(str(folder))
+    if not listing.paths:
+        raise UserError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) found below it")
+    files = [Path(p) for p in listing.paths]
+    return files, [p.relative_to(folder) for p in files], len(listing.others)
+
+
+def find_inputs(source: Path, direction: str, paired: bool | None) -> Inputs:
+    """The images ``source`` names (module docstring), saying on stdout which split of a dataset is read."""
+    if source.is_file():
+        return Inputs([source], [Path(source.name)], {}, None, 0)
+    if not source.is_dir():
+        raise UserError(f"{source}: no such image file or folder")
+    held = sorted(name for name in DATASET_FOLDERS if (source / name).is_dir())
+    if not held:
+        files, names, skipped = _images(source)
+        return Inputs(files, names, {}, None, skipped)
+    a, b = ("A", "B") if direction == "AtoB" else ("B", "A")
+    holds = ", ".join(f"{name}/" for name in held)
+    if (source / "test").is_dir() and paired is not False:
+        files, names, skipped = _images(source / "test")
+        print(f"{PROG}: {source} is a dataset ({holds}): translating the A|B pairs of its test/ ({direction}: the "
+              f"{'left' if a == 'A' else 'right'} half of each, the other half is the target)", flush=True)
+        return Inputs(files, names, {}, True, skipped)
+    if (source / f"test{a}").is_dir():
+        files, names, skipped = _images(source / f"test{a}")
+        targets = {}
+        target_dir = source / f"test{b}"
+        if paired and target_dir.is_dir():  # two folders of same-named pairs
+            found = [Path(p) for p in scan_images(str(target_dir)).paths]
+            by_name = {p.relative_to(target_dir).with_suffix(""): p for p in found}
+            targets = {f: by_name[n.with_suffix("")] for f, n in zip(files, names) if n.with_suffix("") in by_name}
+        with_targets = f", with the same-named test{b}/ images as targets" if targets else ""
+        print(f"{PROG}: {source} is a dataset ({holds}): translating its test{a}/ ({direction}){with_targets}",
+              flush=True)
+        return Inputs(files, names, targets, False, skipped)
+    wanted = f"test{a}/" + ("" if paired is False else " or test/")
+    raise UserError(f"{source}: holds a dataset's folders ({holds}) but no {wanted} to translate {direction}; "
+                    f"pass the folder of images itself (e.g. {source / held[0]})")
+
+
+def _aligned(args_aligned: bool | None, inputs: Inputs, image: np.ndarray, paired: bool | None) -> bool:
+    if args_aligned is not None:
+        return args_aligned
+    if inputs.aligned is not None:
+        return inputs.aligned
+    return bool(paired) and image.shape[1] == 2 * image.shape[0]
+
+
+def split_pair(image: np.ndarray, direction: str) -> tuple[np.ndarray, np.ndarray]:
+    """(source, target) halves of an aligned A|B image for ``direction`` (AtoB: A, the left half, is the
+    source). An odd width drops the middle column, as the training loader's halves do."""
+    half = image.shape[1] // 2
+    left, right = image[:, :half], image[:, half:2 * half]
+    return (left, right) if direction == "AtoB" else (right, left)
+
+
+def _side_by_side(images: list[np.ndarray], padding: int = 2) -> np.ndarray:
+    """[C, h, w] images in [0, 1] -> one [3, h, n*w + (n-1)*padding] image, white between them."""
+    images = [np.repeat(x, 3, axis=0) if x.shape[0] == 1 else x for x in images]
+    h = images[0].shape[1]
+    gap = np.ones((3, h, padding), np.float32)
+    parts = []
+    for i, x in enumerate(images):
+        parts += [gap] * (i > 0) + [x]
+    return np.concatenate(parts, axis=2)
+
+
+def _compare_folder(names: list[Path]) -> str:
+    """COMPARE, or a name no input subfolder has."""
+    folder = COMPARE
+    tops = {n.parts[0] for n in names if len(n.parts) > 1}
+    while folder in tops:
+        folder = "_" + folder
+    return folder
+
+
+def write_index(out: Path, rows: list[tuple[Path, Path]], columns: str, direction: str) -> None:
+    """out/index.html: per image its name (a link to the output) and the side-by-side image."""
+    def link(path: Path) -> str:
+        return quote(os.fsencode(path.as_posix()))
+
+    body = "\n".join(
+        f'<tr><td><a href="{link(name)}">{html.escape(str(name))}</a></td>'
+        f'<td><img src="{link(compare)}" alt="{html.escape(str(name))}"></td></tr>'
+        for name, compare in rows)
+    page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>fastgan.translate {direction}</title>"
+            "<style>body{font-family:sans-serif}td{padding:4px;vertical-align:top}img{image-rendering:pixelated;"
+            "max-width:100%}</style></head>\n<body><h1>fastgan.translate " + direction + "</h1>\n"
+            f"<table><tr><th>image</th><th>{html.escape(columns)}</th></tr>\n{body}\n</table></body></html>\n")
+    atomic_write(out / "index.html", lambda tmp: tmp.write_text(page, encoding="utf-8", errors="surrogateescape"))
+
+
+def _warn(message: str) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
 
 
 def _main(argv) -> int:
     args = parse_args(argv)
-    G, direction, trained, multiple = _load_translator(args)
-    size = _target_size(args.size, trained, multiple)
-    source = Path(args.input)
-    if source.is_dir():
-        files = [Path(p) for p in list_images(str(source))]
-        names = [p.relative_to(source) for p in files]
-    elif source.is_file():
-        files, names = [source], [Path(source.name)]
-    else:
-        raise UserError(f"{source}: no such image file or folder")
-    out = Path(args.out)
-    for file, rel in zip(files, names):
+    model = _load_translator(args)
+    size = _target_size(args.size, model.trained, model.multiple, model.smallest)
+    source, out = Path(args.input), Path(args.out)
+    inputs = find_inputs(source, model.direction, model.paired)
+    for file, rel in zip(inputs.files, inputs.names):
         target = out / rel
         if target.resolve() == file.resolve():
             raise UserError(f"--out {out}: would overwrite the input {file}; choose another directory")
-    for file, rel in zip(files, names):
-        result = translate_image(G, read_image(str(file)), size, multiple)
-        target = out / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        save_image(to_unit(result[None])[0], target)
-    print(f"{PROG}: translated {len(files)} image(s) {direction} into {out}/")
+    compare_dir = _compare_folder(inputs.names)
+    rows, unreadable, pairs = [], [], 0
+    for file, rel in zip(inputs.files, inputs.names):
+        try:
+            image = read_image(str(file), model.channels)
+            target = read_image(str(inputs.targets[file]), model.channels) if file in inputs.targets else None
+        except UserError as e:
+            if args.strict:
+                raise UserError(f"{e}; remove it or drop --strict to skip it") from None
+            _warn(f"skipping {e}")
+            unreadable.append(file)
+            continue
+        if _aligned(args.aligned, inputs, image, model.paired):
+            image, target = split_pair(image, model.direction)
+            if not image.size:
+                raise UserError(f"{file}: {image.shape[1]} pixel(s) wide, too narrow to be an A|B pair")
+        result = translate_image(model.G, image, size, model.multiple, model.smallest)
+        panels = [resize_unit(image, size).transpose(2, 0, 1), result]  # the input as the generator saw it
+        if target is not None:
+            pairs += 1
+            if size is None and target.shape[:2] != image.shape[:2]:  # two-folder pairs of different sizes
+                target = np.asarray(Image.fromarray(target).resize(image.shape[1::-1], Image.BICUBIC))
+            panels.append(resize_unit(target, size).transpose(2, 0, 1))
+        shown = [to_unit(panel[None])[0] for panel in panels]  # [3, h, w] in [0, 1]
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        save_image(shown[1], out / rel)
+        (out / compare_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        save_image(_side_by_side(shown), out / compare_dir / rel)
+        rows.append((rel, Path(compare_dir) / rel))
+    if not rows:
+        raise UserError(f"{source}: none of its {len(inputs.files)} image(s) is readable")
+    columns = "input | output | target" if pairs else "input | output"
+    write_index(out, rows, columns, model.direction)
+    skipped = [f"{len(unreadable)} unreadable"] * bool(unreadable) + \
+        [f"{inputs.skipped} non-image"] * bool(inputs.skipped)
+    print(f"{PROG}: translated {len(rows)} image(s) {model.direction} into {out}/"
+          + (f" ({pairs} A|B pair(s): {compare_dir}/ holds input | output | target)" if pairs else "")
+          + (f"; {len(unreadable) + inputs.skipped} skipped ({', '.join(skipped)})" if skipped else "")
+          + "; index.html shows them", flush=True)
     return 0
 
 

@@ -129,7 +129,7 @@ def test_translate_bad_input(capsys, tmp_path, photos, checkpoints):
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "x.png").write_bytes(b"not a png")
     assert "x.png" in one_line_error(capsys, translate_main,
-                                     [ckpt, str(tmp_path / "broken"), "--out", str(tmp_path / "o")], prog)
+                                     [ckpt, str(tmp_path / "broken"), "--out", str(tmp_path / "o"), "--strict"], prog)
 
 
 def test_generate_and_translate_as_processes(tmp_path, photos, checkpoints):
