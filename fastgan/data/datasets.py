@@ -280,7 +280,7 @@ class FolderScan:
     def channels(self, default: int = 3) -> int:
         """req.channels, or ``default``; says so when a folder holds only grey images and RGB is chosen."""
         channels = self.req.channels or default
-        if channels == 3 and self.grey:
+        if channels == 3 and self.grey and self.req.kind in ("unpaired", "paired"):  # the models with --channels
             every = " and ".join(f"{name}/" for name in self.grey)
             warnings.warn(f"every image in {every} is grey: training on RGB copies of it; pass --channels 1 to "
                           "train on one channel" + ("" if len(self.grey) == len(self.counts) else
