@@ -5,16 +5,19 @@ Sections (../STYLE.md): 1. reference  2. Triton kernels  3. launchers  4. autogr
 The Triton path views x as [N, C, S] (S = H*W) with strides, so NCHW (stride_s = 1) and channels_last
 (stride_c = 1) share the kernels and the output keeps x's layout without a copy. Each (sample, channel
 block) row is cut into SPLIT pieces so that a small N*C still fills the GPU; every reduction is
-deterministic (per-piece fp32 partials, then torch's fixed-order sum over the pieces, no atomics).
+deterministic (per-piece fp32 partials, summed in a fixed order by the pass that consumes them, no
+atomics): two launches per direction, and none for the weight and bias gradients of a non-affine norm.
 
 Forward, two passes over x:
   stats:     per piece, sums of d = x - x[n, c, 0] and of d^2 (the shift keeps E[d^2] - E[d]^2 from
-             cancelling when |mean| >> std); the pieces are then summed into [2, N, C]
-  normalise: mean, rstd from those sums; y = act(xhat * w + b) + residual, xhat = (x - mean) * rstd
+             cancelling when |mean| >> std)
+  normalise: sums over the pieces, mean, rstd from them; y = act(xhat * w + b) + residual,
+             xhat = (x - mean) * rstd
 Backward, with z = xhat * w + b, g = dy * act'(z) and S = H*W:
   dweight = sum_{n,s} g * xhat        dbias = sum_{n,s} g        dresidual = dy
   dx = rstd * (g * w - w * sum_s(g) / S - xhat * w * sum_s(g * xhat) / S)
-  one pass for the per-piece sums of g and g * xhat, one for dx.
+  one pass for the per-piece sums of g and g * xhat, one for dx (which sums the pieces itself); dweight and
+  dbias only when affine.
 """
 
 from __future__ import annotations
@@ -38,7 +41,11 @@ except ImportError:  # the reference path still works; _triton_util.check says w
 
 _ACTS = ("relu", "leaky_relu", "none")
 _ACT_CODE = {"none": 0, "relu": 1, "leaky_relu": 2}
-_MAX_SPLIT = 1024
+# Pieces per row. Every program of the consuming pass sums all of its row's pieces again (SPLIT^2 * C * 8 bytes
+# per sample, read from L2), instead of a separate launch summing them once: 32 keeps those re-reads near
+# the size of a bf16 activation at the CycleGAN shapes while 32 pieces x channel blocks still give 32-256
+# programs at batch 1.
+_MAX_SPLIT = 32
 
 
 # 1. Reference ------------------------------------------------------------------------------------
@@ -78,6 +85,23 @@ def _check_args(x, weight, bias, act, residual):
 
 
 # 2. Triton kernels -------------------------------------------------------------------------------
+@_triton_util.device_function
+def _row_sums(
+    PARTS,  # fp32, [2, N, C, SPLIT]: per piece, two partial sums of each (sample, channel) row
+    row, c_mask,  # [BLOCK_C] offsets n * C + c of this program's rows, and which channels exist
+    SPLIT, NC,
+    BLOCK_SPLIT: tl.constexpr,  # next power of two >= SPLIT
+):
+    """The two sums over the pieces of each row, fp32 [BLOCK_C] each, in one fixed order: every program of
+    a row computes the same bits, whichever piece it covers."""
+    piece = tl.arange(0, BLOCK_SPLIT)
+    idx = row[:, None] * SPLIT + piece[None, :]
+    mask = c_mask[:, None] & (piece < SPLIT)[None, :]
+    first = tl.reduce(tl.load(PARTS + idx, mask=mask, other=0.0), 1, _add)
+    second = tl.reduce(tl.load(PARTS + NC * SPLIT + idx, mask=mask, other=0.0), 1, _add)
+    return first, second
+
+
 # Every kernel runs on a (SPLIT, channel blocks, N) grid; program (p, cb, n) covers channels
 # cb * BLOCK_C + [0, BLOCK_C) of sample n and spatial positions p * TILES * BLOCK_S + [0, TILES * BLOCK_S),
 # one [BLOCK_C, BLOCK_S] tile per loop step. The trip count is the constexpr TILES, since Triton 3.6's
@@ -116,11 +140,11 @@ def _instance_norm_act_fwd_kernel(
     Y,  # output, like X
     W,  # weight, [C] (unused unless HAS_AFFINE)
     B,  # bias, [C] (unused unless HAS_AFFINE)
-    SUMS,  # fp32, [2, N, C]: sums of x - x[n, c, 0] and of its square, from the stats pass
+    PARTS,  # fp32, [2, N, C, SPLIT]: per piece, sums of x - x[n, c, 0] and of its square, from the stats pass
     MEAN,  # fp32 out, [N, C]
     RSTD,  # fp32 out, [N, C]
-    C, S, stride_n, stride_c, stride_s, NC, eps, negative_slope,
-    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, TILES: tl.constexpr,
+    C, S, stride_n, stride_c, stride_s, SPLIT, NC, eps, negative_slope,
+    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, TILES: tl.constexpr, BLOCK_SPLIT: tl.constexpr,
     HAS_AFFINE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACT: tl.constexpr,
 ):
     pid_split, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -128,8 +152,9 @@ def _instance_norm_act_fwd_kernel(
     c_mask = c < C
     offset = n.to(tl.int64) * stride_n + c * stride_c  # [BLOCK_C] offsets of x[n, c, 0]
     shift = tl.load(X + offset, mask=c_mask, other=0.0).to(tl.float32)
-    mean_d = tl.load(SUMS + n * C + c, mask=c_mask, other=0.0) / S
-    var = tl.maximum(tl.load(SUMS + NC + n * C + c, mask=c_mask, other=0.0) / S - mean_d * mean_d, 0.0)
+    sum_d, sum_d2 = _row_sums(PARTS, n * C + c, c_mask, SPLIT, NC, BLOCK_SPLIT)
+    mean_d = sum_d / S
+    var = tl.maximum(sum_d2 / S - mean_d * mean_d, 0.0)
     mean = shift + mean_d
     rstd = 1.0 / tl.sqrt(var + eps)
     if pid_split == 0:
@@ -199,9 +224,9 @@ def _instance_norm_act_bwd_kernel(
     B,  # bias, [C] (unused unless HAS_AFFINE)
     MEAN,  # fp32, [N, C]
     RSTD,  # fp32, [N, C]
-    SUMS,  # fp32, [2, N, C]: sums over s of g and of g * xhat, from the backward stats pass
-    C, S, stride_n, stride_c, stride_s, NC, negative_slope,
-    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, TILES: tl.constexpr,
+    PARTS,  # fp32, [2, N, C, SPLIT]: per piece, sums of g and of g * xhat, from the backward stats pass
+    C, S, stride_n, stride_c, stride_s, SPLIT, NC, negative_slope,
+    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, TILES: tl.constexpr, BLOCK_SPLIT: tl.constexpr,
     HAS_AFFINE: tl.constexpr, ACT: tl.constexpr,
 ):
     pid_split, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -209,8 +234,9 @@ def _instance_norm_act_bwd_kernel(
     c_mask = c < C
     offset = n.to(tl.int64) * stride_n + c * stride_c
     mean, rstd, w, b = norm_act_channel(W, B, MEAN, RSTD, n * C, c, c_mask, BLOCK_C, HAS_AFFINE)
-    mean_dxhat = w * tl.load(SUMS + n * C + c, mask=c_mask, other=0.0) / S
-    mean_dxhat_xhat = w * tl.load(SUMS + NC + n * C + c, mask=c_mask, other=0.0) / S
+    sum_g, sum_gx = _row_sums(PARTS, n * C + c, c_mask, SPLIT, NC, BLOCK_SPLIT)
+    mean_dxhat = w * sum_g / S
+    mean_dxhat_xhat = w * sum_gx / S
     start = pid_split * (TILES * BLOCK_S)
     for s0 in range(0, TILES * BLOCK_S, BLOCK_S):
         s = start + s0 + tl.arange(0, BLOCK_S)
@@ -233,7 +259,8 @@ def _plan(x):
     split, tiles = _triton_util.split(n, c_blocks, s, block_s, _MAX_SPLIT)
     args = (c, s, stride_n, stride_c, stride_s)
     return dict(grid=(split, c_blocks, n), n=n, c=c, split=split, args=args,
-                blocks=dict(BLOCK_C=block_c, BLOCK_S=block_s, TILES=tiles))
+                blocks=dict(BLOCK_C=block_c, BLOCK_S=block_s, TILES=tiles),
+                sums=dict(BLOCK_SPLIT=_triton_util.next_pow2(split)))
 
 
 def _instance_norm_act_fwd(x, weight, bias, residual, act, negative_slope, eps):
@@ -246,17 +273,17 @@ def _instance_norm_act_fwd(x, weight, bias, residual, act, negative_slope, eps):
     y = _triton_util.empty_like(x)
     with _triton_util.device_guard(x):
         _instance_norm_act_stats_kernel[plan["grid"]](x, parts, *plan["args"], split, n * c, **plan["blocks"])
-        sums = parts.sum(dim=-1)  # [2, N, C], a fixed-order sum over the pieces
         _instance_norm_act_fwd_kernel[plan["grid"]](
             x, x if residual is None else residual, y,
             x if weight is None else weight, x if bias is None else bias,
-            sums, mean, rstd, *plan["args"], n * c, eps, negative_slope, **plan["blocks"],
+            parts, mean, rstd, *plan["args"], split, n * c, eps, negative_slope, **plan["blocks"], **plan["sums"],
             HAS_AFFINE=weight is not None, HAS_RESIDUAL=residual is not None, ACT=_ACT_CODE[act])
     return y, mean, rstd
 
 
 def _instance_norm_act_bwd(dy, x, weight, bias, mean, rstd, act, negative_slope):
-    """Returns dx (x's layout and dtype) and fp32 [C] dweight, dbias (for weight 1, bias 0 if not affine)."""
+    """Returns dx (x's layout and dtype) and fp32 [C] dweight, dbias; without weight and bias, two empty
+    tensors: no launch computes the gradients of parameters that do not exist."""
     plan = _plan(x)
     n, c, split = plan["n"], plan["c"], plan["split"]
     dy = _triton_util.same_layout(dy, x)
@@ -267,11 +294,13 @@ def _instance_norm_act_bwd(dy, x, weight, bias, mean, rstd, act, negative_slope)
     with _triton_util.device_guard(x):
         _instance_norm_act_bwd_stats_kernel[plan["grid"]](x, dy, w, b, mean, rstd, parts, *plan["args"],
                                                           split, n * c, negative_slope, **options)
-        sums = parts.sum(dim=-1)  # [2, N, C], a fixed-order sum over the pieces
-        _instance_norm_act_bwd_kernel[plan["grid"]](x, dy, dx, w, b, mean, rstd, sums, *plan["args"], n * c,
-                                                    negative_slope, **options)
-    # Sums over samples: deterministic, unlike atomics; two tensors, as a custom op's outputs may not alias.
-    return dx, sums[1].sum(dim=0), sums[0].sum(dim=0)
+        _instance_norm_act_bwd_kernel[plan["grid"]](x, dy, dx, w, b, mean, rstd, parts, *plan["args"], split,
+                                                    n * c, negative_slope, **options, **plan["sums"])
+    if weight is None:
+        return dx, parts.new_empty((0,)), parts.new_empty((0,))
+    # Sums over pieces and samples in a fixed order: deterministic, unlike atomics; two tensors, as a custom
+    # op's outputs may not alias.
+    return dx, parts[1].sum(dim=(0, 2)), parts[0].sum(dim=(0, 2))
 
 
 # 4. Autograd (torch.library custom ops, so torch.compile and CUDA graphs see opaque kernels) ------
@@ -297,7 +326,7 @@ def _bwd_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, bias
 
 @_bwd_op.register_fake
 def _(dy, x, weight, bias, mean, rstd, act, negative_slope):
-    grad = x.new_empty((x.shape[1],), dtype=torch.float32)
+    grad = x.new_empty((0 if weight is None else x.shape[1],), dtype=torch.float32)
     return torch.empty_like(x), grad, torch.empty_like(grad)
 
 

@@ -274,10 +274,10 @@ def test_kernels_compile_for_h100(sm90_ptx, unit_stride, tiles):
     ptx = {
         "stats": sm90_ptx(module._instance_norm_act_stats_kernel, block, unit_stride),
         "fwd": sm90_ptx(module._instance_norm_act_fwd_kernel,
-                             dict(block, HAS_AFFINE=True, HAS_RESIDUAL=True, ACT=1), unit_stride),
+                             dict(block, BLOCK_SPLIT=32, HAS_AFFINE=True, HAS_RESIDUAL=True, ACT=1), unit_stride),
         "bwd_stats": sm90_ptx(module._instance_norm_act_bwd_stats_kernel,
                                    dict(block, HAS_AFFINE=True, ACT=2), unit_stride),
-        "bwd": sm90_ptx(module._instance_norm_act_bwd_kernel, dict(block, HAS_AFFINE=True, ACT=1),
+        "bwd": sm90_ptx(module._instance_norm_act_bwd_kernel, dict(block, BLOCK_SPLIT=32, HAS_AFFINE=True, ACT=1),
                              unit_stride),
     }
     # 128-bit loads and stores along the contiguous dim (channels for NHWC), as a copy kernel would issue;
@@ -285,3 +285,47 @@ def test_kernels_compile_for_h100(sm90_ptx, unit_stride, tiles):
     for name, code in ptx.items():
         assert "ld.global.v4" in code, name
     assert "st.global.v4" in ptx["fwd"] and "st.global.v4" in ptx["bwd"]
+
+
+@pytest.mark.parametrize("affine", [False, True], ids=["plain", "affine"])
+def test_launches_per_direction(affine):
+    """Two kernels forward and two backward, the pieces' partial sums summed by the pass that reads them (no
+    separate sum launch); a non-affine norm computes no weight or bias gradient at all."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from fastgan.testing.specialisations import record_launches
+
+    class AtenLaunches(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            aten = torch.ops.aten
+            if not func.is_view and func not in (aten.empty.memory_format, aten.new_empty.default,
+                                                 aten.empty_strided.default, aten.empty_like.default):
+                self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    module = importlib.import_module("fastgan.ops.instance_norm_act")
+    x = torch.empty(1, 64, 32, 32).contiguous(memory_format=torch.channels_last)
+    w, b = (torch.ones(64), torch.zeros(64)) if affine else (None, None)
+    stats = torch.zeros(1, 64)
+    runs = {"forward": lambda: module._instance_norm_act_fwd(x, w, b, None, "relu", 0.2, 1e-5),
+            "backward": lambda: module._instance_norm_act_bwd(x, x, w, b, stats, stats, "relu", 0.2)}
+    for direction, run in runs.items():
+        launches = []
+        with record_launches(launches), AtenLaunches() as aten:
+            run()
+        assert len(launches) == 2, direction
+        # The weight and bias gradients of an affine norm: one fixed-order sum each.
+        assert aten.ops == (["aten.sum.dim_IntList"] * 2 if affine and direction == "backward" else []), direction
+
+
+def test_pieces_not_a_power_of_two(triton_cpu):
+    """Six pieces per row: the consuming pass reads a block of eight partial sums, two of them masked off."""
+    module = importlib.import_module("fastgan.ops.instance_norm_act")
+    shape = (1, 2, 97, 107)  # 10379 positions: six NCHW tiles of 2048, one piece each
+    plan = module._plan(torch.empty(shape))
+    assert plan["split"] == 6 and plan["sums"]["BLOCK_SPLIT"] == 8
+    _check_against_reference(shape, torch.float32, "cpu", False, False, "relu", True)
