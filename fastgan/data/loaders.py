@@ -186,19 +186,24 @@ class DeviceLoader(_Loader):
 
 
 SKIPPED = "skipped"  # key of a _PlanDataset item: the (path, reason) of images that no longer decode
+ALL_UNREADABLE = ""  # load_or_next's mark of a domain without a readable image
 
 
 def load_or_next(source, index: int, crop) -> tuple[torch.Tensor, list[tuple[str, str]]]:
     """source.load(index, crop), or, when that image no longer decodes (deleted or replaced since the start-up
     check), the next one of the domain that does: (image, [(path, reason) of each image passed over]). The
-    choice depends on the index alone, so the number of loader workers cannot change a batch."""
+    choice depends on the index alone, so the number of loader workers cannot change a batch. With no readable
+    image left: a black image and, last in the list, (ALL_UNREADABLE, the first path), which the loader raises
+    as a UserError in the main process (raised in a DataLoader worker it would arrive as a multi-line
+    "Caught UserError in DataLoader worker process N")."""
     skipped = []
     for k in range(len(source)):
         try:
             return source.load((index + k) % len(source), crop), skipped
         except UnreadableImage as e:
             skipped.append((e.path, e.reason))
-    raise UserError(f"{skipped[0][0]}: no image of its folder is readable any more ({skipped[0][1]})")
+    black = torch.zeros(source.channels, source.image_size, source.image_size, dtype=torch.uint8)
+    return black, [*skipped, (ALL_UNREADABLE, skipped[0][0])]
 
 
 class _PlanDataset(torch.utils.data.Dataset):
@@ -250,6 +255,8 @@ class TorchLoader(_Loader):
         """An image that decoded at start and no longer does: one warning naming it (its positions take the
         next readable image of its folder), or UnreadableImage under --strict."""
         for path, reason in skipped:
+            if path == ALL_UNREADABLE:
+                raise UserError(f"{reason}: no image of its folder is readable any more")
             if self.strict:
                 raise UnreadableImage(path, reason)
             if path not in self.warned:

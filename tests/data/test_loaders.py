@@ -314,3 +314,16 @@ def test_image_replaced_mid_run_with_workers(cfg, tmp_path, datagen, strict):
     image, skipped = load_or_next(loader.spec.sources["A"], 1, None)
     torch.testing.assert_close(image, loader.spec.sources["A"].load(2, None))
     assert skipped[0][0].endswith("trainA/1.png")
+
+
+def test_every_image_of_a_folder_gone_mid_run(cfg, tmp_path, datagen):
+    """One line in the main process, not the worker's multi-line "Caught UserError in DataLoader worker"."""
+    from fastgan.errors import UserError
+
+    root = _solid_folder(tmp_path, datagen)
+    loader = build_loader(_cfg(cfg, model="cyclegan", data=root, image_size=16, batch_size=2, workers=2), "cpu")
+    for path in (tmp_path / "trainB").iterdir():
+        path.unlink()
+    with pytest.warns(UserWarning), pytest.raises(UserError) as e:
+        list(loader.epoch(0))
+    assert "trainB" in str(e.value) and "no image of its folder" in str(e.value) and "\n" not in str(e.value)
