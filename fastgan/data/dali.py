@@ -312,6 +312,8 @@ def not_for_dali(spec: DataSpec) -> str:
     other than resize_and_crop, which DaliLoader does not implement."""
     for source in spec.sources.values():
         if not isinstance(source, FolderSource):
+            if source.images.shape[1] > spec.channels:  # the pipeline replicates grey, it does not make it
+                return f"--channels {spec.channels} of an RGB set"
             continue
         if source.not_for_dali:
             path, why = next(iter(source.not_for_dali.items()))

@@ -362,3 +362,6 @@ def test_files_dali_is_not_trusted_with_go_to_the_torch_loader(solid_folder):
         request = _cyclegan(solid_folder, loader="dali", **flags)
         with pytest.raises(UserError, match="--loader dali: --(preprocess crop|channels 1)"):
             build_loader(request, torch.device("cpu"))
+    with pytest.raises(UserError, match="--loader dali: --channels 1 of an RGB set"):
+        build_loader(_request("cyclegan", data="synthetic", batch_size=2, image_size=IMAGE_SIZE, loader="dali",
+                              channels=1), torch.device("cpu"))
