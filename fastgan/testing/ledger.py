@@ -302,8 +302,9 @@ ATEN_LAUNCHES: dict = {
                                        "xhat, the weight and bias gradients) and an elementwise pass for dx; with "
                                        "running statistics one elementwise pass"),
 }
-_FOREACH_REASON = ("torch._foreach_* ops: multi_tensor_apply with depth = tensor lists (+1 for an out-of-place "
-                   "result), launches by mta_launches")
+_FOREACH_REASON = ("torch._foreach_* ops and GradScaler's _amp_foreach_non_finite_check_and_unscale_: "
+                   "multi_tensor_apply with depth = tensor lists (+1 for an out-of-place result), launches by "
+                   "mta_launches")
 _DEFAULT_REASON = ("any other ATen op that writes a tensor: one kernel (TensorIterator and reduction ops launch "
                    "one kernel per call)")
 _NO_KERNEL_REASON = "views, allocations (empty*), detach/alias and metadata queries: no kernel"
@@ -332,7 +333,7 @@ def aten_kernels(func, args, kwargs, out) -> list[tuple[str, int, int, int, str]
     if entry is not None:
         return entry[0](func, args, kwargs, out)
     name = func._schema.name.split("::")[1]
-    if name.startswith("_foreach_"):
+    if name.startswith(("_foreach_", "_amp_foreach_")):
         return _foreach_kernels(func, args, kwargs, out)
     written = [a for a, spec in zip(args, func._schema.arguments)
                if spec.alias_info is not None and spec.alias_info.is_write]
@@ -786,6 +787,9 @@ def summarise(rows: list[Kernel], gpu: Gpu) -> dict:
     return out
 
 
+_SHOWN = ("batch_size", "image_size", "amp", "amp_dtype", "channels_last")  # resolved, in the output
+
+
 def ledger_for(model: str, overrides: dict | None = None, impls: tuple[str, ...] = ("ref", "auto"),
                gpu: str = "h100-sxm", kernels: bool = False) -> dict:
     """The ledger of one training iteration of ``model`` as a --device cuda --cuda-graphs run executes it.
@@ -799,10 +803,13 @@ def ledger_for(model: str, overrides: dict | None = None, impls: tuple[str, ...]
         gpu: a key of GPUS for the modelled lower bound.
         kernels: also return every kernel row.
     Returns:
-        {"model", "overrides", "gpu", "modelled": "...", "constants", "aten_table", "impls": {impl: {"total":
+        {"model", "overrides", "resolved" (batch and image size, amp, layout), "gpu", "modelled": "...",
+        "constants", "aten_table", "impls": {impl: {"total":
         {launches, bytes, flops, seconds, non_convolution_bytes}, "categories": {...}, "warnings": [...],
         "kernels": [...] if asked}}}. Counts are per iteration (every phase, forward, backward, optimiser).
     """
+    from ..train.graphs import memory_format
+
     if gpu not in GPUS:
         raise ValueError(f"ledger: unknown gpu {gpu!r}; choose from {', '.join(GPUS)}")
     overrides = dict(overrides or {})
@@ -811,7 +818,10 @@ def ledger_for(model: str, overrides: dict | None = None, impls: tuple[str, ...]
            "constants": dataclasses.asdict(GPUS[gpu]) | {"mta_limits_cuda13": _cuda13()},
            "aten_table": aten_table(), "impls": {}}
     for impl in impls:
-        rows, caught = iteration_kernels(_setup(model, overrides | {"impl": impl}))
+        setup = _setup(model, overrides | {"impl": impl})
+        out["resolved"] = {name: getattr(setup.cfg, name) for name in _SHOWN}
+        out["resolved"]["channels_last"] = memory_format(setup.cfg, torch.device("cuda")) is torch.channels_last
+        rows, caught = iteration_kernels(setup)
         entry = summarise(rows, GPUS[gpu]) | {"warnings": sorted(set(caught))}
         if kernels:
             entry["kernels"] = [dataclasses.asdict(r) for r in rows]
@@ -886,9 +896,12 @@ _IMPL_NAME = {"ref": "reference (--impl ref)", "auto": "fastgan (--impl auto)"}
 
 def format_table(ledger: dict) -> str:
     impls = list(ledger["impls"])
-    header = f"{'category':<22}" + "".join(f" | {_IMPL_NAME.get(i, i):^41}" for i in impls)
+    header = f"{'category':<22}" + "".join(f" | {_IMPL_NAME.get(i, i):^38}" for i in impls)
     sub = f"{'':<22}" + "".join(f" | {'launches':>8} {'MB':>9} {'GFLOP':>9} {'us':>9}" for _ in impls)
-    lines = [f"{ledger['model']} {_describe(ledger['overrides'])}: one training iteration, {ledger['gpu']}",
+    r = ledger["resolved"]
+    sizes = (f"batch {r['batch_size']}, {r['image_size']}x{r['image_size']}, "
+             f"{'autocast ' + r['amp_dtype'] if r['amp'] else 'fp32'}, {'NHWC' if r['channels_last'] else 'NCHW'}")
+    lines = [f"{ledger['model']} {_describe(ledger['overrides'])} ({sizes}): one training iteration (--cuda-graphs)",
              header, sub, "-" * len(sub)]
 
     def cells(t):
@@ -900,7 +913,8 @@ def format_table(ledger: dict) -> str:
     lines.append(f"{'total':<22}" + "".join(cells(ledger["impls"][i]["total"]) for i in impls))
     lines.append(f"{'non-convolution MB':<22}" + "".join(
         f" | {ledger['impls'][i]['total']['non_convolution_bytes'] / 1e6:>38.1f}" for i in impls))
-    lines.append(f"us: the roofline lower bound, {ledger['modelled']} (constants: --json).")
+    lines.append(f"us: a roofline lower bound on an {ledger['gpu']}. Every figure is modelled, not measured "
+                 "(the constants and every kernel: --json).")
     for i in impls:
         for w in ledger["impls"][i]["warnings"]:
             if "falls back" in w:
@@ -919,13 +933,16 @@ PROG = "fastgan.testing.ledger"
 
 def _overrides(argv: list[str]) -> tuple[str, dict]:
     """MODEL and the TrainConfig fields the trainer's flags set (fastgan.train's own parser)."""
-    from ..train.__main__ import parse_config
+    from ..models import get_model
+    from ..train.__main__ import build_parser
     from ..train.config import TrainConfig
 
-    cfg = parse_config(argv)
+    parser = build_parser()  # the trainer's own flags; its errors name this command
+    for p in (parser, *parser._subparsers._group_actions[0].choices.values()):
+        p.name, p.prog = PROG, p.prog.replace("fastgan.train", PROG)
+    given = vars(parser.parse_args(argv))
+    cfg = TrainConfig(**{k: v for k, v in given.items() if k in TrainConfig.__dataclass_fields__})
     defaults = TrainConfig(model=cfg.model)
-    from ..models import get_model
-
     recipe = get_model(cfg.model).defaults()
     given = {}
     for f in dataclasses.fields(TrainConfig):
@@ -994,9 +1011,11 @@ def main(argv: list[str] | None = None) -> int:
             return run(PROG, write_readme, args.readme, args.gpu) or 0
         print(markdown_table(gpu=args.gpu))
         return 0
-    if args.help or not rest:
+    if args.help:
         print(__doc__)
-        return 0 if args.help else 2
+        return 0
+    if not rest:
+        fail(PROG, "give a MODEL and its train flags, e.g. cyclegan --batch-size 1 --amp (--help says more)")
     model, overrides = _overrides(rest)
     impls = (args.impl,) if args.impl else ("ref", "auto")
     overrides.pop("impl", None)

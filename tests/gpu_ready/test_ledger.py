@@ -111,12 +111,27 @@ def test_multi_tensor_apply_launches(monkeypatch, cuda):
     assert ledger.mta_launches([0, 0], 1) == 0
 
 
+def test_roofline_takes_the_largest_of_compute_memory_and_launch():
+    gpu = ledger.GPUS["h100-sxm"]
+
+    def seconds(launches, nbytes, flops, dtype):
+        return ledger.Kernel("op", "k", "other", "", "forward", "", launches, nbytes, flops, dtype).seconds(gpu)
+
+    assert seconds(1, 4, 0, "") == gpu.launch_s  # a tiny kernel: the launch floor
+    assert seconds(3, 12, 0, "") == 3 * gpu.launch_s
+    assert seconds(1, 3.35e9, 0, "") == pytest.approx(1e-3)  # 3.35 GB at 3.35 TB/s
+    assert seconds(1, 1000, 989.4e9, "bf16") == pytest.approx(1e-3)  # 989.4 GFLOP at 989.4 TFLOP/s
+    assert seconds(1, 1000, 989.4e9, "tf32") == pytest.approx(2e-3)
+
+
 # --- each fastgan op: replayed launches == a real run ---------------------------------------------------------
 def _public_cases():
+    """Every option case of every public Triton op (specialisations.PUBLIC_CASES), in one layout each, the layouts
+    alternating (the launchers plan both the same way; a layout copy would show in either)."""
+    layouts = ("nhwc", "nchw")
     for op, (cases, _) in specialisations.PUBLIC_CASES.items():
-        for name, case in cases():
-            for layout in ("nchw", "nhwc"):
-                yield pytest.param(case, layout, id=f"{op} {name} {layout}")
+        for i, (name, case) in enumerate(cases()):
+            yield pytest.param(case, layouts[i % 2], id=f"{op} {name} {layouts[i % 2]}")
 
 
 def _real_run(case, layout):
@@ -251,6 +266,10 @@ def test_command_bad_input_is_one_line(tmp_path, capsys):
         ledger.main(["dcgan", "--batch-size", "8", "--json", str(tmp_path / "missing" / "x.json")])
     assert e.value.code == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
-    with pytest.raises(SystemExit) as e:
-        ledger.main(["nosuchmodel"])
-    assert e.value.code == 2
+    capsys.readouterr()
+    for argv in (["nosuchmodel"], ["dcgan", "--batch-size", "0x"], []):
+        with pytest.raises(SystemExit) as e:
+            ledger.main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("fastgan.testing.ledger: error:") and err.count("\n") == 1, err
