@@ -1,9 +1,10 @@
 """The step ledger: every kernel launch, byte and FLOP of one training iteration as a CUDA run executes it,
 counted on the CPU (issue 20).
 
-``python -m fastgan.testing.ledger MODEL [train flags] [--impl auto|ref] [--json FILE] [--gpu NAME]`` prints the
-table (reference path and fastgan's, per category); ``--markdown`` prints README's table of the recipe
-workloads (:data:`WORKLOADS`) and ``--readme README.md`` rewrites its generated block.
+``python -m fastgan.testing.ledger MODEL [train flags] [--impl auto|ref] [--json FILE] [--top N] [--gpu NAME]``
+prints the table (reference path and fastgan's, per category; ``--top N``: the N costliest kernels);
+``--markdown`` prints README's table of the recipe workloads (:data:`WORKLOADS`) and ``--readme README.md``
+rewrites its generated block.
 
 What is traced: one iteration of ``--device cuda --cuda-graphs`` (fastgan.train.graphs.GraphedTrainStep),
 built by the trainer's own code (fastgan.testing.tasks.cpu_standin: resolve_config, build_task,
@@ -922,6 +923,23 @@ def format_table(ledger: dict) -> str:
     return "\n".join(lines)
 
 
+def top_kernels(rows: list[dict], gpu: Gpu, n: int) -> str:
+    """The ``n`` kernels (grouped by kernel, traced op and stage) with the largest modelled time, as lines."""
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        groups.setdefault((r["category"], r["stage"], r["kernel"], r["op"]), []).append(r)
+    totals = []
+    for key, members in groups.items():
+        seconds = sum(Kernel(**m).seconds(gpu) for m in members)
+        totals.append((seconds, sum(m["launches"] for m in members), sum(m["bytes"] for m in members), key))
+    lines = [f"{'us':>8} {'launches':>8} {'MB':>9}  category / stage / kernel (traced op)"]
+    for seconds, launches, nbytes, (category, stage, kernel, op) in sorted(totals, reverse=True)[:n]:
+        shown = kernel if op.removeprefix("aten.").removesuffix(".default") == kernel.removeprefix("aten.") \
+            else f"{kernel} ({op.removesuffix('.default')})"
+        lines.append(f"{seconds * 1e6:>8.0f} {launches:>8} {nbytes / 1e6:>9.1f}  {category} / {stage} / {shown}")
+    return "\n".join(lines)
+
+
 def _describe(overrides: dict) -> str:
     return " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in overrides.items()
                     if v is not False) or "(recipe)"
@@ -1000,6 +1018,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="also write everything (every kernel included) to FILE")
     parser.add_argument("--gpu", default="h100-sxm", choices=sorted(GPUS), help="GPU of the modelled lower bound")
     parser.add_argument("--impl", choices=("auto", "ref"), help="trace one path only (default: both)")
+    parser.add_argument("--top", type=int, default=0, metavar="N",
+                        help="also list the N kernels (by kernel, op and stage) with the largest modelled time")
     parser.add_argument("--markdown", action="store_true", help="print README's table of the recipe workloads")
     parser.add_argument("--readme", metavar="FILE", help="rewrite the ledger block of FILE (README.md)")
     parser.add_argument("-h", "--help", action="store_true")
@@ -1023,8 +1043,13 @@ def main(argv: list[str] | None = None) -> int:
         parent = os.path.dirname(os.path.abspath(args.json))
         if not os.path.isdir(parent):
             fail(PROG, f"--json {args.json}: directory {parent} does not exist")
-    ledger = ledger_for(model, overrides, impls, args.gpu, kernels=bool(args.json))
+    if args.top < 0:
+        fail(PROG, f"--top {args.top}: must not be negative")
+    ledger = ledger_for(model, overrides, impls, args.gpu, kernels=bool(args.json or args.top))
     print(format_table(ledger))
+    for impl in impls if args.top else ():
+        print(f"\n{_IMPL_NAME[impl]}: the {args.top} largest")
+        print(top_kernels(ledger["impls"][impl]["kernels"], GPUS[args.gpu], args.top))
     if args.json:
         tmp = f"{args.json}.tmp{os.getpid()}"
         with open(tmp, "w") as f:

@@ -250,8 +250,9 @@ def test_step_does_not_grow(workload):
 # --- the command ----------------------------------------------------------------------------------------------
 def test_command_prints_the_table_and_writes_json(tmp_path, capsys):
     out = tmp_path / "ledger.json"
-    assert ledger.main(["dcgan", "--batch-size", "8", "--json", str(out)]) == 0
+    assert ledger.main(["dcgan", "--batch-size", "8", "--json", str(out), "--top", "3"]) == 0
     printed = capsys.readouterr().out
+    assert printed.count("the 3 largest") == 2
     assert "reference (--impl ref)" in printed and "fastgan (--impl auto)" in printed
     assert "modelled, not measured" in printed
     data = json.loads(out.read_text())
