@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import shutil
 import sys
@@ -32,6 +33,7 @@ from ..data import LOADERS
 from ..data.datasets import UnreadableImage
 from ..errors import UserError
 from ..image_files import save_image
+from ..limits import check_train_memory
 from ..models import get_model, model_names
 from ..report import write_report
 from ..rundir import (
@@ -48,6 +50,7 @@ from ..rundir import (
     read_checkpoint,
 )
 from .checkpoint import gather_rank_states, load_rank_state, load_task_state, save_checkpoint
+from .cli import SEED_MAX
 from .config import TrainConfig
 from .distributed import (
     Distributed,
@@ -146,6 +149,12 @@ def resolve_config(cfg: TrainConfig, model=None) -> TrainConfig:
         value = getattr(cfg, name)
         if value is not None and value < 0:
             raise UserError(f"{_flag(name)} {value}: must not be negative")
+    for f in dataclasses.fields(cfg):  # the CLI's types refuse these too (fastgan/train/cli.py); library calls here
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{_flag(f.name)} {value}: must be a finite number")
+    if not 0 <= cfg.seed <= SEED_MAX:
+        raise UserError(f"--seed {cfg.seed}: use 0 to {SEED_MAX}")
     if not cfg.lr > 0:
         raise UserError(f"--lr {cfg.lr}: must be positive")
     for name in ("beta1", "beta2"):
@@ -172,6 +181,7 @@ def resolve_config(cfg: TrainConfig, model=None) -> TrainConfig:
     if missing:  # a model whose recipe misses a field it reads
         raise RuntimeError(f"model {cfg.model!r} leaves {', '.join(missing)} unset: add it to its recipe")
     model.check_size(cfg)
+    check_train_memory(cfg, model)  # before any data or network is allocated
     if cfg.init_nets and not cfg.init_from:
         raise UserError(f"--init-nets {cfg.init_nets}: names networks to take from --init-from CHECKPOINT; add it")
     if cfg.init_from:
