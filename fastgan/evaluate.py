@@ -27,6 +27,7 @@ from .metrics import classifier as clf
 from .metrics.evaluation import METRICS, Settings, evaluate, parse_metrics
 from .metrics.spaces import ENV_INCEPTION, FeatureSpace, feature_space
 from .models import get_model
+from .outputs import check_output_file, is_classifier, is_metrics_record
 from .train.checkpoint import latest_checkpoint, load_checkpoint
 from .train.cli import OneLineParser, run
 from .train.files import atomic_write
@@ -59,6 +60,8 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=0, help="noise seed (the images of fastgan.generate --seed)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--out", default=None, help="metrics.json path (default: beside the checkpoint)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out that is not a metrics file (a run's own files never)")
     return parser.parse_args(argv)
 
 
@@ -67,6 +70,8 @@ def parse_classifier_args(argv):
                            description="Train the CNN classifier whose features make FID-FMNIST.")
     parser.add_argument("--data", default="fashion-mnist", help="fashion-mnist or an MNIST-family IDX directory")
     parser.add_argument("--out", required=True, help="classifier file to write (e.g. classifier.pt)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out that is not a classifier file (a run's own files never)")
     parser.add_argument("--epochs", type=int, default=2, help="passes over the training split")
     parser.add_argument("--batch-size", type=int, default=128, help="images per step")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the one-cycle schedule")
@@ -89,10 +94,9 @@ def _labelled_split(data: str, split: str):
 
 def train_classifier_main(argv) -> int:
     args = parse_classifier_args(argv)
+    out = check_output_file(args.out, own_type=is_classifier, what="a classifier file", inputs=[args.data],
+                            overwrite=args.overwrite)
     device = resolve_device(args.device)
-    out = Path(args.out)
-    if not out.parent.is_dir():
-        raise UserError(f"--out {out}: directory {out.parent} does not exist")
     spec, train = _labelled_split(args.data, "train")
     _, test = _labelled_split(args.data, "test")
     images, labels = train.images.to(device), train.labels.to(device)
@@ -162,9 +166,13 @@ def _main(argv) -> int:
         raise UserError(f"--n {args.n}: must be at least 1")
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
+    path = Path(args.checkpoint)
+    out = Path(args.out) if args.out is not None else (path if path.is_dir() else path.parent) / "metrics.json"
+    # Before the hours of evaluation, not after them.
+    check_output_file(out if args.out is None else args.out, own_type=is_metrics_record,
+                      what="a metrics file of fastgan.evaluate", inputs=[path], overwrite=args.overwrite)
     device = resolve_device(args.device)
     space = feature_space(args.feature, args.inception_weights)
-    path = Path(args.checkpoint)
     ckpt = load_checkpoint(path, map_location=device)
     checkpoint = latest_checkpoint(path) if path.is_dir() else path
     model = get_model(ckpt["model"])
@@ -176,12 +184,9 @@ def _main(argv) -> int:
     results, notes = evaluate(model, nets, ckpt["config"], space, settings, device)
     for note in notes:
         print(f"{PROG}: {note}", file=sys.stderr)
-    out = Path(args.out) if args.out else (path if path.is_dir() else path.parent) / "metrics.json"
     record = {"checkpoint": str(checkpoint), "model": model.name, "step": ckpt.get("step"),
               "feature": space.describe(), "feature_space": space.kind + space.suffix,
               "metrics": list(settings.metrics), "seed": settings.seed, "results": results}
-    if not out.parent.is_dir():
-        raise UserError(f"--out {out}: directory {out.parent} does not exist")
     atomic_write(out, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
     print(f"{PROG}: {checkpoint} ({model.name}, step {ckpt.get('step')}), {space.describe()}")
     for group, result in results.items():

@@ -30,6 +30,7 @@ import torch
 from .errors import UserError
 from .models import get_model
 from .nn import set_impl
+from .outputs import check_output_file, is_exported_program, is_onnx_model
 from .train.checkpoint import load_checkpoint
 from .train.cli import OneLineParser, run
 from .train.files import atomic_write
@@ -37,6 +38,8 @@ from .train.tasks import nets_from_checkpoint
 
 PROG = "fastgan.export"
 FORMATS = {"onnx": ".onnx", "exported-program": ".pt2"}
+OWN_TYPES = {"onnx": is_onnx_model, "exported-program": is_exported_program}  # files it may replace
+WHAT = {"onnx": "an ONNX model", "exported-program": "an exported program"}
 DEFAULT_OPSET = 18  # InstanceNormalization, Pad(mode=reflect) and every op the generators use
 
 
@@ -172,7 +175,7 @@ def onnx_metadata(ckpt: dict, spec: ExportSpec) -> dict:
 
 def _out_paths(out: str | None, checkpoint: str, specs: list[ExportSpec], fmt: str) -> list[Path]:
     suffix = FORMATS[fmt]
-    base = Path(out) if out else Path(checkpoint).with_suffix("") if Path(checkpoint).is_file() \
+    base = Path(out) if out is not None else Path(checkpoint).with_suffix("") if Path(checkpoint).is_file() \
         else Path(checkpoint) / "generator"
     if base.suffix and base.suffix != suffix:
         raise UserError(f"--out {out}: a {fmt} file ends in {suffix}")
@@ -199,15 +202,20 @@ def _main(argv) -> int:
                         help="image-to-image models: the example's side (default: the training size)")
     parser.add_argument("--direction", default=None, help="image-to-image models: AtoB or BtoA (default: all)")
     parser.add_argument("--half", action="store_true", help="fp16 weights and inputs")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing --out files of another type (a run's own files never)")
     args = parser.parse_args(argv)
+    if args.out == "":
+        check_output_file(args.out, own_type=OWN_TYPES[args.format], what=WHAT[args.format])  # refuses it
     if args.opset < DEFAULT_OPSET:
         raise UserError(f"--opset {args.opset}: fastgan's generators need opset {DEFAULT_OPSET} or newer")
     specs, ckpt = export_specs(args.checkpoint, args.direction, args.size, args.dynamic_batch, args.dynamic_size,
                             args.half)
     paths = _out_paths(args.out, args.checkpoint, specs, args.format)
+    for path in paths:  # all of them before the first is written
+        check_output_file(path, own_type=OWN_TYPES[args.format], what=WHAT[args.format], inputs=[args.checkpoint],
+                          overwrite=args.overwrite)
     for spec, path in zip(specs, paths):
-        if not path.parent.is_dir():
-            raise UserError(f"--out {path}: directory {path.parent} does not exist")
         export_one(spec, path, args.format, args.opset, onnx_metadata(ckpt, spec))
         print(f"{PROG}: wrote {spec.name} to {path}")
     return 0

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UserError
+from ..train.files import atomic_write
 
 FORMAT = "fastgan-classifier"
 VERSION = 1
@@ -189,10 +190,4 @@ def save_classifier(net: DomainClassifier, path: str | os.PathLike, *, classes: 
     payload = {"format": FORMAT, "version": VERSION, "state_dict": {k: v.cpu() for k, v in net.state_dict().items()},
                "num_classes": net.num_classes, "classes": list(classes), "data": data, "space": space_name(data),
                "test_accuracy": float(test_accuracy), "train_seconds": float(train_seconds), "epochs": epochs}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)  # never leave a truncated classifier behind
-    finally:
-        tmp.unlink(missing_ok=True)
-
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))  # never a truncated classifier behind
