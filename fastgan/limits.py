@@ -170,6 +170,88 @@ def forward_bytes(fn: Callable[[], object]) -> int:
     return _Count.total
 
 
+def peak_bytes(fn: Callable[[], object]) -> int:
+    """The most bytes of tensors alive at once while ``fn()`` runs (tensors it creates; a storage is counted
+    once, until it is freed). Under torch.no_grad this is an inference pass's peak: each activation is freed
+    once the next layer has read it, which the sum of forward_bytes ignores."""
+    import weakref
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    live: dict[int, int] = {}
+    peak = 0
+
+    def free(key: int) -> None:
+        live.pop(key, None)
+
+    class _Peak(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            nonlocal peak
+            out = func(*args, **(kwargs or {}))
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor):
+                    storage = t.untyped_storage()
+                    if storage._cdata not in live:
+                        live[storage._cdata] = storage.nbytes()
+                        weakref.finalize(storage, free, storage._cdata)
+            peak = max(peak, sum(live.values()))
+            return out
+
+    with _Peak():
+        fn()
+    return peak
+
+
+def inference_bytes(net, *shapes: tuple[int, ...], dtype=None) -> int:
+    """Peak bytes of ``net(*inputs)`` under no_grad for inputs of ``shapes`` (float32, or ``dtype``), on the
+    meta device: the network's weights stay where they are and nothing is allocated. Raises what the network
+    raises for shapes it cannot take (see smallest_side)."""
+    import torch
+    from torch.func import functional_call
+
+    from .nn import set_impl
+
+    dtype = dtype or torch.float32
+    tensors = {name: torch.empty_like(t, device="meta") for name, t in (*net.named_parameters(),
+                                                                         *net.named_buffers())}
+    inputs = tuple(torch.empty(shape, dtype=dtype, device="meta") for shape in shapes)
+    impls = {m: m.impl for m in net.modules() if hasattr(m, "impl")}
+    set_impl(net, "ref")  # shapes only: no fast path runs on meta tensors
+    try:
+        with torch.no_grad():
+            return peak_bytes(lambda: functional_call(net, tensors, inputs))
+    finally:
+        for m, impl in impls.items():
+            m.impl = impl
+
+
+def runs_on_meta(net, channels: int) -> Callable[[int], bool]:
+    """For smallest_side: whether ``net`` takes a [1, channels, side, side] input (tried on the meta device)."""
+    def runs(side: int) -> bool:
+        try:
+            inference_bytes(net, (1, channels, side, side))
+        except (RuntimeError, ValueError, IndexError) as e:
+            del e
+            return False
+        return True
+    return runs
+
+
+# An image-to-image generator's peak bytes per input pixel where it cannot be traced (an .onnx file run by
+# onnxruntime): cyclegan's ResNet generator at ngf 64 peaks at 768 B per pixel in inference_bytes (at 256 and
+# at 1024 px), rounded up.
+FALLBACK_BYTES_PER_PIXEL = 1024
+
+
+def image_bytes(side_h: int, side_w: int, bytes_per_pixel: float, channels: int = 3) -> float:
+    """Host or device bytes to translate one image: the network's peak (``bytes_per_pixel`` of its input) and
+    its float32 input and output."""
+    pixels = side_h * side_w
+    return pixels * (bytes_per_pixel + 2 * channels * 4)
+
+
 def _meta_batch(kind: str, batch: int, side: int):
     import torch
 

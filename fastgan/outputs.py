@@ -2,9 +2,10 @@
 train-classifier ask before they compute anything, so a refused path costs nothing and writes nothing.
 
 An output path is refused, with one line naming the flag (exit code 2 through fastgan.errors.UserError), when
-- it is empty (``--out ''``), or a path under a file, or somewhere nothing can be created (``/proc/x``, a
-  read-only folder: a probe file is created and removed there first), or an existing thing that is not a
-  regular file (``/dev/null``, a folder where a file is written);
+- it is empty (``--out ''``), inside /dev, /proc or /sys (fastgan.rundir.SYSTEM_DIRS: ``/dev/null``,
+  ``/proc/x``), a path under a file, somewhere nothing can be created (a read-only folder: a probe file is
+  created and removed there first), or an existing thing that is not a regular file (a fifo, a folder where
+  a file is written);
 - it names a file of a training run (a name fastgan.rundir.is_run_file gives to checkpoints, their
   checksums, config.json, latest, lock and the logs, in a folder that holds a run): never, even with
   ``--overwrite``;
@@ -28,7 +29,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .errors import UserError
-from .rundir import CHECKPOINT_GLOB, CHECKSUM, CONFIG, LATEST, LOCK, is_run_file
+from .rundir import CHECKPOINT_GLOB, CHECKSUM, CONFIG, LATEST, LOCK, SYSTEM_DIRS, is_run_file
 
 OwnType = Callable[[Path], bool]  # does an existing file hold what this command writes?
 
@@ -96,6 +97,15 @@ def _same(a: Path, b: Path) -> bool:
         return a.exists() and b.exists() and os.path.samefile(a, b)
     except (OSError, RuntimeError):  # a symlink loop or an unreadable path: not provably the same
         return False
+
+
+def _check_not_system(path: Path, flag: str) -> None:
+    """/dev, /proc, /sys hold no user files (and root may create files in /dev): a path there is a typo."""
+    for candidate in (Path(os.path.abspath(path)), path.resolve()):
+        for system in map(Path, SYSTEM_DIRS):
+            if candidate == system or system in candidate.parents:
+                raise UserError(f"{flag} {_shown(path)}: inside {system}, which holds no user files; choose another "
+                                "path")
 
 
 def _check_parents(path: Path, flag: str) -> Path:
@@ -166,6 +176,7 @@ def check_output_file(path: str | os.PathLike, *, own_type: OwnType, what: str, 
     if str(path) == "":
         raise UserError(f"{flag} '': an empty path; name a file")
     path = Path(path)
+    _check_not_system(path, flag)
     _check_not_run_file(path, flag)
     _check_not_input(path, inputs, flag)
     _check_existing_file(path, flag, own_type, what, overwrite)
@@ -183,6 +194,7 @@ def check_output_dir(path: str | os.PathLike, *, inputs: Iterable = (), flag: st
     if str(path) == "":
         raise UserError(f"{flag} '': an empty path; name a directory")
     path = Path(path)
+    _check_not_system(path, flag)
     _check_not_run_file(path, flag)
     _check_not_input(path, inputs, flag)
     if (path.exists() or path.is_symlink()) and not path.is_dir():

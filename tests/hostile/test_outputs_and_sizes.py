@@ -125,7 +125,8 @@ def test_generate_refuses_paths_it_cannot_write(capsys, run, tmp_path, monkeypat
     before = snapshot(tmp_path)
     prog = "fastgan.generate"
     refused(capsys, generate_main, [ckpt, "--out", ""], prog, "--out ''")
-    refused(capsys, generate_main, [ckpt, "--out", "/dev/null"], prog, "/dev/null", "not a directory")
+    refused(capsys, generate_main, [ckpt, "--out", "/dev/null"], prog, "/dev/null", "inside /dev")
+    refused(capsys, generate_main, [ckpt, "--out", "/dev/null.png"], prog, "/dev/null.png", "inside /dev")
     refused(capsys, generate_main, [ckpt, "--out", "/proc/x.png"], prog, "/proc/x.png")
     refused(capsys, generate_main, [ckpt, "--out", "/proc/x"], prog, "/proc/x")
     refused(capsys, generate_main, [ckpt, "--out", tmp_path / "file" / "x.png"], prog, "is a file, not a directory")
@@ -246,6 +247,30 @@ def test_training_estimate_is_near_what_a_step_takes():
 
     cfg = resolve_config(TrainConfig(model="cyclegan", device="cpu", data="synthetic"))
     assert 3.8e9 <= train_step_bytes(cfg, get_model("cyclegan")) <= 12e9
+
+
+def test_inference_peak_and_smallest_side_on_meta():
+    """What translate's --size checks use: a generator's inference peak per pixel (each activation freed once
+    read, unlike a step's sum) and the smallest side it takes, both from shapes alone."""
+    import torch
+
+    from fastgan.limits import forward_bytes, inference_bytes, runs_on_meta, smallest_side
+    from fastgan.models.cyclegan import ResnetGenerator
+
+    G = ResnetGenerator(3, 3, 4, 1, "deconv")
+    small, large = inference_bytes(G, (1, 3, 64, 64)), inference_bytes(G, (1, 3, 128, 128))
+    assert abs(large - 4 * small) < 0.01 * large  # per pixel, at any size
+    assert all(p.device.type == "cpu" for p in G.parameters())  # the network itself was not touched
+    # 4 px: the bottleneck's InstanceNorm gets one spatial element; 8 px is the smallest side it takes.
+    assert smallest_side(runs_on_meta(G, 3), 4) == 8
+    from fastgan.nn import set_impl
+
+    set_impl(G, "ref")  # no fast path on meta tensors (and no fallback warning)
+    with torch.device("meta"):
+        x = torch.empty(1, 3, 64, 64)
+        with torch.no_grad():
+            total = forward_bytes(lambda: G.to("meta")(x))
+    assert 0 < small < total / 4
 
 
 def test_generate_grid_beyond_memory_and_files_beyond_disk(capsys, run, tmp_path, monkeypatch):
