@@ -7,6 +7,7 @@ from .layers import (
     Conv2dTanh,
     ConvTranspose2dTanh,
     InstanceNormAct,
+    InstanceNormTrackedAct,
     LeakyReLU,
     NormThenAct,
     ReflectPadConv2d,
@@ -14,5 +15,6 @@ from .layers import (
     set_impl,
 )
 
-__all__ = ["BatchNorm2dAct", "Conv2dLeakyReLU", "Conv2dTanh", "ConvTranspose2dTanh", "InstanceNormAct", "LeakyReLU",
-           "NormThenAct", "ReflectPadConv2d", "accelerate", "samples_independent", "set_impl", "unfuse_batch_norm_act"]
+__all__ = ["BatchNorm2dAct", "Conv2dLeakyReLU", "Conv2dTanh", "ConvTranspose2dTanh",
+           "InstanceNormAct", "InstanceNormTrackedAct", "LeakyReLU", "NormThenAct", "ReflectPadConv2d", "accelerate",
+           "samples_independent", "set_impl", "unfuse_batch_norm_act"]

@@ -10,6 +10,8 @@ pattern (adjacent in one Sequential)             becomes
 ``ReflectionPad2d, Conv2d``                      ``Identity, ReflectPadConv2d``
 ``InstanceNorm2d, ReLU | LeakyReLU``             ``InstanceNormAct(act=...), Identity``
 ``BatchNorm2d, ReLU | LeakyReLU``                ``BatchNorm2dAct(act=...), Identity``
+``InstanceNorm2d(track_running_stats=True),``    ``InstanceNormTrackedAct(act=...), Identity``
+``ReLU | LeakyReLU``
 ``Conv2d`` (bias or not) ``, LeakyReLU``         ``Conv2dLeakyReLU, Identity``
 ``Conv2d, Tanh``                                 ``Conv2dTanh, Identity``
 ``ReflectionPad2d, Conv2d, Tanh``                ``Identity, Conv2dTanh`` (reflect padding), ``Identity``
@@ -45,8 +47,8 @@ Left alone, each for a reason:
   concatenates the tensor its ``LeakyReLU(0.2, True)`` overwrote), and torch's in-place op already keeps only
   its output for backward. Inside a fused pair the input is private to the pair, so it is fused there.
 - A lone ``BatchNorm2d``: cuDNN's is as fast as a fused one without an activation to save.
-- ``InstanceNorm2d(track_running_stats=True)``: in eval mode it normalises with running statistics that
-  InstanceNormAct does not keep.
+- ``InstanceNorm2d(track_running_stats=True)`` without an activation after it: in eval mode it is a
+  per-channel affine map, as fast in torch as fused without an activation to save.
 - Subclasses of the torch modules (their forward may differ), modules with extra parameters or buffers
   (spectral or weight norm), and a LeakyReLU with a negative slope (its backward cannot work from the output).
 - Pairs the fused layers cannot express: non-uniform reflection padding; a Conv2d with its own padding,
@@ -64,6 +66,9 @@ Fusions deliberately not done:
 - Upsample + convolution: cuDNN has no convolution that reads an upsampled input on the fly, so fusing
   them means writing our own convolution and giving up cuDNN's tuned kernels to save one write and one read
   of the upsampled map.
+- BatchNorm1d + ReLU/LeakyReLU (MLP GANs), Linear + Tanh, LeakyReLU(inplace) + Conv2d (U-Net down blocks):
+  by the step ledger's count a fused layer issues more kernels (batch_norm_act finishes its statistics in
+  small ATen ops, which MLP-sized tensors cannot amortise) or the same kernels and bytes; see README.
 """
 
 from __future__ import annotations
@@ -89,6 +94,7 @@ from .layers import (
     Conv2dTanh,
     ConvTranspose2dTanh,
     InstanceNormAct,
+    InstanceNormTrackedAct,
     LeakyReLU,
     NormThenAct,
     ReflectPadConv2d,
@@ -307,6 +313,8 @@ def _fuse_pair(first: nn.Module, second: nn.Module, impl: str):
         return True, _instance_norm_act(first, *act, impl)
     if act is not None and _batch_norm_fusable(first):
         return True, _batch_norm_act(first, *act, impl)
+    if act is not None and _tracked_instance_norm_fusable(first):
+        return True, _instance_norm_tracked_act(first, *act, impl)
     if act is not None and act[0] == "leaky_relu" and act[1] >= 0 and _conv_fusable(first):
         return True, _conv_leaky_relu(first, act[1], impl)
     return None
@@ -352,6 +360,10 @@ def _instance_norm_fusable(m) -> bool:
 
 def _batch_norm_fusable(m) -> bool:
     return type(m) is nn.BatchNorm2d and _norm_state(m)
+
+
+def _tracked_instance_norm_fusable(m) -> bool:
+    return type(m) is nn.InstanceNorm2d and m.track_running_stats and _norm_state(m)
 
 
 def _conv_fusable(m) -> bool:
@@ -414,6 +426,14 @@ def _batch_norm_act(norm: nn.BatchNorm2d, act: str, slope: float, impl: str) -> 
         new = BatchNorm2dAct(norm.num_features, act=act, negative_slope=slope, eps=norm.eps,
                              momentum=norm.momentum, affine=norm.affine,
                              track_running_stats=norm.track_running_stats, impl=_impl_for(BatchNorm2dAct, impl))
+    return _adopt(new, norm, ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"])
+
+
+def _instance_norm_tracked_act(norm: nn.InstanceNorm2d, act: str, slope: float, impl: str) -> InstanceNormTrackedAct:
+    with torch.device("meta"):
+        new = InstanceNormTrackedAct(norm.num_features, act=act, negative_slope=slope, eps=norm.eps,
+                                     momentum=norm.momentum, affine=norm.affine,
+                                     impl=_impl_for(InstanceNormTrackedAct, impl))
     return _adopt(new, norm, ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"])
 
 

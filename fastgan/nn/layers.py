@@ -22,6 +22,7 @@ from ..ops._casts import autocast_to
 __all__ = ["BatchNorm2dAct", "Conv2dLeakyReLU", "Conv2dTanh", "ConvTranspose2dTanh", "InstanceNormAct", "LeakyReLU",
            "NormThenAct", "ReflectPadConv2d", "samples_independent", "set_impl", "FAST_LAYERS", "REFLECT_CONV_KERNELS",
            "REFLECT_CONV_STRIDES"]
+__all__ += ["InstanceNormTrackedAct"]  # for other people's GANs' patterns (accelerate)
 
 _ACTS = ("relu", "leaky_relu", "none")
 REFLECT_CONV_KERNELS = range(1, 8)  # square kernel sizes the fused reflect-pad convolution takes
@@ -456,8 +457,77 @@ class LeakyReLU(_FastLayer, nn.Module):
         return f"negative_slope={self.negative_slope}{inplace}, impl={self.impl}"
 
 
+# Layers for patterns of other people's GANs that accelerate() fuses (issue 24) ----------------------------
+class InstanceNormTrackedAct(_FastLayer, nn.Module):
+    """Drop-in for ``nn.InstanceNorm2d(C, eps, momentum, affine, track_running_stats=True)`` followed by ReLU /
+    LeakyReLU / nothing (the older pix2pix/CycleGAN ``get_norm_layer("instance")``).
+
+    Train mode normalises each sample with its own statistics (fastgan.ops.instance_norm_act) and updates the
+    running statistics as nn.InstanceNorm2d does: ``momentum`` times the batch mean of each sample's mean and
+    unbiased variance (``momentum=None`` there means no update; ``num_batches_tracked`` is kept and, as
+    there, not counted). Eval mode normalises with the running statistics, per channel: batch norm's eval
+    arithmetic (fastgan.ops.batch_norm_act). The same parameters, buffers and state_dict keys as
+    nn.InstanceNorm2d; [N, C, H, W] or unbatched [C, H, W] input; the output is contiguous, as
+    nn.InstanceNorm2d's is.
+    """
+
+    _ops = ("instance_norm_act", "batch_norm_act")
+    samples_independent = False  # the running statistics are updated from the whole batch
+
+    def __init__(self, num_features, act="relu", negative_slope=0.2, eps=1e-5, momentum=0.1, affine=False,
+                 impl="auto", device=None, dtype=None):
+        super().__init__()
+        _check_act("InstanceNormTrackedAct", act)
+        self.num_features, self.act, self.negative_slope, self.eps = num_features, act, negative_slope, eps
+        self.momentum, self.affine, self.track_running_stats = momentum, affine, True
+        self.impl = impl
+        factory = dict(device=device, dtype=dtype)
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_features, **factory))
+            self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.register_buffer("running_mean", torch.zeros(num_features, **factory))
+        self.register_buffer("running_var", torch.ones(num_features, **factory))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() not in (3, 4):
+            raise ValueError(f"expected 3D or 4D input (got {x.dim()}D input)")  # nn.InstanceNorm2d's message
+        momentum = self.momentum if self.momentum is not None else 0.0
+        if torch.jit.is_scripting():
+            return _act(F.instance_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                        self.training, momentum, self.eps), self.act, self.negative_slope)
+        return self._fast_forward(x, momentum)
+
+    @torch.jit.unused
+    def _fast_forward(self, x: torch.Tensor, momentum: float) -> torch.Tensor:
+        if x.dim() == 3:  # unbatched: one sample
+            return self._fast_forward(x.unsqueeze(0), momentum).squeeze(0)
+        if not self.training:
+            y = ops.batch_norm_act(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0,
+                                   self.eps, act=self.act, negative_slope=self.negative_slope,
+                                   impl=_op_impl(self.impl, "batch_norm_act"))
+            return y.contiguous()
+        if x.shape[2] * x.shape[3] == 1:  # F.instance_norm's check and message
+            raise ValueError(f"Expected more than 1 spatial element when training, got input size {x.shape}")
+        # nn.InstanceNorm2d's update, the batch mean of the per-sample statistics; one extra read of x, as
+        # fastgan.ops.instance_norm_act does not return its statistics (torch's own path reads x for it too).
+        with torch.no_grad():
+            var, mean = torch.var_mean(x.to(self.running_mean.dtype), dim=(2, 3), correction=1)
+            torch._foreach_lerp_([self.running_mean, self.running_var], [mean.mean(0), var.mean(0)], momentum)
+        y = ops.instance_norm_act(x, self.weight, self.bias, act=self.act, negative_slope=self.negative_slope,
+                                  eps=self.eps, impl=_op_impl(self.impl, "instance_norm_act"))
+        return y.contiguous()
+
+    def extra_repr(self):
+        return (f"{self.num_features}, act={self.act}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats=True, impl={self.impl}")
+
+
 FAST_LAYERS = (ReflectPadConv2d, Conv2dLeakyReLU, Conv2dTanh, ConvTranspose2dTanh, InstanceNormAct, BatchNorm2dAct,
-               LeakyReLU)
+               LeakyReLU, InstanceNormTrackedAct)
 
 
 def set_impl(module: nn.Module, impl: str) -> nn.Module:

@@ -23,6 +23,7 @@ from fastgan.nn import (
     Conv2dTanh,
     ConvTranspose2dTanh,
     InstanceNormAct,
+    InstanceNormTrackedAct,
     LeakyReLU,
     ReflectPadConv2d,
 )
@@ -260,6 +261,33 @@ class DcganDiscriminator(nn.Module):
         return self.main(x).view(-1, 1).squeeze(1)
 
 
+class GanMlpGenerator(nn.Module):
+    """PyTorch-GAN's gan.py generator: Linear, BatchNorm1d(C, 0.8), LeakyReLU(0.2, inplace) blocks, a
+    Linear + Tanh output."""
+
+    def __init__(self, latent_dim=8, img_shape=(1, 4, 4)):
+        super().__init__()
+        self.img_shape = img_shape
+
+        def block(in_feat, out_feat, normalize=True):
+            layers = [nn.Linear(in_feat, out_feat)]
+            if normalize:
+                layers.append(nn.BatchNorm1d(out_feat, 0.8))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            return layers
+
+        self.model = nn.Sequential(*block(latent_dim, 16, normalize=False), *block(16, 32), *block(32, 64),
+                                   *block(64, 24), nn.Linear(24, 16), nn.Tanh())
+
+    def forward(self, z):
+        img = self.model(z)
+        return img.view(img.size(0), *self.img_shape)
+
+
+INSTANCE_TRACKED = functools.partial(nn.InstanceNorm2d, affine=False, track_running_stats=True)
+INSTANCE_TRACKED_AFFINE = functools.partial(nn.InstanceNorm2d, affine=True, track_running_stats=True)
+
+
 # name: (builder, input shape, expected fastgan layer counts, whether the original takes unbatched input)
 REPLICAS = {
     "resnet_instance_dropout": (lambda: ResnetGenerator(norm_layer=INSTANCE, use_dropout=True), (2, 3, 20, 20),
@@ -284,6 +312,13 @@ REPLICAS = {
     "pytorch_gan_dcgan_d": (GanDcganDiscriminator, (4, 3, 16, 16), {Conv2dLeakyReLU: 4}, False),
     "dcgan_g": (DcganGenerator, (3, 8, 1, 1), {BatchNorm2dAct: 4, ConvTranspose2dTanh: 1}, False),
     "dcgan_d": (DcganDiscriminator, (3, 3, 64, 64), {Conv2dLeakyReLU: 1, BatchNorm2dAct: 3}, False),
+    # patterns of issue 24: the older pix2pix instance norm with running statistics (+ ReLU in the ResNet
+    # generator, + LeakyReLU in the NLayer discriminator); MLP GANs' BatchNorm1d + LeakyReLU, left alone
+    "pytorch_gan_mlp_g": (GanMlpGenerator, (5, 8), {nn.BatchNorm1d: 3, BatchNorm2dAct: 0}, False),
+    "resnet_instance_tracked": (lambda: ResnetGenerator(norm_layer=INSTANCE_TRACKED), (2, 3, 16, 16),
+                                {ReflectPadConv2d: 5, Conv2dTanh: 1, InstanceNormTrackedAct: 7, "residual": 0}, True),
+    "nlayer_instance_tracked_affine": (lambda: NLayerDiscriminator(norm_layer=INSTANCE_TRACKED_AFFINE, n_layers=2),
+                                       (2, 3, 19, 19), {Conv2dLeakyReLU: 1, InstanceNormTrackedAct: 2}, True),
 }
 
 
@@ -292,10 +327,10 @@ def _build(name):
     model = REPLICAS[name][0]().double()
     with torch.no_grad():  # non-trivial norm parameters and running statistics make a wrong mapping visible
         for m in model.modules():
-            if isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d)) and m.affine:
+            if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d, nn.InstanceNorm2d)) and m.affine:
                 m.weight.normal_(1.0, 0.3)
                 m.bias.normal_(0.0, 0.3)
-            if isinstance(m, nn.BatchNorm2d):
+            if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d, nn.InstanceNorm2d)) and m.track_running_stats:
                 m.running_mean.normal_(0.0, 0.3)
                 m.running_var.uniform_(0.5, 1.5)
     return model
@@ -698,3 +733,26 @@ def test_detection_of_single_index_reads(build, kept, fused):
     x = torch.randn(1, 2, 6, 5, dtype=torch.float64)
     for a, b in zip(torch.utils._pytree.tree_leaves(fast(x)), torch.utils._pytree.tree_leaves(original(x))):
         _assert_same(a, b, "output")
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_tracked_instance_norm_through_triton(triton_cpu, mode):
+    """InstanceNormTrackedAct on its Triton kernels (interpreter): the original's output, every gradient and
+    the running statistics in float32, two steps."""
+    from fastgan import ops
+    from fastgan.ops import _dispatch
+
+    name = "nlayer_instance_tracked_affine"
+    original = _build(name).float().train(mode == "train")
+    fast = accelerate(copy.deepcopy(original), impl="triton")
+    op = "instance_norm_act" if mode == "train" else "batch_norm_act"  # eval: the running statistics
+    x = _input(name).float()
+    for step in range(2):
+        _dispatch.clear_last()
+        (y0, g0), (y1, g1) = _step(original, x, seed=step), _step(fast, x, seed=step)
+        assert ops.last_impl(op) == "triton"
+        torch.testing.assert_close(y1, y0, atol=1e-5, rtol=1e-5)
+        for k in g0:
+            torch.testing.assert_close(g1[k], g0[k], atol=1e-4 * (1 + g0[k].abs().max().item()), rtol=1e-4, msg=k)
+        for (k, b0), b1 in zip(original.state_dict().items(), fast.state_dict().values()):
+            torch.testing.assert_close(b1, b0, atol=1e-5, rtol=1e-5, msg=k)
