@@ -50,6 +50,8 @@ def autocast_to(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | No
     the same copy returned for its later uses, as autocast's own cache does for ATen's ops."""
     if t is None or t.dtype == dtype:
         return t
+    if torch.compiler.is_compiling():  # traced once into the compiled graph, where duplicate casts are merged
+        return t.to(dtype)
     cache = _cache.get()
     if cache is None or not (t.is_leaf and t.requires_grad) or not torch.is_autocast_cache_enabled():
         return t.to(dtype)

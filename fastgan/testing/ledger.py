@@ -865,9 +865,9 @@ GUARDS = {  # measured at f0db075
     "DCGAN 64² bs128": {"launches": 490, "non_convolution_bytes": 1380896948},
 }
 
-# Why the CycleGAN budget test is expected to fail until issue 20's diet is complete (figures at f0db075).
-BUDGET_GAP = ("CycleGAN 256² bs1 --amp: 2141 launches (budget 1,000) and 6871 MB of "
-              "non-convolution traffic (budget half of 7962 MB) at f0db075; issue 20 §2 cuts them")
+# Why the CycleGAN budget test is expected to fail until issue 20's diet is complete (figures at bef3019).
+BUDGET_GAP = ("CycleGAN 256² bs1 --amp: 1725 launches (budget 1,000) and 6746 MB of "
+              "non-convolution traffic (budget half of 7962 MB) at bef3019; issue 20 §2 cuts them")
 
 
 def markdown_table(workloads=WORKLOADS, gpu: str = "h100-sxm") -> str:
