@@ -279,7 +279,7 @@ def _attrs_read_beyond_call(cls: type) -> dict[str, str]:
             continue
         try:
             tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
-        except (OSError, TypeError, SyntaxError):  # no source (a REPL class, a compiled module): not seen
+        except Exception:  # no source (a REPL class, a compiled module) or none Python parses: not seen
             continue
         for fn in ast.walk(tree):
             if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) or fn.name == "__init__" \
