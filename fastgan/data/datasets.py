@@ -106,6 +106,7 @@ class DataSpec:
     counts: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     preprocess: str = "resize_and_crop"  # folders of A/B data: how images become image_size squares
+    classes: tuple[str, ...] = ()  # labelled folders: the class (subfolder) names, label k = classes[k]
 
     @property
     def unpaired(self) -> bool:
@@ -334,7 +335,9 @@ def _image_folder(req: DataRequest) -> DataSpec:
     labels, num_classes = folders.class_labels(req.data, paths)
     channels = scan.channels()
     source = scan.source(paths, labels, image_size, 0, channels)
-    return scan.spec(req.data, "folder", {"real": source}, channels, image_size, num_classes, False, 0)
+    spec = scan.spec(req.data, "folder", {"real": source}, channels, image_size, num_classes, False, 0)
+    spec.classes = tuple(folders.class_names(req.data, paths))
+    return spec
 
 
 def _idx(req: DataRequest, root: str, name: str, split: str) -> DataSpec:

@@ -43,9 +43,9 @@ from fastgan.image_files import (  # listing and decoding live there, torch-free
 )
 
 __all__ = ["CROP_STEPS", "IMAGE_EXTENSIONS", "NOT_AN_IMAGE", "PREPROCESS", "UNREADABLE", "ImageFacts", "ImageListing",
-           "check_geometry", "check_images", "class_labels", "dali_reason", "inspect_images", "list_images",
-           "load_center_crop", "load_image", "load_preprocessed", "load_resized_crop", "open_image", "open_rgb",
-           "preprocess_geometry", "scan_images"]
+           "check_geometry", "check_images", "class_labels", "class_names", "dali_reason", "inspect_images",
+           "list_images", "load_center_crop", "load_image", "load_preprocessed", "load_resized_crop", "open_image",
+           "open_rgb", "preprocess_geometry", "scan_images"]
 
 POWER_BASE = 4  # --preprocess none: sides rounded to a multiple of this (the reference's __make_power_2 base)
 # Modes whose crop range differs per image draw offsets in [0, CROP_STEPS] (the epoch plan) and scale them to
@@ -96,16 +96,25 @@ def check_images(paths: list[str], strict: bool, threads: int = 2, draft_size: i
     return list(inspect_images(paths, strict, threads, draft_size))
 
 
-def class_labels(root: str, paths: list[str]) -> tuple[torch.Tensor, int]:
-    """ImageFolder convention: with every image inside one of >= 2 first-level subfolders, the subfolder
-    is the class (sorted names -> 0..K-1); otherwise all labels are 0 and there are no classes."""
+def class_names(root: str, paths: list[str]) -> list[str]:
+    """ImageFolder convention: with every image inside one of >= 2 first-level subfolders, the subfolders'
+    names, sorted (class k is the k-th); otherwise [] (no classes)."""
     tops = [os.path.relpath(p, root).split(os.sep) for p in paths]
     if all(len(parts) > 1 for parts in tops):
         classes = sorted({parts[0] for parts in tops})
         if len(classes) > 1:
-            index = {name: k for k, name in enumerate(classes)}
-            return torch.tensor([index[parts[0]] for parts in tops], dtype=torch.int64), len(classes)
-    return torch.zeros(len(paths), dtype=torch.int64), 0
+            return classes
+    return []
+
+
+def class_labels(root: str, paths: list[str]) -> tuple[torch.Tensor, int]:
+    """Each image's class (class_names' index; all 0 when there are no classes) and the number of classes."""
+    classes = class_names(root, paths)
+    if not classes:
+        return torch.zeros(len(paths), dtype=torch.int64), 0
+    index = {name: k for k, name in enumerate(classes)}
+    tops = [os.path.relpath(p, root).split(os.sep)[0] for p in paths]
+    return torch.tensor([index[top] for top in tops], dtype=torch.int64), len(classes)
 
 
 def preprocess_geometry(width: int, height: int, preprocess: str, load_size: int,

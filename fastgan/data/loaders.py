@@ -119,6 +119,7 @@ class _Loader:
             "channels": spec.channels,
             "image_size": spec.image_size,
             "num_classes": spec.num_classes,
+            "classes": list(spec.classes),  # names, where the data has them (class folders)
             "num_images": spec.num_images,
             "kind": spec.kind,
             "impl": self.impl,

@@ -316,6 +316,19 @@ def _average_gradients(ddp: Distributed, optimizer: torch.optim.Optimizer) -> No
     all_reduce_gradients(params, ddp.world_size, ddp.group)
 
 
+def _check_classes(point: ResumePoint, info: dict, data: str) -> None:
+    """A conditional model's classes are its label embedding's rows: the data of a resumed run must have the
+    classes, in the order, that the checkpoint was trained on (a class folder added, removed or renamed is not)."""
+    saved = point.ckpt["info"]
+    before, now = saved.get("classes") or [], info.get("classes") or []
+    if saved.get("num_classes") != info.get("num_classes") or before != now:
+        def listed(names, count):
+            return f"[{', '.join(names)}]" if names else f"{count} classes"
+        raise UserError(f"--data {data}: its classes are {listed(now, info.get('num_classes'))}, the checkpoint "
+                        f"{point.path} was trained on {listed(before, saved.get('num_classes'))}; resume with the "
+                        "same class folders, or start a new run")
+
+
 def _check_world_size(ckpt: dict, path: Path | None, world_size: int) -> None:
     saved = ckpt.get("world_size", 1)
     if saved != world_size:
@@ -353,6 +366,8 @@ def _train(cfg: TrainConfig, given: frozenset[str], model, run: RunDir, device: 
         raise UserError(f"--batch-size {cfg.batch_size}{processes}: larger than the dataset "
                         f"({loader.info.get('num_images', 0)} images); use a smaller batch")
     info = dict(loader.info)
+    if point is not None and model.conditional:
+        _check_classes(point, info, cfg.data)
     task = build_task(cfg, info, device, batches_per_epoch, model=model)
     if cfg.init_from and point is None:  # a new run (resuming one that started so takes its own checkpoint)
         init_from_checkpoint(task, cfg, info)
