@@ -4,11 +4,13 @@ plus the wall time of one Fashion-MNIST DCGAN epoch.
 Run with `pytest bench --benchmark-only -k train_step`. On CUDA the canonical sizes (CycleGAN 256^2 at batch
 1 and 4 with both upsampling modes, DCGAN 64^2 at 128, DCGAN/cGAN 28^2 at 64, MLP GAN at 64); on CPU small
 sizes (the file runs in under a minute). Each case builds its task and batch outside the timed call, warms
-up (cuDNN algorithm choice, Triton autotuning, inductor compilation, graph capture), and synchronises the
-device inside the timed call.
+up (cuDNN algorithm choice, Triton compilation, inductor compilation, graph capture), and synchronises the
+device inside the timed call. The backends are set as the trainer sets them (fastgan.train.graphs.
+configure_backends: cuDNN benchmark mode on CUDA), and on CUDA a case takes as many rounds as fill about two
+seconds (20 to 200), so the median of a fast step is one of enough replays.
 
 VARIANTS are the training engine's flag sets, applied as `python -m fastgan.train` applies them
-(configure_engine, then make_train_step):
+(configure_backends, configure_engine, then make_train_step):
 - reference: the plain PyTorch layers (--impl ref), fp32, contiguous, eager.
 - compile: the reference plus --compile (torch.compile of every network; CUDA only).
 - compile-reduce-overhead: the reference with every network compiled with torch.compile(mode="reduce-overhead"),
@@ -33,7 +35,7 @@ from conftest import synchronize
 from fastgan import ops
 from fastgan.errors import UserError
 from fastgan.train.config import TrainConfig
-from fastgan.train.graphs import compile_nets, configure_engine, make_train_step, memory_format
+from fastgan.train.graphs import compile_nets, configure_backends, configure_engine, make_train_step, memory_format
 from fastgan.train.loop import resolve_config
 from fastgan.train.tasks import build_task, data_request
 
@@ -85,6 +87,7 @@ def make_case(model, image_size, batch_size, overrides, flags, device):
     compile_mode = flags.pop("compile_mode", None)  # not a trainer flag: compiled here, after configure_engine
     cfg = resolve_config(TrainConfig(model=model, image_size=image_size, batch_size=batch_size,
                                      device=str(device), **overrides, **flags))
+    configure_backends(cfg, device)
     channels = 3 if model == "cyclegan" else 1
     info = {"channels": channels, "num_classes": 10 if model == "cgan" else 0, "num_images": 1000}
     task = configure_engine(build_task(cfg, info, device), cfg)
@@ -116,6 +119,13 @@ def _marking_step_begin(step):
         step(batch, accum)
 
     return marked
+
+
+def cuda_rounds(one_step, seconds: float = 2.0, least: int = 20, most: int = 200) -> int:
+    """Rounds of a synchronised step that fill about ``seconds``, from one more timed step."""
+    start = time.perf_counter()
+    one_step()
+    return max(least, min(most, round(seconds / max(time.perf_counter() - start, 1e-6))))
 
 
 def used_impls():
@@ -166,7 +176,7 @@ def test_train_step(benchmark, record, bench_device, reference_ms, variant, mode
 
     for _ in range(3):
         one_step()
-    rounds = 20 if bench_device.type == "cuda" else 3
+    rounds = cuda_rounds(one_step) if bench_device.type == "cuda" else 3
     benchmark.pedantic(one_step, rounds=rounds, iterations=1, warmup_rounds=1)
     ms = statistics.median(benchmark.stats.stats.data) * 1e3
     case = case_id(model, image_size, batch_size, overrides)

@@ -7,7 +7,9 @@ fastgan.train.tasks picks fused Adam, whose step state and loss-scale handling l
 
 :func:`graphed_standin` builds fastgan.train.graphs.GraphedTrainStep on the CPU: torch.cuda's streams,
 graphs and synchronisation are replaced by stand-ins, so warm-up, capture and replay run the module's own
-code, and ``on_capture`` wraps exactly the code it captures.
+code, and ``on_capture`` wraps exactly the code it captures. The gradients the capture left in ``.grad``
+stand for the graphs' shared memory pool (fastgan/train/graphs.py, Memory): any read of one between
+replays fails.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from unittest import mock
 
 import torch
 
-__all__ = ["Setup", "TINY", "cpu_standin", "graphed_standin"]
+__all__ = ["GraphPoolGradient", "Setup", "TINY", "cpu_standin", "graphed_standin"]
 
 # Small enough for a CPU step in well under a second; every model keeps all of its layer kinds.
 TINY = {
@@ -96,6 +98,39 @@ class _Graph:
         type(self).replays += 1
 
 
+# What may be asked of a gradient between replays: its metadata, never its values.
+_GRADIENT_METADATA = frozenset({"shape", "dtype", "device", "layout", "ndim", "requires_grad", "is_leaf", "grad_fn",
+                                "is_cuda", "is_sparse", "is_meta", "is_nested", "is_quantized", "names", "size", "dim",
+                                "stride", "numel", "is_contiguous", "element_size"})
+
+
+class GraphPoolGradient(torch.Tensor):
+    """A gradient the captured graphs own: between replays its memory may hold another phase's data, so any
+    use of its values (an op, a copy, a norm, saving it) raises. Setting ``.grad`` to None stays allowed."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        name = getattr(getattr(func, "__self__", None), "__name__", None) if func.__name__ == "__get__" \
+            else func.__name__
+        if name in _GRADIENT_METADATA:
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*args, **(kwargs or {}))
+        raise AssertionError(f"{name or func}: a gradient was read between CUDA graph replays; the graphs share "
+                             "one memory pool, so a gradient is valid only inside its phase's graph "
+                             "(fastgan/train/graphs.py, Memory)")
+
+
+def _guard_gradients(task) -> int:
+    """Marks every gradient left by the capture as owned by the graphs; returns how many there are."""
+    count = 0
+    for net in task.nets.values():
+        for param in net.parameters():
+            if param.grad is not None:
+                param.grad = param.grad.as_subclass(GraphPoolGradient)
+                count += 1
+    return count
+
+
 def graphed_standin(task, batch: dict, on_capture: Callable[[], contextlib.AbstractContextManager] | None = None):
     """fastgan.train.graphs.GraphedTrainStep(task, batch) built on the CPU.
 
@@ -106,7 +141,8 @@ def graphed_standin(task, batch: dict, on_capture: Callable[[], contextlib.Abstr
             ``torch.cuda.graph`` would record), e.g. a fresh HostSyncRecorder.
     Returns:
         The step object; calling it runs its per-iteration host code, and each replay is a no-op counted
-        in ``type(step.graphs[0]).replays``.
+        in ``type(step.graphs[0]).replays``. Every gradient the capture allocated is a
+        :class:`GraphPoolGradient` afterwards: code that reads one between replays fails.
     """
     from .. import ops
     from ..train import graphs
@@ -126,4 +162,7 @@ def graphed_standin(task, batch: dict, on_capture: Callable[[], contextlib.Abstr
             stack.enter_context(mock.patch.object(torch.cuda, name, value))
         stack.enter_context(mock.patch.object(graphs, "_check_task", lambda task: None))
         stack.enter_context(mock.patch.object(graphs.GraphedTrainStep, "_autocast", autocast))
-        return graphs.GraphedTrainStep(task, batch)
+        step = graphs.GraphedTrainStep(task, batch)
+    if _guard_gradients(task) == 0:
+        raise AssertionError("graphed_standin: the capture left no gradients to guard")
+    return step

@@ -19,8 +19,26 @@ How the eager step (fastgan.train.steps.train_step) becomes replayable:
 - Gradients: set to None before each capture, so backward allocates them in the graph's memory pool
   and every replay overwrites them (the eager step's zero_grad(set_to_none=True)).
 
-Warm-up: before capture every phase runs eagerly a few times on a side stream (Triton autotuning,
-cuDNN algorithm choice, lazy optimiser and GradScaler state). Those warm-up updates are then undone:
+Memory: all phase graphs share one private memory pool (one pool instead of one per phase: the phases'
+activations are not alive at the same time, so the step needs the largest phase's memory, not the sum).
+That is safe because the graphs replay in capture order, one after the other, never concurrently: a
+later graph may reuse the memory an earlier graph freed at the end of its capture, and the earlier graph
+is done with it by then. A gradient lives from its phase's backward to that phase's optimiser step, both
+inside the phase's graph, and nothing outside the graphs may read it: between replays ``p.grad`` is not a
+gradient to use (a later phase's graph, or a second phase of the same optimiser, may have written over
+its memory). Gradient clipping, gradient-norm logging or a hook that reads ``.grad`` belongs inside the
+phase (fastgan.train.steps.run_phase), where it is captured too. The CPU stand-in of this module
+(fastgan.testing.tasks.graphed_standin) fails any read of a gradient between replays.
+
+Capture order: the trainer builds this step before it starts iterating the loader, from a batch of the
+loader's shapes, dtypes and memory format (:func:`example_batch`), so no DataLoader worker, pin-memory
+thread or DALI thread exists while the phases are captured. Capture uses torch's default
+``capture_error_mode="global"``, under which another thread's CUDA call during the capture (the
+pin-memory thread's ``cudaHostAlloc``, say) invalidates it; with no such thread alive, "global" also
+catches an unsafe call made by the capturing thread itself.
+
+Warm-up: before capture every phase runs eagerly a few times on a side stream (cuDNN algorithm choice,
+Triton compilation, lazy optimiser and GradScaler state). Those warm-up updates are then undone:
 parameters, buffers, optimiser state, loss scales, image pools and the RNG are put back in place, so
 iteration 1 of a graphed run is iteration 1 of the eager run.
 
@@ -34,6 +52,7 @@ runs again on the weights of the moment (the reasoning in fastgan/ops/_casts.py)
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from collections.abc import Callable
 
@@ -46,10 +65,11 @@ from ..models import get_model
 from ..nn import set_impl
 from .steps import Task, run_phase, set_trainable, train_step
 
-__all__ = ["GraphedTrainStep", "check_cuda_graphs", "compile_nets", "configure_engine", "make_capturable",
+__all__ = ["GraphedTrainStep", "check_cuda_graphs", "compile_nets", "configure_backends", "configure_engine",
+           "example_batch", "make_capturable",
            "make_train_step", "memory_format", "WARMUP_ITERS"]
 
-WARMUP_ITERS = 3  # eager iterations before capture: autotuning and cuDNN choice settle in 1-2
+WARMUP_ITERS = 3  # eager iterations before capture: cuDNN's algorithm choice and lazy state settle in 1-2
 
 
 def check_cuda_graphs(cfg, device: torch.device, world_size: int = 1) -> None:
@@ -67,6 +87,18 @@ def check_cuda_graphs(cfg, device: torch.device, world_size: int = 1) -> None:
     if cfg.compile:
         raise UserError("--cuda-graphs with --compile: choose one (torch.compile's own CUDA graphs are "
                         "mode='reduce-overhead'); fastgan's graphs capture the eager step")
+
+
+def configure_backends(cfg, device: torch.device) -> None:
+    """The trainer's backend settings for ``cfg``: deterministic algorithms with --deterministic, else cuDNN's
+    benchmark mode on CUDA (each convolution shape times its algorithms once, then uses the fastest). The
+    trainer and the training-step benchmark both call this, so a benchmark measures what a run runs."""
+    if cfg.deterministic:
+        # cuBLAS needs a fixed workspace for deterministic GEMMs.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(cfg.deterministic)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not cfg.deterministic
 
 
 def memory_format(cfg, device: torch.device, model=None) -> torch.memory_format:
@@ -104,6 +136,23 @@ def configure_engine(task: Task, cfg, model=None) -> Task:
     if cfg.compile:
         compile_nets(task.nets.values())
     return task
+
+
+def example_batch(fixed: dict[str, Tensor], batch_size: int) -> dict[str, Tensor]:
+    """A training batch's shapes, dtypes, device and memory format, made without iterating the loader.
+
+    Args:
+        fixed: the loader's ``fixed(n)`` batch (the keys, dtypes, device and layout of its training batches).
+        batch_size: rows per training batch; ``fixed``'s rows are repeated cyclically to fill them.
+    """
+    batch = {}
+    for key, value in fixed.items():
+        rows = torch.arange(batch_size, device=value.device) % value.shape[0]
+        picked = value.index_select(0, rows)
+        if value.dim() == 4 and value.is_contiguous(memory_format=torch.channels_last) and not value.is_contiguous():
+            picked = picked.contiguous(memory_format=torch.channels_last)
+        batch[key] = picked
+    return batch
 
 
 def make_train_step(task: Task, batch: dict, cuda_graphs: bool) -> Callable[[dict, dict], None]:
@@ -215,7 +264,7 @@ class GraphedTrainStep:
 
     def _capture(self) -> list[torch.cuda.CUDAGraph]:
         task = self.task
-        pool = torch.cuda.graph_pool_handle()  # one pool: the phases replay in capture order, never at once
+        pool = torch.cuda.graph_pool_handle()  # one pool for every phase: see Memory in the module docstring
         graphs = []
         for phase in task.phases:
             set_trainable(task, phase)

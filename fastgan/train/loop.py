@@ -18,7 +18,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -61,7 +60,14 @@ from .distributed import (
     world_from_env,
 )
 from .files import atomic_write
-from .graphs import check_cuda_graphs, configure_engine, make_train_step, memory_format
+from .graphs import (
+    check_cuda_graphs,
+    configure_backends,
+    configure_engine,
+    example_batch,
+    make_train_step,
+    memory_format,
+)
 from .init_from import checkpoint_file, chosen_nets, init_from_checkpoint
 from .stops import AMP_SKIPPED, DataStopped, Interrupted, StopSignals, TrainingStopped, check_losses
 from .tasks import build_task, data_request, with_recipe
@@ -196,15 +202,6 @@ def _check_init_from(cfg: TrainConfig) -> None:
     if cfg.init_from and cfg.resume not in ("", "auto"):
         raise UserError(f"--init-from {cfg.init_from} --resume {cfg.resume}: choose one (--resume continues "
                         "that run; --init-from starts a new one from its weights)")
-
-
-def _setup_determinism(cfg: TrainConfig, device: torch.device) -> None:
-    if cfg.deterministic:
-        # cuBLAS needs a fixed workspace for deterministic GEMMs.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(cfg.deterministic)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not cfg.deterministic
 
 
 def _batches(loader, epoch: int, position: int, stop: StopSignals):
@@ -356,7 +353,7 @@ def _train(cfg: TrainConfig, given: frozenset[str], model, run: RunDir, device: 
         cfg = resolve_config(ddp.broadcast_object(cfg), model)  # every rank trains with rank 0's resolved config
     check_cuda_graphs(cfg, device, ddp.world_size)
 
-    _setup_determinism(cfg, device)
+    configure_backends(cfg, device)
     torch.manual_seed(cfg.seed)
     request = data_request(cfg, rank=ddp.rank, world_size=ddp.world_size, model=model)
     loader = build_loader(request, device, memory_format=memory_format(cfg, device, model))
@@ -522,17 +519,19 @@ class _Loop:
             from ..metrics.evaluation import TRAINING_METRICS, check_sizes
             check_sizes(feature_space(cfg.eval_feature, cfg.inception_weights or None), TRAINING_METRICS, cfg.eval_n,
                         None, flag="--eval-n")
-        step_fn = stopping = None
+        stopping = None
         stop = StopSignals()
         start_time = time.perf_counter()
         task.train()
+        # Before the first loader iterator: under --cuda-graphs this captures the phases, and a DataLoader's
+        # pin-memory thread or DALI's threads calling into CUDA during a capture would invalidate it.
+        step_fn = make_train_step(task, example_batch(self.fixed, cfg.batch_size), cfg.cuda_graphs) \
+            if self.step < self.total else None
         try:
             stop.install()
             while self.step < self.total and stopping is None:
                 epoch, position = divmod(self.step, self.batches_per_epoch)
                 for batch in _batches(self.loader, epoch, position, stop):
-                    if step_fn is None:  # graphs are captured for the first batch's shapes
-                        step_fn = make_train_step(task, batch, cfg.cuda_graphs)
                     step_fn(batch, self.accum)
                     with warnings.catch_warnings():
                         # fp16: the schedule follows iterations even where a GradScaler skipped an overflowing
