@@ -1,6 +1,7 @@
 """reflect_pad_conv2d: reflection padding fused into a 2-D convolution.
 
-The fast path is the compiled extension fastgan._C (csrc/reflect_pad_conv2d/), reached as
+The fast path is the compiled extension fastgan._C (csrc/reflect_pad_conv2d/), or the same kernels from the
+CMake library that ``FASTGAN_OPS_LIBRARY`` names (fastgan.ops._extension), reached as
 ``torch.ops.fastgan.reflect_pad_conv2d``: on CUDA the pad is written by one vectorised kernel straight
 into the convolution's input, the convolution runs through cuDNN, and backward folds the padded
 gradient back onto dx with a gather (no atomics). The reference is F.pad(mode="reflect") + F.conv2d.
@@ -15,15 +16,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import _casts, _dispatch
+from . import _casts, _dispatch, _extension
 
-try:
-    from .. import _C  # noqa: F401  (importing it registers torch.ops.fastgan.*)
-
-    _EXT_ERROR = None
-except ImportError as e:  # a pure-Python install (FASTGAN_NO_EXT=1) or an unbuilt checkout
-    _EXT_ERROR = f"the compiled extension fastgan._C is not importable ({e}); build it with " \
-                 "`pip install --no-build-isolation -e .`"
+# What registered torch.ops.fastgan.* (fastgan._C, or FASTGAN_OPS_LIBRARY=path), or why nothing did.
+_EXT_SOURCE, _EXT_ERROR = _extension.load()
 
 
 # 1. Reference ------------------------------------------------------------------------------------
@@ -35,14 +31,14 @@ def reflect_pad_conv2d_ref(x, weight, bias=None, padding=1, stride=1):
 
 
 def extension_check(device: torch.device) -> str | None:
-    """None when fastgan._C can run reflect_pad_conv2d on ``device``, else why not."""
+    """None when the compiled ops can run reflect_pad_conv2d on ``device``, else why not."""
     if _EXT_ERROR is not None:
         return _EXT_ERROR
     if not _EXT_HAS_AUTOGRAD:  # a library built from sources older than the C++ autograd registration
         return "fastgan._C has no autograd kernel for reflect_pad_conv2d (an older build); rebuild it with " \
                "`pip install --no-build-isolation -e .`"
     if device.type not in _EXT_DEVICE_TYPES:
-        return f"fastgan._C has no {device.type.upper()} kernel (built without a CUDA toolkit?)"
+        return f"{_EXT_SOURCE} has no {device.type.upper()} kernel (built without a CUDA toolkit?)"
     return None
 
 
