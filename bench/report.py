@@ -319,6 +319,9 @@ def performance_markdown(results: dict, source: str) -> str:
              f"{revision(results)}: {environment_line(results)}. Pieces: {pieces_line(results)}. "
              f"Source: [`{source}`]({source}), summary with every figure: [`{summary}`]({summary}).", ""]
     lines += train_section(results)
+    profiled = profile_line(results)
+    if profiled:
+        lines += ["", profiled]
     rows = kernel_rows(results, passes=("fwd+bwd",), dtype="bf16", layout="nhwc")
     if rows:
         gbps = copy_gbps(results)
@@ -338,6 +341,57 @@ def performance_markdown(results: dict, source: str) -> str:
     lines += ["", f"Tests run by gpu-check: {outcome_counts(results)}."
                   + (f" {len(failed)} failing test ids are listed in [`{summary}`]({summary})." if failed else "")]
     return "\n".join(lines)
+
+
+def _step(results: dict, piece: str, name: str) -> dict:
+    record = results["fastgan"].get("pieces", {}).get(piece, {})
+    return next((s for s in record.get("steps", []) if s["name"] == name), {})
+
+
+def profile_line(results: dict) -> str:
+    """One sentence on the profiled graphed step (piece 0), '' when it did not run."""
+    details = _step(results, "0", "profile").get("details")
+    if not details:
+        return ""
+    ledger = details.get("ledger", {})
+    versus = f", {ledger['launches']} in the step ledger's model" if ledger.get("available") else ""
+    return (f"torch.profiler over {details['steps']} steps of {details['variant']} ({details['case']['model']} "
+            f"{details['case']['image_size']}² bs{details['case']['batch_size']}): {num(details['kernels_per_step'])} "
+            f"{details['what']} per step{versus}; GPU busy {num(details['busy_ms_per_step'])} ms of "
+            f"{num(details['wall_ms_per_step'])} ms wall per step.")
+
+
+def smoke_section(results: dict) -> list[str]:
+    """Piece 0's environment, compiled ops, trainer runs and profile, from its steps' details."""
+    steps = {name: _step(results, "0", name) for name in ("env", "extension", "trainer", "profile")}
+    if not any(steps.values()):
+        return []
+    lines = ["", "## Smoke piece (0)", ""]
+    env = steps["env"].get("details")
+    if env:
+        lines += [f"- Environment: {', '.join(f'{k} {v}' for k, v in env.items())}."]
+    ext = steps["extension"]
+    if ext:
+        lines += [f"- Compiled ops: {ext['status']} — {ext.get('note', '')}"]
+        check = ext.get("details", {}).get("prebuilt_check")
+        if check:
+            lines += [f"- Prebuilt library on the device: {json.dumps(check)}"]
+    trainer = steps["trainer"]
+    if trainer:
+        lines += [f"- Trainer: {trainer['status']} — {trainer.get('note', '')}", ""]
+        rows = []
+        for run, r in trainer.get("details", {}).get("runs", {}).items():
+            last = r.get("last") or {}
+            losses = ", ".join(f"{k} {num(v)}" for k, v in last.items() if k.endswith("total"))
+            rows.append([run, r.get("status", "?"), num(r.get("seconds"), "s"), losses, f"`{r.get('command', '')}`"])
+        lines += table(["run", "status", "took", "last logged losses", "command"], rows)
+    profile = steps["profile"].get("details")
+    if profile:
+        lines += ["", f"- Profile: {profile_line(results)}", ""]
+        lines += table(["kernel", "calls per step", "µs per step"],
+                       [[r["name"][:90].replace("|", "\\|"), num(r["count"] / profile["steps"]), num(r["us_per_step"])]
+                        for r in profile.get("top", [])])
+    return lines
 
 
 def summary_markdown(results: dict, name: str) -> str:
@@ -379,6 +433,7 @@ def summary_markdown(results: dict, name: str) -> str:
         lines += ["", "## Skipped tests, by reason", ""]
         by_count = sorted(skips.items(), key=lambda kv: -kv[1])
         lines += [f"- {n} × {reason or '(no reason given)'}" for reason, n in by_count]
+    lines += smoke_section(results)
     train = train_section(results)
     if train:
         lines += ["", "## Training steps", ""] + train + ["", "What the layers ran, per variant:", ""]

@@ -38,15 +38,22 @@ def test_plan_lists_every_piece_within_the_limits():
     out = run("--plan")
     assert out.returncode == 0, out.stderr
     pieces = re.findall(r"^piece (\d): .* expected ([\d.]+) min", out.stdout, re.M)
-    assert [p for p, _ in pieces] == ["1", "2", "3", "4", "5"]
+    assert [p for p, _ in pieces] == ["0", "1", "2", "3", "4", "5"]
     assert all(float(minutes) < 9 for _, minutes in pieces)
+    assert float(pieces[0][1]) * 60 <= gpu_check.SMOKE_LIMIT_S == 300  # the smoke piece: 5 minutes at most
     total = float(re.search(r"expected ([\d.]+) min in all", out.stdout).group(1))
-    assert total < 25 and total == pytest.approx(sum(float(m) for _, m in pieces), abs=0.3)
+    assert total < 30 and total == pytest.approx(sum(float(m) for _, m in pieces), abs=0.3)
     for fresh in re.findall(r"([\d.]+) min on a fresh one", out.stdout):
         assert float(fresh) * 60 < gpu_check.PIECE_LIMIT_S
     for variant in ("-k 'not compile'", "-k 'compile and not reduce'", "-k reduce", "tests -m cuda",
                     "bench/test_ops.py", "bench/test_ops_conv.py", "bench/test_data.py"):
         assert variant in out.stdout
+    # the first 15-minute session: piece 0 on a fresh machine, then what fits at its worst case, within 900 s
+    assert "A 15-minute device session" in out.stdout
+    calls = re.findall(r"call (\d): bench/gpu-check (\d) .*?; (\d+) s used", out.stdout)
+    assert [(c, p) for c, p, _ in calls][:2] == [("1", "0"), ("2", "1")]
+    assert all(int(used) <= 900 for _, _, used in calls)
+    assert re.search(r"Later sessions: pieces 2, 3, 4, 5", out.stdout)
 
 
 def test_plan_needs_no_torch():
@@ -60,7 +67,9 @@ def test_plan_needs_no_torch():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["7"], "piece '7': expected one of 1, 2, 3, 4, 5 or all"),
+    (["7"], "piece '7': expected one of 0, 1, 2, 3, 4, 5 or all"),
+    (["0", "--steps", "env,nope"], "--steps env,nope: piece 0 has no step nope"),
+    (["all", "--steps", "env"], "--steps: name one piece"),
     ([], "name a piece"),
     (["1", "--dali", "/nonexistent-dali"], "--dali /nonexistent-dali: no such folder"),
     (["1", "--limit-s", "5"], "--limit-s 5: at least 60"),
@@ -176,3 +185,37 @@ def test_collect_names_the_sha_when_the_code_matches_and_merges_pieces(tmp_path,
     gpu_check.collect(str(returned), results)
     assert (results / "nvidia-h200-20261201-treeeeeeeeee.json").exists()
     assert "sha stays unknown" in capsys.readouterr().out
+
+
+def test_smoke_piece_dry_run_writes_every_step_and_reruns_some(tmp_path):
+    """Piece 0's plumbing on the CPU, limited to its first steps (the whole dry run takes minutes): the results
+    file records every step, and a rerun of one step keeps the others' records."""
+    results = tmp_path / "results"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = run("0", "--cpu-dry-run", "--steps", "env,extension", "--results", str(results), env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    [path] = results.glob("cpu-*.json")
+    piece = json.loads(path.read_text())["fastgan"]["pieces"]["0"]
+    steps = {s["name"]: s for s in piece["steps"]}
+    assert list(steps) == [step.name for step in gpu_check.PIECES["0"][1]]
+    assert steps["env"]["status"] == "passed" and {"gpu", "torch", "cudnn", "nvcc"} <= set(steps["env"]["details"])
+    assert steps["extension"]["status"] == "skipped" and "dry run: not built" in steps["extension"]["note"]
+    assert all(s["status"] == "skipped" and s["note"] == "not selected (--steps)" for name, s in steps.items()
+               if name not in ("env", "extension"))
+    assert "## Smoke piece (0)" in path.with_suffix(".md").read_text()
+    first_extension = steps["extension"]
+    out = run("0", "--cpu-dry-run", "--steps", "env", "--results", str(results), env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    steps = {s["name"]: s for s in json.loads(path.read_text())["fastgan"]["pieces"]["0"]["steps"]}
+    assert steps["extension"] == first_extension
+
+
+def test_image_folder_is_the_same_from_the_same_seed(tmp_path):
+    first = gpu_check.make_images(tmp_path / "a", per_domain=3, size=24, seed=4)
+    second = gpu_check.make_images(tmp_path / "b", per_domain=3, size=24, seed=4)
+    names = sorted(p.relative_to(first).as_posix() for p in first.rglob("*.jpg"))
+    assert names == [f"train{d}/{d.lower()}{i:03d}.jpg" for d in "AB" for i in range(3)]
+    assert all((first / n).read_bytes() == (second / n).read_bytes() for n in names)
+    other = gpu_check.make_images(tmp_path / "c", per_domain=3, size=24, seed=5)
+    assert (other / names[0]).read_bytes() != (first / names[0]).read_bytes()
+    assert not list(tmp_path.glob("*.tmp"))  # built aside, then renamed into place
