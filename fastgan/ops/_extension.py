@@ -2,9 +2,8 @@
 ``FASTGAN_OPS_LIBRARY``.
 
 Both are built from the same csrc/ sources, and loading either runs the same registrations
-(csrc/register.cpp: the ``torch.ops.fastgan.*`` schemas and their CPU, CUDA and Meta kernels); the
-op modules add the rest (the public function, and for reflect_pad_conv2d its autograd formula) on top of
-whichever was loaded.
+(csrc/register.cpp: the ``torch.ops.fastgan.*`` schemas and their CPU, CUDA, Meta and Autograd kernels);
+the op modules add the public functions on top of whichever was loaded.
 
 ``FASTGAN_OPS_LIBRARY=/path/to/libfastgan_ops.so`` loads that library with ``torch.ops.load_library``
 instead of importing fastgan._C. It is for a machine whose extension lacks the CUDA kernels because no CUDA

@@ -35,8 +35,8 @@ def extension_check(device: torch.device) -> str | None:
     if _EXT_ERROR is not None:
         return _EXT_ERROR
     if not _EXT_HAS_AUTOGRAD:  # a library built from sources older than the C++ autograd registration
-        return "fastgan._C has no autograd kernel for reflect_pad_conv2d (an older build); rebuild it with " \
-               "`pip install --no-build-isolation -e .`"
+        return f"{_EXT_SOURCE} has no autograd kernel for reflect_pad_conv2d (an older build); rebuild it with " \
+               "`pip install --no-build-isolation -e .` (a library: README's CMake commands or bench/prebuilt-ops)"
     if device.type not in _EXT_DEVICE_TYPES:
         return f"{_EXT_SOURCE} has no {device.type.upper()} kernel (built without a CUDA toolkit?)"
     return None
