@@ -252,6 +252,21 @@ def image_bytes(side_h: int, side_w: int, bytes_per_pixel: float, channels: int 
     return pixels * (bytes_per_pixel + 2 * channels * 4)
 
 
+def bytes_per_pixel(net, channels: int, multiple: int = 1) -> float:
+    """A fully convolutional network's inference peak per input pixel (inference_bytes at a side of about
+    64 that is a multiple of ``multiple``); the peak grows with the pixels, so this sizes any input."""
+    side = max(multiple, -(-64 // multiple) * multiple)
+    return inference_bytes(net, (1, channels, side, side)) / side**2
+
+
+def check_image_size(flag: str, height: int, width: int, bytes_per_pixel: float, device: str = "cpu",
+                     channels: int = 3) -> None:
+    """Refuses, naming ``flag`` (e.g. "--size 100000"), an image whose translation cannot fit on ``device``:
+    image_bytes against available_memory."""
+    check_fits(flag, image_bytes(height, width, bytes_per_pixel, channels), device,
+               what=f"to translate one {height}x{width} image")
+
+
 def _meta_batch(kind: str, batch: int, side: int):
     import torch
 

@@ -249,18 +249,32 @@ def test_training_estimate_is_near_what_a_step_takes():
     assert 3.8e9 <= train_step_bytes(cfg, get_model("cyclegan")) <= 12e9
 
 
-def test_inference_peak_and_smallest_side_on_meta():
+def test_inference_peak_and_smallest_side_on_meta(monkeypatch):
     """What translate's --size checks use: a generator's inference peak per pixel (each activation freed once
     read, unlike a step's sum) and the smallest side it takes, both from shapes alone."""
     import torch
 
-    from fastgan.limits import forward_bytes, inference_bytes, runs_on_meta, smallest_side
+    from fastgan.errors import UserError
+    from fastgan.limits import (
+        bytes_per_pixel,
+        check_image_size,
+        forward_bytes,
+        inference_bytes,
+        runs_on_meta,
+        smallest_side,
+    )
     from fastgan.models.cyclegan import ResnetGenerator
 
     G = ResnetGenerator(3, 3, 4, 1, "deconv")
     small, large = inference_bytes(G, (1, 3, 64, 64)), inference_bytes(G, (1, 3, 128, 128))
     assert abs(large - 4 * small) < 0.01 * large  # per pixel, at any size
     assert all(p.device.type == "cpu" for p in G.parameters())  # the network itself was not touched
+    assert bytes_per_pixel(G, 3, 4) == pytest.approx(small / 64**2, rel=0.01)
+    monkeypatch.setenv("FASTGAN_MEMORY_LIMIT", "1G")
+    with pytest.raises(UserError, match=r"^--size 100000: needs about .* GiB \(to translate one 100000x100000 "
+                                        r"image\), more than the 1.0 GiB of FASTGAN_MEMORY_LIMIT"):
+        check_image_size("--size 100000", 100000, 100000, bytes_per_pixel(G, 3, 4))
+    check_image_size("--size 256", 256, 256, bytes_per_pixel(G, 3, 4))
     # 4 px: the bottleneck's InstanceNorm gets one spatial element; 8 px is the smallest side it takes.
     assert smallest_side(runs_on_meta(G, 3), 4) == 8
     from fastgan.nn import set_impl
