@@ -64,7 +64,15 @@ def cpu_standin(model: str, amp_dtype: str | None = None, loader: str = "device"
                   channels_last=True, amp=amp_dtype is not None, amp_dtype=amp_dtype or "bf16",
                   sample_every=0, save_every=0, log_every=1)
     fields |= (TINY.get(model, {}) if tiny else {}) | overrides
-    cfg = resolve_config(TrainConfig(**fields))
+    with contextlib.ExitStack() as stack:
+        if not tiny:
+            # A recipe-sized stand-in is only traced on fake tensors (fastgan.testing.fake_cuda, .ledger): its
+            # activations never exist here, and the GPU it models is not this CPU, whose free memory the
+            # trainer's size check would otherwise weigh a CUDA step against.
+            from ..train import loop
+
+            stack.enter_context(mock.patch.object(loop, "check_train_memory", lambda *args, **kwargs: None))
+        cfg = resolve_config(TrainConfig(**fields))
     device = torch.device(cfg.device)
     data = build_loader(data_request(cfg), device, memory_format=memory_format(cfg, device))
     task = configure_engine(build_task(cfg, dict(data.info), device, len(data)), cfg)
