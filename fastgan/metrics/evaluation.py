@@ -29,6 +29,7 @@ from tqdm import tqdm
 from ..data import DataRequest
 from ..data.datasets import data_origin, find_fashion_mnist, resolve_data
 from ..errors import UserError
+from ..limits import check_fits
 from ..models import get_model
 from .sources import DomainImages, Reference, TensorImages, cache_dir, cache_name, subset_indices, to_uint8
 from .spaces import FeatureSpace, feature_space
@@ -37,6 +38,7 @@ METRICS = ("fid", "kid", "is", "prc")  # --metrics names: FID, KID, Inception Sc
 BINARY = ("fid", "kid", "prc")  # the ones that compare with real images
 PRC_NEIGHBORHOOD = 3  # torch-fidelity's default k of the k-NN balls
 IS_SPLITS = 10  # torch-fidelity's default number of splits of the Inception Score
+INCEPTION_LOGITS = 1008  # the FID Inception-v3's classes (the Inception Score's input)
 KID_SUBSET_SIZE = 1000  # torch-fidelity's default, lowered to the set sizes when they are smaller
 GENERATOR = "G"  # the generator network of noise-to-image models (as python -m fastgan.generate)
 METRICS_LOG = "metrics.jsonl"  # in the run directory: one record per evaluation during training
@@ -139,6 +141,11 @@ def check_sizes(space: FeatureSpace, metrics: tuple[str, ...], n_fake: int, ref:
             raise UserError(f"{flag} {n_fake}: KID and precision/recall need at least {low} images per set")
         if ref is not None and len(ref) < low:
             raise UserError(f"{ref.name}: too few images for KID or precision/recall (needs at least {low})")
+    # The largest size: every image's features (float32, and the float64 copy the statistics use), the Inception
+    # Score's logits, and a generator's noise, held on the host at once.
+    per_image = space.dim * 12 + (INCEPTION_LOGITS * 12 if "is" in metrics else 0) + 1024
+    check_fits(f"{flag} {n_fake}", n_fake * per_image, "cpu",
+               what=f"the {space.dim}-d features of {n_fake} generated images")
 
 
 # --- noise-to-image models --------------------------------------------------------------------------------

@@ -303,6 +303,21 @@ def test_generate_grid_beyond_memory_and_files_beyond_disk(capsys, run, tmp_path
     assert snapshot(tmp_path) == before
 
 
+def test_evaluation_sizes_beyond_memory():
+    """evaluate --n and the trainer's --eval-n: every generated image's features are held at once."""
+    from fastgan.errors import UserError
+    from fastgan.metrics.evaluation import check_sizes
+    from fastgan.metrics.spaces import FeatureSpace
+
+    space = FeatureSpace(kind="classifier", extractor="x", weights="w", dim=128, suffix="-X")
+    with pytest.raises(UserError, match=r"^--n 1000000000000: needs about .*iB \(the 128-d features of "
+                                        r"1000000000000 generated images\), more than the"):
+        check_sizes(space, ("fid", "kid"), 10**12, None)
+    with pytest.raises(UserError, match=r"^--eval-n 1000000000000: needs"):
+        check_sizes(space, ("fid",), 10**12, None, flag="--eval-n")
+    check_sizes(space, ("fid", "kid", "is"), 10000, None)
+
+
 def test_generate_streams_to_disk_in_blocks(run, tmp_path, monkeypatch):
     import fastgan.generate as generate_module
 
