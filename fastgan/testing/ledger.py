@@ -764,6 +764,7 @@ def iteration_kernels(setup) -> tuple[list[Kernel], list[str]]:
 
 def _rows(trace: _LedgerTrace, nets: set[str]) -> list[Kernel]:
     """The traced calls as kernel rows: an ATen call by the ATen table, a fastgan op by its launcher's replay."""
+    _REPLAYS.clear()  # replays are shared within one trace only: the launchers' code may differ between traces
     rows = []
     for i, call in enumerate(trace.calls):
         extra = trace.extra.get(i)

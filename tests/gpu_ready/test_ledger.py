@@ -224,6 +224,12 @@ def test_every_op_is_replayable():
 
 # --- the workloads' budgets --------------------------------------------------------------------------------
 def _ledger(model, overrides):
+    from fastgan.ops import _dispatch
+
+    missing = {op: reason for op, fast in _dispatch._FAST.items()
+               if (reason := fast.check(torch.device("cuda"))) is not None}
+    if missing:  # e.g. fastgan._C built without its CUDA kernels: the budgets are for the fast path
+        pytest.skip(f"this build has no fast path on CUDA for {missing}")
     return ledger.ledger_for(model, overrides, impls=("auto",))["impls"]["auto"]["total"]
 
 
