@@ -357,7 +357,8 @@ def profile_line(results: dict) -> str:
     versus = f", {ledger['launches']} in the step ledger's model" if ledger.get("available") else ""
     return (f"torch.profiler over {details['steps']} steps of {details['variant']} ({details['case']['model']} "
             f"{details['case']['image_size']}² bs{details['case']['batch_size']}): {num(details['kernels_per_step'])} "
-            f"{details['what']} per step{versus}; GPU busy {num(details['busy_ms_per_step'])} ms of "
+            f"{details['what']} per step{versus}; {'GPU' if details['device'] != 'cpu' else 'CPU ops'} busy "
+            f"{num(details['busy_ms_per_step'])} ms of "
             f"{num(details['wall_ms_per_step'])} ms wall per step.")
 
 
