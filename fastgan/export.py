@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+from .limits import runs_on_meta, smallest_side
 from .models import get_model
 from .nn import set_impl
 from .outputs import check_output_file, is_exported_program, is_onnx_model
@@ -169,7 +170,9 @@ def onnx_metadata(ckpt: dict, spec: ExportSpec) -> dict:
             "num_classes": ckpt["info"].get("num_classes", 0), "size_multiple": model.input_multiple(ckpt["config"]),
             "inference": model.inference, "data_kind": model.data_kind}
     if model.inference == "translate":  # min_size: what fastgan.translate pads small inputs up to
-        info.update(direction=spec.name, min_size=model.min_input_size(ckpt["config"]))
+        channels = ckpt["info"].get("channels", 3)
+        smallest = smallest_side(runs_on_meta(spec.net, channels), info["size_multiple"])
+        info.update(direction=spec.name, min_size=smallest or info["size_multiple"])
     return info
 
 

@@ -35,14 +35,17 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image
 
+from . import limits
 from .errors import UserError
 from .image_files import IMAGE_EXTENSIONS, read_image, save_image, scan_images, to_unit
 from .onnx_backend import BACKENDS, OnnxGenerator, check_cpu, resolve_backend
+from .outputs import check_output_dir, check_outputs_in_dir
 from .train.cli import OneLineParser, run
 from .train.files import atomic_write
 
 PROG = "fastgan.translate"
 DIRECTIONS = ("AtoB", "BtoA")
+INDEX_MARK = "<title>fastgan.translate "  # how translate recognises the index.html it wrote
 COMPARE = "compare"  # --out's folder of side-by-side images ("_compare" etc. if the input has a compare/)
 # Folder names of the datasets fastgan.train reads (unpaired trainA/ testB/ ..., paired train/ test/ val/).
 SPLITS = ("train", "test", "val")
@@ -69,7 +72,11 @@ def parse_args(argv):
                              "half, the other half is the target (default: a dataset's test/ folder, and for "
                              "pix2pix every image twice as wide as high)")
     parser.add_argument("--strict", action="store_true",
-                        help="stop at the first unreadable image instead of skipping it with a warning")
+                        help="stop at the first unreadable (or too large) image instead of skipping it with a "
+                             "warning")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing files in --out that are not images (a run's own files and the "
+                             "inputs are never replaced)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of test-time dropout (pix2pix, torch backend), set again for every image")
@@ -79,15 +86,30 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def _target_size(size: str, trained: int, multiple: int, smallest: int) -> int | None:
+def _target_size(size: str, model: Translator) -> int | None:
+    """--size in pixels (None: each image's own), between the generator's smallest side and what the device
+    can hold (fastgan.limits)."""
     if size == "checkpoint":
-        return trained
+        return model.trained
     if size == "input":
         return None
-    if not size.isdigit() or int(size) < smallest:
-        raise UserError(f"--size {size}: use checkpoint, input, or a size in pixels of at least {smallest} (the "
-                        "smallest side this generator takes)")
+    if not size.isdigit() or int(size) < model.smallest:
+        raise UserError(f"--size {size}: use checkpoint, input, or a size in pixels of at least {model.smallest} "
+                        "(the smallest side this generator takes)")
+    side = _padded(int(size), model)
+    limits.check_fits(f"--size {size}", limits.image_bytes(side, side, model.bytes_per_pixel, model.channels),
+                      model.device, "to translate one image")
     return int(size)
+
+
+def _padded_side(side: int, multiple: int, smallest: int) -> int:
+    """The side the generator gets for an image side: padded to its smallest side and to its multiple."""
+    side = max(side, smallest)
+    return side + -side % multiple
+
+
+def _padded(side: int, model: Translator) -> int:
+    return _padded_side(side, model.multiple, model.smallest)
 
 
 def resize_unit(image: np.ndarray, size: int | None) -> np.ndarray:
@@ -111,9 +133,8 @@ def translate_image(G: Callable[[np.ndarray], np.ndarray], image: np.ndarray, si
     output is cropped back)."""
     x = resize_unit(image, size)
     h, w = x.shape[:2]
-    # Pad to a multiple of the generator's stride, and to its smallest side, translate, crop back.
-    pad_h = max(-h % multiple, smallest - h + (-smallest % multiple) if h < smallest else 0)
-    pad_w = max(-w % multiple, smallest - w + (-smallest % multiple) if w < smallest else 0)
+    # Pad to the generator's smallest side and to a multiple of its stride, translate, crop back.
+    pad_h, pad_w = _padded_side(h, multiple, smallest) - h, _padded_side(w, multiple, smallest) - w
     if pad_h or pad_w:
         reflect = h > pad_h and w > pad_w  # reflection needs more rows and columns than it adds
         x = np.pad(x, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect" if reflect else "edge")
@@ -127,9 +148,11 @@ class Translator:
     direction: str
     trained: int  # the training image size (--size checkpoint)
     multiple: int  # input sides are padded to a multiple of this
-    smallest: int  # and to at least this
+    smallest: int  # and to at least this (fastgan.limits.smallest_side)
     channels: int  # 3 (RGB) or 1 (grey)
     paired: bool | None  # trained on aligned pairs (pix2pix); None: not known (an older .onnx file)
+    bytes_per_pixel: float  # the generator's inference peak per input pixel (fastgan.limits.inference_bytes)
+    device: str  # where it runs: what limits.check_fits compares with
 
 
 def _load_translator(args) -> Translator:
@@ -146,7 +169,8 @@ def _load_translator(args) -> Translator:
         kind = G.meta.get("data_kind")
         multiple = int(G.meta["size_multiple"])
         return Translator(G, direction, int(G.meta["image_size"]), multiple, int(G.meta.get("min_size", multiple)),
-                          channels if isinstance(channels, int) else 3, None if kind is None else kind == "paired")
+                          channels if isinstance(channels, int) else 3, None if kind is None else kind == "paired",
+                          limits.FALLBACK_BYTES_PER_PIXEL, "cpu")
     import torch
 
     from .train.checkpoint import load_for_inference
@@ -164,10 +188,17 @@ def _load_translator(args) -> Translator:
             y = nets[name](torch.from_numpy(x).to(device))
         return y.float().cpu().numpy()  # sync: the image goes to a file
 
-    config = ckpt["config"]
-    return Translator(G, direction, config["image_size"], model.input_multiple(config),
-                      model.min_input_size(config), int(ckpt["info"].get("channels", 3)),
-                      model.data_kind == "paired")
+    config, channels = ckpt["config"], int(ckpt["info"].get("channels", 3))
+    multiple = model.input_multiple(config)
+    # The generator's bounds from its shapes (the meta device, nothing allocated): its smallest side, and its
+    # peak bytes per input pixel at the training size.
+    smallest = limits.smallest_side(limits.runs_on_meta(nets[name], channels), multiple)
+    if smallest is None:
+        raise UserError(f"checkpoint {args.checkpoint}: its generator takes no square input up to 4096 pixels")
+    side = _padded_side(config["image_size"], multiple, smallest)
+    per_pixel = limits.inference_bytes(nets[name], (1, channels, side, side)) / side**2
+    return Translator(G, direction, config["image_size"], multiple, smallest, channels, model.data_kind == "paired",
+                      per_pixel, str(device))
 
 
 @dataclass
@@ -181,33 +212,38 @@ class Inputs:
     skipped: int  # files passed over for their name (not images, hidden)
 
 
-def _images(folder: Path) -> tuple[list[Path], list[Path], int]:
+def _images(folder: Path, out: Path | None) -> tuple[list[Path], list[Path], int]:
+    """The images below folder, but not those in ``out`` (a folder inside it: earlier outputs)."""
     listing = scan_images(str(folder))
-    if not listing.paths:
-        raise UserError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) found below it")
     files = [Path(p) for p in listing.paths]
+    if out is not None and out.resolve().is_relative_to(folder.resolve()):
+        inside = out.resolve()
+        files = [f for f in files if not f.resolve().is_relative_to(inside)]
+    if not files:
+        raise UserError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) found below it")
     return files, [p.relative_to(folder) for p in files], len(listing.others)
 
 
-def find_inputs(source: Path, direction: str, paired: bool | None) -> Inputs:
-    """The images ``source`` names (module docstring), saying on stdout which split of a dataset is read."""
+def find_inputs(source: Path, direction: str, paired: bool | None, out: Path | None = None) -> Inputs:
+    """The images ``source`` names (module docstring), saying on stdout which split of a dataset is read;
+    none from inside ``out``."""
     if source.is_file():
         return Inputs([source], [Path(source.name)], {}, None, 0)
     if not source.is_dir():
         raise UserError(f"{source}: no such image file or folder")
     held = sorted(name for name in DATASET_FOLDERS if (source / name).is_dir())
     if not held:
-        files, names, skipped = _images(source)
+        files, names, skipped = _images(source, out)
         return Inputs(files, names, {}, None, skipped)
     a, b = ("A", "B") if direction == "AtoB" else ("B", "A")
     holds = ", ".join(f"{name}/" for name in held)
     if (source / "test").is_dir() and paired is not False:
-        files, names, skipped = _images(source / "test")
+        files, names, skipped = _images(source / "test", out)
         print(f"{PROG}: {source} is a dataset ({holds}): translating the A|B pairs of its test/ ({direction}: the "
               f"{'left' if a == 'A' else 'right'} half of each, the other half is the target)", flush=True)
         return Inputs(files, names, {}, True, skipped)
     if (source / f"test{a}").is_dir():
-        files, names, skipped = _images(source / f"test{a}")
+        files, names, skipped = _images(source / f"test{a}", out)
         targets = {}
         target_dir = source / f"test{b}"
         if paired and target_dir.is_dir():  # two folders of same-named pairs
@@ -268,7 +304,7 @@ def write_index(out: Path, rows: list[tuple[Path, Path]], columns: str, directio
         f'<tr><td><a href="{link(name)}">{html.escape(str(name))}</a></td>'
         f'<td><img src="{link(compare)}" alt="{html.escape(str(name))}"></td></tr>'
         for name, compare in rows)
-    page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>fastgan.translate {direction}</title>"
+    page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">{INDEX_MARK}{direction}</title>"
             "<style>body{font-family:sans-serif}td{padding:4px;vertical-align:top}img{image-rendering:pixelated;"
             "max-width:100%}</style></head>\n<body><h1>fastgan.translate " + direction + "</h1>\n"
             f"<table><tr><th>image</th><th>{html.escape(columns)}</th></tr>\n{body}\n</table></body></html>\n")
@@ -279,32 +315,62 @@ def _warn(message: str) -> None:
     print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
 
 
+def _own_output(path: Path) -> bool:
+    """A file translate may replace in --out: an image (what it writes under the inputs' names and in
+    compare/), or the index.html it wrote."""
+    if path.name == "index.html":
+        with open(path, "rb") as f:
+            return INDEX_MARK.encode() in f.read(4096)
+    try:
+        with Image.open(path):
+            return True
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False
+
+
+def _skip(args, message: str, skipped: list[str]) -> None:
+    if args.strict:
+        raise UserError(f"{message}; remove it or drop --strict to skip it")
+    _warn(f"skipping {message}")
+    skipped.append(message)
+
+
 def _main(argv) -> int:
     args = parse_args(argv)
+    out = check_output_dir(args.out, inputs=[args.checkpoint, args.input])  # before anything is computed
     model = _load_translator(args)
-    size = _target_size(args.size, model.trained, model.multiple, model.smallest)
-    source, out = Path(args.input), Path(args.out)
-    inputs = find_inputs(source, model.direction, model.paired)
+    size = _target_size(args.size, model)
+    source = Path(args.input)
+    inputs = find_inputs(source, model.direction, model.paired, out)
     for file, rel in zip(inputs.files, inputs.names):
-        target = out / rel
-        if target.resolve() == file.resolve():
+        if (out / rel).resolve() == file.resolve():
             raise UserError(f"--out {out}: would overwrite the input {file}; choose another directory")
     compare_dir = _compare_folder(inputs.names)
-    rows, unreadable, pairs = [], [], 0
+    written = [*inputs.names, *(Path(compare_dir) / rel for rel in inputs.names), "index.html"]
+    check_outputs_in_dir(out, written, own_type=_own_output,
+                         what="an image or translate's index.html", inputs=[args.checkpoint, args.input],
+                         overwrite=args.overwrite)
+    have = limits.available_memory(model.device)[0]
+    rows, unreadable, too_large, pairs = [], [], [], 0
     for file, rel in zip(inputs.files, inputs.names):
         try:
             image = read_image(str(file), model.channels)
             target = read_image(str(inputs.targets[file]), model.channels) if file in inputs.targets else None
         except UserError as e:
-            if args.strict:
-                raise UserError(f"{e}; remove it or drop --strict to skip it") from None
-            _warn(f"skipping {e}")
-            unreadable.append(file)
+            _skip(args, str(e), unreadable)
             continue
         if _aligned(args.aligned, inputs, image, model.paired):
             image, target = split_pair(image, model.direction)
             if not image.size:
                 raise UserError(f"{file}: {image.shape[1]} pixel(s) wide, too narrow to be an A|B pair")
+        if size is None:  # --size input: each image's own size, bounded like --size N
+            h, w = (_padded(side, model) for side in image.shape[:2])
+            need = limits.image_bytes(h, w, model.bytes_per_pixel, model.channels)
+            if need > have:
+                _skip(args, f"{file}: {image.shape[1]}x{image.shape[0]} needs about {limits.format_bytes(need)} to "
+                      f"translate at its own size, more than the {limits.format_bytes(have)} available; use --size N",
+                      too_large)
+                continue
         result = translate_image(model.G, image, size, model.multiple, model.smallest)
         panels = [resize_unit(image, size).transpose(2, 0, 1), result]  # the input as the generator saw it
         if target is not None:
@@ -319,14 +385,14 @@ def _main(argv) -> int:
         save_image(_side_by_side(shown), out / compare_dir / rel)
         rows.append((rel, Path(compare_dir) / rel))
     if not rows:
-        raise UserError(f"{source}: none of its {len(inputs.files)} image(s) is readable")
+        raise UserError(f"{source}: none of its {len(inputs.files)} image(s) could be translated")
     columns = "input | output | target" if pairs else "input | output"
     write_index(out, rows, columns, model.direction)
-    skipped = [f"{len(unreadable)} unreadable"] * bool(unreadable) + \
-        [f"{inputs.skipped} non-image"] * bool(inputs.skipped)
+    reasons = {"unreadable": len(unreadable), "too large": len(too_large), "non-image": inputs.skipped}
+    skipped = ", ".join(f"{n} {reason}" for reason, n in reasons.items() if n)
     print(f"{PROG}: translated {len(rows)} image(s) {model.direction} into {out}/"
           + (f" ({pairs} A|B pair(s): {compare_dir}/ holds input | output | target)" if pairs else "")
-          + (f"; {len(unreadable) + inputs.skipped} skipped ({', '.join(skipped)})" if skipped else "")
+          + (f"; {sum(reasons.values())} skipped ({skipped})" if skipped else "")
           + "; index.html shows them", flush=True)
     return 0
 

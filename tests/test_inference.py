@@ -120,8 +120,7 @@ def test_translate_bad_input(capsys, tmp_path, photos, checkpoints):
                                             [checkpoints["dcgan"], str(photos), "--out", str(tmp_path)], prog)
     assert "no such image" in one_line_error(capsys, translate_main,
                                              [ckpt, str(tmp_path / "none.png"), "--out", str(tmp_path)], prog)
-    assert "would overwrite the input" in one_line_error(capsys, translate_main,
-                                                         [ckpt, str(photos), "--out", str(photos)], prog)
+    assert "is the input" in one_line_error(capsys, translate_main, [ckpt, str(photos), "--out", str(photos)], prog)
     assert "--size big" in one_line_error(capsys, translate_main,
                                           [ckpt, str(photos), "--out", str(tmp_path), "--size", "big"], prog)
     assert "--direction" in one_line_error(capsys, translate_main,

@@ -135,3 +135,39 @@ def test_sizes_at_the_generators_lower_bound(tmp_path, capsys, grey_cyclegan):
         translate_main([ckpt, str(tmp_path / "dot.png"), "--out", str(tmp_path / "o"), "--size", "4"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "--size 4" in err and "at least 8" in err and len(err.strip().splitlines()) == 1
+
+
+def _refused(capsys, args, *words):
+    with pytest.raises(SystemExit) as e:
+        translate_main([str(a) for a in args])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    for word in words:
+        assert word in err, err
+    return err
+
+
+def test_out_is_guarded_and_sizes_bounded(tmp_path, capsys, monkeypatch, grey_cyclegan):
+    """--out through fastgan.outputs (another file type is not replaced without --overwrite, a rerun replaces
+    its own outputs), --size through fastgan.limits (upper bound from the generator's inference peak)."""
+    ckpt, _ = grey_cyclegan
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(_noise(0, 20, 24)).save(folder / "a.png")
+    out = tmp_path / "out"
+    assert translate_main([ckpt, str(folder), "--out", str(out)]) == 0
+    assert translate_main([ckpt, str(folder), "--out", str(out)]) == 0  # its own images and index.html
+    (out / "a.png").write_text("notes, not an image")
+    _refused(capsys, [ckpt, folder, "--out", out], "a.png", "exists and is not an image", "--overwrite")
+    assert (out / "a.png").read_text() == "notes, not an image"
+    assert translate_main([ckpt, str(folder), "--out", str(out), "--overwrite"]) == 0
+    _refused(capsys, [ckpt, folder, "--out", folder / "a.png"], "exists and is not a directory")
+    _refused(capsys, [ckpt, folder, "--out", ""], "--out ''")
+    _refused(capsys, [ckpt, folder, "--out", tmp_path / "o", "--size", "100000"], "--size 100000", "more than the")
+    monkeypatch.setenv("FASTGAN_MEMORY_LIMIT", "1M")  # a 20x24 image fits, a 400x400 one does not
+    Image.fromarray(_noise(1, 400, 400)).save(folder / "big.png")
+    assert translate_main([ckpt, str(folder), "--out", str(tmp_path / "own"), "--size", "input"]) == 0
+    captured = capsys.readouterr()
+    assert "skipping" in captured.err and "big.png: 400x400 needs about" in captured.err
+    assert "1 skipped (1 too large)" in captured.out and not (tmp_path / "own" / "big.png").exists()
+    assert not (tmp_path / "o").exists()

@@ -127,12 +127,6 @@ class GanModel:
         """translate: input sides are padded to a multiple of this for a checkpoint trained with ``config``."""
         return self.size_multiple
 
-    def min_input_size(self, config: dict) -> int:
-        """translate: the smallest side the translator takes (smaller inputs are padded up to it, a smaller
-        --size is refused). By default twice input_multiple: the deepest feature map, 1/input_multiple of the
-        side, then has 2x2 positions for its normalisation (instance norm of one position is undefined)."""
-        return 2 * self.input_multiple(config)
-
 
 def l1_loss(output: Tensor, target: Tensor) -> Tensor:
     """``F.l1_loss(output.float(), target.float())``, whose gradient keeps ``output``'s memory layout.

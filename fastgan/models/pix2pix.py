@@ -252,10 +252,6 @@ class Model(base.GanModel):
     def input_multiple(self, config: dict) -> int:
         return 2 ** config["unet_depth"]
 
-    def min_input_size(self, config: dict) -> int:
-        # The innermost level (1x1 at the multiple) has no norm; the last normalised one has 2x2 positions.
-        return self.input_multiple(config)
-
 
 def _keys(direction: str) -> tuple[str, str]:
     """The batch keys of the generator's input and target."""
