@@ -97,8 +97,7 @@ def _target_size(size: str, model: Translator) -> int | None:
         raise UserError(f"--size {size}: use checkpoint, input, or a size in pixels of at least {model.smallest} "
                         "(the smallest side this generator takes)")
     side = _padded(int(size), model)
-    limits.check_fits(f"--size {size}", limits.image_bytes(side, side, model.bytes_per_pixel, model.channels),
-                      model.device, "to translate one image")
+    limits.check_image_size(f"--size {size}", side, side, model.bytes_per_pixel, model.device, model.channels)
     return int(size)
 
 
@@ -151,7 +150,7 @@ class Translator:
     smallest: int  # and to at least this (fastgan.limits.smallest_side)
     channels: int  # 3 (RGB) or 1 (grey)
     paired: bool | None  # trained on aligned pairs (pix2pix); None: not known (an older .onnx file)
-    bytes_per_pixel: float  # the generator's inference peak per input pixel (fastgan.limits.inference_bytes)
+    bytes_per_pixel: float  # the generator's inference peak per input pixel (fastgan.limits.bytes_per_pixel)
     device: str  # where it runs: what limits.check_fits compares with
 
 
@@ -191,12 +190,11 @@ def _load_translator(args) -> Translator:
     config, channels = ckpt["config"], int(ckpt["info"].get("channels", 3))
     multiple = model.input_multiple(config)
     # The generator's bounds from its shapes (the meta device, nothing allocated): its smallest side, and its
-    # peak bytes per input pixel at the training size.
+    # peak bytes per input pixel.
     smallest = limits.smallest_side(limits.runs_on_meta(nets[name], channels), multiple)
     if smallest is None:
         raise UserError(f"checkpoint {args.checkpoint}: its generator takes no square input up to 4096 pixels")
-    side = _padded_side(config["image_size"], multiple, smallest)
-    per_pixel = limits.inference_bytes(nets[name], (1, channels, side, side)) / side**2
+    per_pixel = limits.bytes_per_pixel(nets[name], channels, multiple)
     return Translator(G, direction, config["image_size"], multiple, smallest, channels, model.data_kind == "paired",
                       per_pixel, str(device))
 
