@@ -171,3 +171,15 @@ def test_out_is_guarded_and_sizes_bounded(tmp_path, capsys, monkeypatch, grey_cy
     assert "skipping" in captured.err and "big.png: 400x400 needs about" in captured.err
     assert "1 skipped (1 too large)" in captured.out and not (tmp_path / "own" / "big.png").exists()
     assert not (tmp_path / "o").exists()
+
+
+def test_out_inside_the_input_folder_is_not_read_back(tmp_path, capsys, grey_cyclegan):
+    ckpt, _ = grey_cyclegan
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(_noise(0, 20, 24)).save(folder / "a.png")
+    for _ in range(2):  # the second run would otherwise translate out/a.png and out/compare/a.png too
+        assert translate_main([ckpt, str(folder), "--out", str(folder / "out")]) == 0
+        assert "translated 1 image(s)" in capsys.readouterr().out
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png")) == [
+        "a.png", "out/a.png", "out/compare/a.png"]
