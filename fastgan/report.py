@@ -13,6 +13,7 @@ process named in its lock file.
 
 from __future__ import annotations
 
+import fcntl
 import html
 import json
 import os
@@ -73,19 +74,27 @@ def _fmt(value) -> str:
 
 
 def training_now(run_dir: Path) -> bool:
-    """Whether the process named in ``run_dir``'s lock file is alive (a trainer holds the lock while it runs;
-    the file keeps the PID of the last one). Reads only: the lock itself is never touched."""
+    """Whether a trainer holds ``run_dir``'s lock. The lock file keeps the PID of its last holder: a process
+    that is gone holds nothing (decided without touching the lock); a live one, or a PID reused, is asked by
+    a shared flock probe, which fails while the trainer's exclusive lock is held."""
+    path = run_dir / LOCK
     try:
-        pid = int((run_dir / LOCK).read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return False
-    try:
+        pid = int(path.read_text().split()[0])
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (OSError, ValueError, IndexError) as e:
+        if not isinstance(e, PermissionError):  # alive but another user's: probe it below
+            return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
         return False
-    except PermissionError:  # alive, another user's
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
         return True
-    return True
+    finally:
+        os.close(fd)  # closing drops the probe's shared lock at once
+    return False
 
 
 def _legend(model: str) -> str:

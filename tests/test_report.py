@@ -120,14 +120,20 @@ def test_report_in_a_headless_browser(run_dir, tmp_path):
 
 
 def test_the_page_reloads_itself_only_while_the_run_trains(run_dir, tmp_path):
+    import fcntl
     import os
 
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
     refresh = '<meta http-equiv="refresh"'
+    # The finished run's last rewrite leaves the page still.
+    assert refresh not in (run_dir / REPORT).read_text()
     assert refresh in write_report(copy, live=True).read_text()
-    (copy / "lock").write_text(f"{os.getpid()}\n")  # a live process holds the run
-    assert refresh in write_report(copy).read_text()
+    (copy / "lock").write_text(f"{os.getpid()}\n")
+    with open(copy / "lock") as held:  # what a live trainer holds (fastgan's run lock: an exclusive flock)
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert refresh in write_report(copy).read_text()
+    assert refresh not in write_report(copy).read_text()  # this process is alive but holds nothing now
     dead = subprocess.Popen(["true"])
     dead.wait()
     (copy / "lock").write_text(f"{dead.pid}\n")  # its trainer has ended

@@ -11,6 +11,7 @@ import inspect
 import re
 import sys
 import traceback
+from pathlib import Path
 
 import torch.distributed
 
@@ -22,6 +23,7 @@ from .cli import OneLineParser, run
 from .config import MODEL_OPTIONS, TrainConfig, config_fields
 from .distributed import world_from_env
 from .loop import CHOICES, train
+from .progress import format_duration
 from .reference_flags import reference_flag_hint
 from .stops import TrainingStopped
 
@@ -166,8 +168,9 @@ def _train(argv: list[str] | None) -> int:
         print(f"{PROG}: already complete at step {summary['step']} (epoch {summary['epoch']}); checkpoint "
               f"{summary['checkpoint']}; raise --iters or --epochs to train further")
         return 0
-    print(f"{PROG}: step {summary['step']} (epoch {summary['epoch']}), {summary['it_per_s']:.2f} it/s; "
-          f"checkpoint {summary['checkpoint']}; samples {summary['sample']}")
+    print(f"{PROG}: done: step {summary['step']} (epoch {summary['epoch']}) in {format_duration(summary['seconds'])}, "
+          f"{summary['it_per_s']:.3g} it/s; checkpoint {summary['checkpoint']}; samples {summary['sample']}; "
+          f"report {Path(summary['out']) / 'report.html'}")
     return 0
 
 

@@ -16,17 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import shutil
-import sys
-import time
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from ..data import LOADERS
 from ..data.datasets import UnreadableImage
@@ -69,6 +65,7 @@ from .graphs import (
     memory_format,
 )
 from .init_from import checkpoint_file, chosen_nets, init_from_checkpoint
+from .progress import Progress, collected_warnings, one_line_warnings, report_data_warnings, summary_lines
 from .stops import AMP_SKIPPED, DataStopped, Interrupted, StopSignals, TrainingStopped, check_losses
 from .tasks import build_task, data_request, with_recipe
 
@@ -240,7 +237,8 @@ def train(cfg: TrainConfig, given: Iterable[str] | None = None) -> dict:
     device = process_device(cfg.device)
     ddp = Distributed.setup(device, cfg.dist_timeout)  # a no-op without torchrun
     try:
-        summary = _train(cfg, given, model, run, device, ddp)
+        with one_line_warnings():
+            summary = _train(cfg, given, model, run, device, ddp)
     except TrainingStopped:
         # Every rank stopped after the same step with its peers alive: close the group in order, as at the end.
         # Left to the interpreter's exit, gloo's threads were destroyed unjoined and the process aborted
@@ -356,7 +354,8 @@ def _train(cfg: TrainConfig, given: frozenset[str], model, run: RunDir, device: 
     configure_backends(cfg, device)
     torch.manual_seed(cfg.seed)
     request = data_request(cfg, rank=ddp.rank, world_size=ddp.world_size, model=model)
-    loader = build_loader(request, device, memory_format=memory_format(cfg, device, model))
+    with collected_warnings() as data_warnings:  # shown once the run is known to be new or resumed
+        loader = build_loader(request, device, memory_format=memory_format(cfg, device, model))
     batches_per_epoch = len(loader)
     if batches_per_epoch == 0:
         processes = f" x {ddp.world_size} processes" if ddp.enabled else ""
@@ -393,18 +392,31 @@ def _train(cfg: TrainConfig, given: frozenset[str], model, run: RunDir, device: 
 
     config = cfg.to_dict(model)
     if main:  # the run is known to start: only now is anything in the run directory written
-        print("fastgan.train: " + json.dumps(config), flush=True)
+        # A summary here; the whole config goes to config.json.
+        total = total_iterations(cfg, batches_per_epoch, step)
+        for line in summary_lines(cfg, info, task.nets, batches_per_epoch, total, step,
+                                  point.path if point is not None else None, ddp.world_size):
+            print(line, flush=True)
+        report_data_warnings(data_warnings, resumed=point is not None)
         if ddp.enabled:
             print(f"fastgan.train: {ddp.world_size} processes ({ddp.backend}): batch {cfg.batch_size} per process, "
                   f"effective batch {cfg.batch_size * ddp.world_size} per step; learning rate {cfg.lr} not scaled "
                   f"with the number of processes; BatchNorm statistics "
                   f"{'of the global batch (--sync-bn)' if cfg.sync_bn else 'per process'}", flush=True)
-        if point is not None:
-            print(f"fastgan.train: resumed from step {step} (checkpoint {point.path})", flush=True)
         if note:
             print(f"fastgan.train: {note}", flush=True)
         run.start(config, point)
     return _Loop(cfg, config, task, loader, fixed, info, run, ddp, step, pending_log, resume_path).run()
+
+
+def total_iterations(cfg: TrainConfig, batches_per_epoch: int, step: int) -> int:
+    """Where the run ends: the schedule's last iteration, or --iters, or one more with --dry-run."""
+    total = (cfg.epochs + cfg.epochs_decay) * batches_per_epoch
+    if cfg.iters:
+        total = min(total, cfg.iters)
+    if cfg.dry_run:
+        total = min(total, step + 1)
+    return total
 
 
 class _Loop:
@@ -420,12 +432,7 @@ class _Loop:
         self.resumed = resume_path is not None
         self.resume_path = resume_path
         self.batches_per_epoch = len(loader)
-        total = (cfg.epochs + cfg.epochs_decay) * self.batches_per_epoch
-        if cfg.iters:
-            total = min(total, cfg.iters)
-        if cfg.dry_run:
-            total = min(total, step + 1)
-        self.total = total
+        self.total = total = total_iterations(cfg, self.batches_per_epoch, step)
         self.repeats = {phase.name: phase.repeats for phase in task.phases}
         # Loss sums since the last record (a resumed run continues the sums its checkpoint saved, so its log
         # equals an uninterrupted run's), and the iterations they cover.
@@ -438,8 +445,7 @@ class _Loop:
         if self.main and cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(str(run.file(TENSORBOARD)), purge_step=step + 1)
-        self.bar = tqdm(total=total, initial=step, unit="it", dynamic_ncols=True, disable=None if self.main else True,
-                        file=sys.stderr)
+        self.progress = Progress(total, step, enabled=self.main)
 
     @property
     def last_good(self) -> str | None:
@@ -468,23 +474,29 @@ class _Loop:
             for k, v in latest.items():
                 self.writer.add_scalar(k, v, step)
             self.writer.add_scalar("lr", lr, step)
-        short = {k: f"{v:.3g}" for k, v in latest.items()
-                 if k.endswith("total") or "cycle" in k or (k.endswith(AMP_SKIPPED) and v)}
-        if self.main and self.bar.disable:
-            print(f"step {step}/{self.total} " + " ".join(f"{k}={v}" for k, v in short.items()), flush=True)
-        elif self.main:
-            self.bar.set_postfix(short, refresh=False)
+        self.progress.report(step, lr, latest)
         check_losses({k: v for k, v in latest.items() if not k.endswith(AMP_SKIPPED)}, first_step, step,
                      self.last_good)
 
     def write_sample(self) -> Path:
         path = self.run_dir.file(SAMPLES) / f"step-{self.step:08d}.png"
-        self.run_dir.write_with(path, lambda: save_image(self.task.sample(self.fixed), path))
-        self.write_report()
+        self.run_dir.write_with(path, lambda: save_image(self.task.sample(self.fixed, labelled=True), path))
+        self.write_report(live=True)
         return path
 
-    def write_report(self) -> None:
-        self.run_dir.write_with(self.run_dir.file(REPORT), lambda: write_report(self.run_dir.path))
+    def first_report(self) -> None:
+        """Rate, ETA and losses after this process's first iteration rather than after the first --log-every: a
+        peek at the loss sums that leaves them to read_losses."""
+        keys = sorted(self.accum)
+        # sync: once per process start (rank 0 only), so that a slow run shows its pace after one iteration.
+        values = torch.stack([self.accum[k].float() for k in keys]).tolist()
+        losses = {k: int(v) if k.endswith("/" + AMP_SKIPPED) else v / (self.pending * self.repeats[k.split("/")[0]])
+                  for k, v in zip(keys, values)}
+        self.progress.report(self.step, float(next(iter(self.task.optimizers.values())).param_groups[0]["lr"]), losses)
+
+    def write_report(self, live: bool = False) -> None:
+        """report.html; ``live`` while the loop goes on (the page reloads itself), not in the last rewrite."""
+        self.run_dir.write_with(self.run_dir.file(REPORT), lambda: write_report(self.run_dir.path, live=live))
 
     def save(self) -> Path:
         """Collective under torchrun: checks the replicas and gathers every rank's own state to rank 0."""
@@ -521,7 +533,6 @@ class _Loop:
                         None, flag="--eval-n")
         stopping = None
         stop = StopSignals()
-        start_time = time.perf_counter()
         task.train()
         # Before the first loader iterator: under --cuda-graphs this captures the phases, and a DataLoader's
         # pin-memory thread or DALI's threads calling into CUDA during a capture would invalidate it.
@@ -541,7 +552,7 @@ class _Loop:
                             scheduler.step()
                     self.step += 1
                     self.pending += 1
-                    self.bar.update(1)
+                    self.progress.update()
                     self.after_iteration()
                     # Checked once per iteration: a stop lands between whole iterations (between graph replays),
                     # the same one on every rank.
@@ -579,10 +590,10 @@ class _Loop:
                 stop.ignore_until_exit()  # torchrun SIGTERMs the ranks still tearing down when the first one exits
             else:
                 stop.restore()
-            self.bar.close()
+            self.progress.close()
             if self.writer is not None:
                 self.writer.close()
-        seconds = time.perf_counter() - start_time
+        seconds = self.progress.elapsed
         iterations = self.step - self.start_step
         step = self.step
         return {"model": cfg.model, "step": step, "epoch": step // self.batches_per_epoch, "losses": self.latest,
@@ -592,13 +603,15 @@ class _Loop:
                 "already_complete": self.resumed and iterations == 0,
                 "it_per_s": iterations / seconds if seconds > 0 else 0.0,
                 "images_per_s": iterations * cfg.batch_size * ddp.world_size / seconds if seconds > 0 else 0.0,
-                "rank": ddp.rank, "world_size": ddp.world_size}
+                "rank": ddp.rank, "world_size": ddp.world_size, "seconds": seconds}
 
     def after_iteration(self) -> None:
         """The outputs due after iteration ``self.step``: a loss record, a sample grid, a checkpoint, an evaluation."""
         cfg, step = self.cfg, self.step
         if step % cfg.log_every == 0:
             self.read_losses()
+        elif self.main and step == self.start_step + 1:
+            self.first_report()
         if self.main and cfg.sample_every and step % cfg.sample_every == 0:
             self.sample_path = self.write_sample()
         if cfg.save_every and step % cfg.save_every == 0:

@@ -142,3 +142,57 @@ def test_data_warnings_are_listed_once_then_summed_up_on_resume(capsys):
     assert capsys.readouterr().err.splitlines() == [
         "fastgan.train: warning: 2 file(s) skipped while reading the data, as when this run started (listed then; "
         "--strict stops at them)"]
+
+
+# --- in the trainer -----------------------------------------------------------------------------------------
+
+def test_the_trainer_reports_after_its_first_iteration_with_an_eta(tiny, tmp_path, idx_dir, capsys):
+    from fastgan.train.loop import train
+
+    summary = train(tiny("dcgan", tmp_path, data=str(idx_dir), iters=3, log_every=50))
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[0].startswith("fastgan.train: model   dcgan (G ") and "parameters" in lines[0]
+    assert lines[1] == f"fastgan.train: data    {idx_dir}: 40 images, 10 classes"
+    assert lines[2].startswith("fastgan.train: train   28x28, batch 8, lr 0.0002, 25 epoch(s) of 5 iterations, "
+                               "stopping at iteration 3 (--iters)")
+    assert lines[3] == "fastgan.train: engine  cpu, eager, fp32, ops auto"
+    assert "{" not in out  # the config is in config.json, not on stdout
+    # The first report after step 1 although --log-every is 50; then the end of the run.
+    assert re.fullmatch(r"step 1/3 \(33%\) \| [\d.e+]+ it/s \| elapsed \d+s \| ETA \d+s \| lr 0\.0002 \| "
+                        r"D/total=[\d.]+ G/total=[\d.]+", lines[5]), lines[5]
+    assert lines[6].startswith("step 3/3 (100%)") and len(lines) == 7
+    assert summary["seconds"] > 0 and err == ""
+
+
+def test_the_trainer_draws_a_bar_on_a_terminal(tiny, tmp_path, idx_dir, monkeypatch):
+    from fastgan.train.loop import train
+
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stdout", terminal)
+    train(tiny("dcgan", tmp_path, data=str(idx_dir), iters=4, log_every=2))
+    text = terminal.getvalue()
+    assert "fastgan.train: model   dcgan" in text and "\r" in text
+    assert re.search(r"4/4 \[\d\d:\d\d<00:00, +[\d.]+(it/s|s/it), lr=0\.0002, D/total=[\d.]+, G/total=[\d.]+\]",
+                     text), text
+    assert "step 1/4" not in text  # no log lines on a terminal
+
+
+def test_skipped_images_warn_once_per_file_then_once_on_resume(tiny, tmp_path, unpaired_dir, capsys):
+    import shutil
+
+    from fastgan.train.loop import train
+
+    data = tmp_path / "data"
+    shutil.copytree(unpaired_dir, data)
+    (data / "trainA" / "broken one.png").write_bytes(b"not a png")
+    (data / "trainB" / "empty.jpg").write_bytes(b"")
+    train(tiny("cyclegan", tmp_path / "run", data=str(data), iters=1))
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(line.startswith("fastgan.train: warning: skipping ") for line in err), err
+    assert "broken one.png" in err[0] and "empty.jpg" in err[1]
+    train(tiny("cyclegan", tmp_path / "run", data=str(data), iters=2, resume="auto"))
+    out, err = capsys.readouterr()
+    assert err.splitlines() == ["fastgan.train: warning: 2 file(s) skipped while reading the data, as when this run "
+                                "started (listed then; --strict stops at them)"]
+    assert "fastgan.train: resume  from " in out and "at iteration 1 of 2" in out
