@@ -51,18 +51,19 @@ def warn_line(message: str, file: TextIO | None = None) -> None:
 
 
 @contextlib.contextmanager
-def one_line_warnings(file: TextIO | None = None) -> Iterator[None]:
+def one_line_warnings() -> Iterator[None]:
     """Shows every warning raised inside as ``fastgan.train: warning: MESSAGE`` on stderr (no category, file
-    or source line); the filters (shown once per place, or ignored) still apply."""
-    def show(message, category, filename, lineno, file_=None, line=None):
-        warn_line(str(message), file)
+    or source line). Only the format changes: the filters (once per place, ignored) still apply, and code that
+    records warnings (warnings.catch_warnings(record=True), pytest.warns) still receives them."""
+    def one_line(message, category, filename, lineno, line=None):
+        return f"{PROG}: warning: {message}\n"
 
-    saved = warnings.showwarning
-    warnings.showwarning = show
+    saved = warnings.formatwarning
+    warnings.formatwarning = one_line
     try:
         yield
     finally:
-        warnings.showwarning = saved
+        warnings.formatwarning = saved
 
 
 @contextlib.contextmanager
