@@ -249,3 +249,25 @@ def test_preprocess_and_flip_on_in_memory_sets(cfg):
     _one_line_error(lambda: resolve_data(_cfg(c, preprocess="squash")), "--preprocess squash")
     _one_line_error(lambda: resolve_data(_cfg(c, channels=2)), "--channels 2")
     assert resolve_data(c).flip and not resolve_data(_cfg(c, flip=False)).flip
+
+
+def test_sixteen_bit_and_cmyk_images_train_as_their_eight_bit_versions(cfg, tmp_path):
+    """The torch loader's batches of a 16-bit grey PNG and a CMYK TIFF equal those of their 8-bit RGB versions."""
+    import numpy as np
+    from PIL import Image
+
+    from fastgan.data import build_loader
+
+    gradient = np.tile(np.arange(0, 256, 16, dtype=np.uint8), (16, 1))  # 16x16, every 16th level
+    rgb = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    for domain, special, plain in (("A", Image.fromarray(gradient.astype(np.uint16) * 257), gradient),
+                                   ("B", Image.fromarray(rgb).convert("CMYK"), None)):
+        os.makedirs(tmp_path / f"train{domain}")
+        special.save(tmp_path / f"train{domain}" / ("0.png" if domain == "A" else "0.tif"))
+        twin = Image.fromarray(plain).convert("RGB") if plain is not None else special.convert("RGB")
+        twin.save(tmp_path / f"train{domain}" / "1.png")
+    c = _cfg(cfg, model="cyclegan", data=str(tmp_path), image_size=16, batch_size=2, preprocess="none", flip=False)
+    batch = next(build_loader(c, "cpu").epoch(0))
+    for domain in ("A", "B"):
+        torch.testing.assert_close(batch[domain][0], batch[domain][1], rtol=0, atol=0)
+    assert abs(float(batch["A"].mean()) - (gradient.mean() / 127.5 - 1)) < 1 / 127.5
