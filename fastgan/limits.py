@@ -300,9 +300,37 @@ def _trace_step(cfg, model) -> float:
     return ADAM_BYTES_PER_PARAMETER * parameters + buffers + activations + data
 
 
+# Fields that neither shape the networks nor the batches (outputs, schedule, where the run goes): configs that
+# differ only in these share one trace (tests start many tiny runs of one shape into different folders).
+_NOT_SHAPES = ("out", "resume", "init_from", "init_nets", "inception_weights", "seed", "iters", "epochs",
+               "epochs_decay", "sample_every", "save_every", "keep_checkpoints", "log_every", "eval_every", "eval_n",
+               "eval_feature", "tensorboard", "dry_run", "device", "dist_timeout", "deterministic", "strict")
+_TRACED: dict[tuple, float | None] = {}
+
+
 def train_step_bytes(cfg, model) -> float | None:
     """Estimated bytes of one training step; math.inf when the sizes overflow what tensors can describe;
     None when the model's step cannot be traced on the meta device (then no bound is applied)."""
+    import dataclasses
+
+    fields = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(vars(cfg))
+    try:
+        key = (type(model).__qualname__, model.name,
+               tuple(sorted((k, v) for k, v in fields.items() if k not in _NOT_SHAPES)))
+        hash(key)
+    except TypeError:  # a field that is not hashable: no cache
+        key = None
+    if key is not None and key in _TRACED:
+        return _TRACED[key]
+    found = _train_step_bytes(cfg, model)
+    if key is not None:
+        if len(_TRACED) >= 64:
+            _TRACED.pop(next(iter(_TRACED)))
+        _TRACED[key] = found
+    return found
+
+
+def _train_step_bytes(cfg, model) -> float | None:
     try:
         return _trace_step(cfg, model)
     except UserError:
