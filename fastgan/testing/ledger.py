@@ -244,12 +244,32 @@ def _fused_adam_kernels(func, args, kwargs, out):
     return [("fused adam (multi-tensor apply)", launches, _bytes((lists, steps, kwargs), written), 0, "")]
 
 
+def _foreach_fast_route(func, lists) -> bool:
+    """Whether a foreach op takes ATen's multi-tensor fast route on CUDA (ForeachUtils.h,
+    check_fast_path_restrictions): every tensor on one device, dense and non-overlapping, the tensors at each
+    index of every list of the same sizes and strides, and one dtype throughout (_foreach_copy_: one dtype per
+    list, ForeachBinaryOpList.cu). Otherwise the slow route runs the per-tensor op, one kernel per tensor."""
+    from ..ops._triton_util import is_dense  # non-overlapping and dense
+
+    tensors = [t for lst in lists for t in lst]
+    if len({t.device for t in tensors}) > 1 or not all(is_dense(t) for t in tensors):
+        return False
+    if any(len({(tuple(t.shape), t.stride()) for t in column}) > 1 for column in zip(*lists)):
+        return False
+    if func._overloadpacket is _aten._foreach_copy_:
+        return all(len({t.dtype for t in lst}) == 1 for lst in lists)
+    return len({t.dtype for t in tensors}) == 1
+
+
 def _foreach_kernels(func, args, kwargs, out):
     lists = [a for a in args if isinstance(a, (list, tuple)) and a and isinstance(a[0], torch.Tensor)]
     in_place = func._schema.name.endswith("_")
     depth = len(lists) + (0 if in_place else 1)
     scalar_list = any(isinstance(a, (list, tuple)) and a and not isinstance(a[0], torch.Tensor) for a in args)
-    launches = mta_launches([t.numel() for t in lists[0]], min(depth, 5), scalar_list)
+    if _foreach_fast_route(func, lists):
+        launches = mta_launches([t.numel() for t in lists[0]], min(depth, 5), scalar_list)
+    else:  # the slow route: the op on each tensor
+        launches = sum(1 for t in lists[0] if t.numel())
     written = lists[0] if in_place else out
     return [(f"{func._overloadpacket.__name__} (multi-tensor apply)", launches, _bytes(lists, written), 0, "")]
 
@@ -338,7 +358,8 @@ ATEN_LAUNCHES: dict = {
 }
 _FOREACH_REASON = ("torch._foreach_* ops and GradScaler's _amp_foreach_non_finite_check_and_unscale_: "
                    "multi_tensor_apply with depth = tensor lists (+1 for an out-of-place result), launches by "
-                   "mta_launches")
+                   "mta_launches, where the fast route's conditions hold (_foreach_fast_route); else one kernel "
+                   "per tensor")
 _DEFAULT_REASON = ("any other ATen op that writes a tensor: one kernel (TensorIterator and reduction ops launch "
                    "one kernel per call)")
 _NO_KERNEL_REASON = "views, allocations (empty*), detach/alias and metadata queries: no kernel"

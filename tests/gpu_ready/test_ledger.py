@@ -124,6 +124,23 @@ def test_roofline_takes_the_largest_of_compute_memory_and_launch():
     assert seconds(1, 1000, 989.4e9, "tf32") == pytest.approx(2e-3)
 
 
+def test_foreach_slow_route_is_one_kernel_per_tensor():
+    """_foreach_copy_ between dtypes takes the multi-tensor route while each pair has one size and strides (fp32
+    weights into bf16 copies); a channels_last weight copied into a contiguous one sends every tensor down the
+    slow route, one copy kernel each."""
+    def prepare(dst_format):
+        def prepared():
+            src = [torch.empty(8, 4, 3, 3, device="cuda", memory_format=torch.channels_last) for _ in range(5)]
+            dst = [torch.empty(8, 4, 3, 3, device="cuda", dtype=torch.bfloat16, memory_format=dst_format)
+                   for _ in range(5)]
+            return lambda: torch._foreach_copy_(dst, src)
+        return prepared
+
+    fast, = ledger.trace_kernels(prepare(torch.channels_last))
+    slow, = ledger.trace_kernels(prepare(torch.contiguous_format))
+    assert (fast.launches, slow.launches) == (1, 5)
+
+
 # --- each fastgan op: replayed launches == a real run ---------------------------------------------------------
 def _public_cases():
     """Every option case of every public Triton op (specialisations.PUBLIC_CASES), in one layout each, the layouts
