@@ -888,7 +888,11 @@ def ledger_for(model: str, overrides: dict | None = None, impls: tuple[str, ...]
 def aten_table() -> dict[str, str]:
     """The ATen launch table, op -> reason, as printed and written to --json."""
     table = {str(op): reason for op, (_, reason) in ATEN_LAUNCHES.items()}
-    return table | {"_foreach_*": _FOREACH_REASON, "*": _DEFAULT_REASON, "views": _NO_KERNEL_REASON}
+    return table | {"_foreach_*": _FOREACH_REASON, "*": _DEFAULT_REASON, "views": _NO_KERNEL_REASON,
+                    "fastgan Triton ops": "the custom op's implementation run on fake CUDA tensors: each Triton "
+                                          "launch one kernel, its ATen calls by this table",
+                    "fastgan C++ ops": "the module's EXTENSION_LAUNCHES replay of the C++ launcher: each named "
+                                       "kernel one launch, its ATen calls by this table"}
 
 
 # --- The recipe workloads, their figures before the diet, and the CI budgets --------------------------------
@@ -1076,9 +1080,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=0, metavar="N",
                         help="also list the N kernels (by kernel, op and stage) with the largest modelled time")
     parser.add_argument("--markdown", action="store_true", help="print README's table of the recipe workloads")
+    parser.add_argument("--aten-table", action="store_true",
+                        help="print how each ATen op is counted (the table and its reasons) and the GPU constants")
     parser.add_argument("--readme", metavar="FILE", help="rewrite the ledger block of FILE (README.md)")
     parser.add_argument("-h", "--help", action="store_true")
     args, rest = parser.parse_known_args(argv)
+    if args.aten_table:
+        for op, reason in aten_table().items():
+            print(f"{op}: {reason}")
+        gpu = GPUS[args.gpu]
+        print(f"\n{gpu.name}: dense FLOP/s {gpu.peak_flops}, {gpu.bandwidth:.3g} B/s, {gpu.launch_s * 1e6} us per "
+              f"launch; multi-tensor-apply limits of CUDA {'13+' if _cuda13() else '< 13'}")
+        print("\n".join(f"  source: {source}" for source in gpu.sources))
+        return 0
     if args.markdown or args.readme:
         if rest:
             fail(PROG, f"--markdown and --readme take no model or train flags (got {' '.join(rest)})")

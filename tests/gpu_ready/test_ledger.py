@@ -285,6 +285,12 @@ def test_command_prints_the_table_and_writes_json(tmp_path, capsys):
     assert data["constants"]["bandwidth"] == ledger.GPUS["h100-sxm"].bandwidth
 
 
+def test_command_prints_the_aten_table(capsys):
+    assert ledger.main(["--aten-table"]) == 0
+    printed = capsys.readouterr().out
+    assert "aten.convolution_backward: cuDNN's backward data" in printed and "source: FLOP/s" in printed
+
+
 def test_command_bad_input_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         ledger.main(["dcgan", "--batch-size", "8", "--json", str(tmp_path / "missing" / "x.json")])
