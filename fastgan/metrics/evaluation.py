@@ -81,8 +81,8 @@ def reference_request(model, config: Mapping) -> DataRequest:
     """The data a checkpoint's model was trained on (its saved config), read without augmentation: the
     evaluated size directly (load_size = image_size: resize, no random crop, as CycleGAN's test.py)."""
     size = config["image_size"]
-    given = {name: config[name] for name in ("data", "domains", "seed", "workers", "strict")
-             if config.get(name) is not None}
+    given = {name: config[name] for name in ("data", "domains", "seed", "workers", "strict", "channels")
+             if config.get(name) is not None}  # channels: a --channels 1 run is compared with grey real images
     return DataRequest(kind=model.data_kind, image_size=size, load_size=size, batch_size=1, loader="torch",
                        model=model.name, **given)
 
