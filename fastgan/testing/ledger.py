@@ -271,7 +271,8 @@ def _foreach_kernels(func, args, kwargs, out):
     else:  # the slow route: the op on each tensor
         launches = sum(1 for t in lists[0] if t.numel())
     written = lists[0] if in_place else out
-    return [(f"{func._overloadpacket.__name__} (multi-tensor apply)", launches, _bytes(lists, written), 0, "")]
+    reads = lists[1:] if func._overloadpacket.__name__ == "_foreach_copy_" else lists  # its destination is not read
+    return [(f"{func._overloadpacket.__name__} (multi-tensor apply)", launches, _bytes(reads, written), 0, "")]
 
 
 def _batch_norm_kernels(func, args, kwargs, out):
@@ -455,6 +456,8 @@ def _category(op: str, kernel: str, *, stage: str, layer: str, layer_type: str, 
 
 def _is_cast(func, args, out) -> bool:
     name = func._schema.name.split("::")[1]
+    if name == "_foreach_copy_":  # fastgan.ops._casts: a network's parameters (or their gradients) in one copy
+        return bool(args[0]) and args[0][0].dtype != args[1][0].dtype
     if name not in ("_to_copy", "copy_", "to"):
         return False
     source = args[1] if name == "copy_" else args[0]

@@ -14,6 +14,7 @@ from .. import ops
 from ..grid_labels import GridLabels, label_grid
 from ..image_files import make_grid, to_unit
 from ..models.base import Phase, Sampler
+from ..ops._casts import cast_modules_once
 from .stops import AMP_SKIPPED, amp_skipped
 
 __all__ = ["Phase", "Task", "run_phase", "set_trainable", "train_step"]
@@ -74,9 +75,10 @@ def run_phase(task: Task, phase: Phase, batch: dict, autocast=None) -> dict[str,
     """One update of ``phase`` (gradients already cleared): loss, scaled backward, optimiser step and
     loss-scale update. Returns its losses (with fp16 loss scaling, also ``amp_skipped``: 1 where the
     GradScaler skipped the update). ``autocast`` defaults to the task's; the CUDA-graph step
-    passes its own (on the CUDA device type)."""
+    passes its own (on the CUDA device type). Under autocast each network's weights are cast once for the
+    phase, in one multi-tensor copy (fastgan.ops._casts.cast_modules_once)."""
     optimizer, scaler = task.optimizers[phase.optimizer], task.scalers[phase.optimizer]
-    with (autocast or task.autocast)():
+    with (autocast or task.autocast)(), cast_modules_once(task.nets.values()):
         losses = phase.loss(batch)
     scaler.scale(losses["total"]).backward()
     if task.gradient_sync is not None:  # before scaler.step unscales: every rank then finds the same inf

@@ -3,6 +3,8 @@ cache does for ATen's convolutions, and never a stale or gradient-less copy."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,15 +20,21 @@ BF16 = torch.bfloat16
 
 
 class _Casts(TorchDispatchMode):
-    """Counts the dtype casts of each source tensor (by storage) dispatched while active."""
+    """Counts the dtype casts of each source tensor (by storage) dispatched while active, one by one or in
+    multi-tensor copies (``multi``: how many of those)."""
 
     def __init__(self):
         super().__init__()
         self.sources: list[int] = []
+        self.multi = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is torch.ops.aten._to_copy.default:
             self.sources.append(args[0].untyped_storage().data_ptr())
+        elif func is torch.ops.aten._foreach_copy_.default:
+            self.multi += 1
+            self.sources += [t.untyped_storage().data_ptr() for dst, t in zip(args[0], args[1])
+                             if dst.dtype != t.dtype]
         return func(*args, **(kwargs or {}))
 
 
@@ -72,7 +80,7 @@ def test_reflect_pad_conv2d_casts_its_weights_once_and_their_gradients_add_up():
 
 def test_a_graphed_phase_casts_each_parameter_once():
     """The --cuda-graphs stand-in: inside each captured phase every trained parameter is cast once (the G
-    phase applies each generator two or three times)."""
+    phase applies each generator twice), in one multi-tensor copy per network."""
     setup = cpu_standin("cyclegan", "bf16")
     task = setup.task
     recorders = []
@@ -87,6 +95,8 @@ def test_a_graphed_phase_casts_each_parameter_once():
         storages = {p.untyped_storage().data_ptr() for p in trained}
         counted = [s for s in casts.sources if s in storages]
         assert len(counted) == len(set(counted)) == len(storages), phase.name
+        # One forward copy per network run, one gradient copy per trained one (G phase: D_A and D_B frozen).
+        assert casts.multi == {"G": 4 + 2, "D": 2 + 2}[phase.name]
 
 
 def test_full_precision_is_untouched():
@@ -94,3 +104,45 @@ def test_full_precision_is_untouched():
     with ops.autocast("cpu", None):
         assert not torch.is_autocast_enabled("cpu")
         assert F.linear(x, torch.randn(3, 3)).dtype == torch.float32
+
+
+def test_cast_modules_once_is_autocasts_cache_bit_for_bit():
+    """One multi-tensor copy per network instead of one cast per parameter: the same outputs and gradients as
+    autocast's own cache, bit for bit; norm parameters stay fp32; the parameters are back after the region;
+    a frozen network's copies carry no autograd."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), fnn.InstanceNormAct(4, affine=True),
+                              torch.nn.ConvTranspose2d(4, 4, 2, 2), torch.nn.Flatten(), torch.nn.LazyLinear(5))
+    frozen = torch.nn.Conv2d(3, 3, 1).requires_grad_(False)
+    x = torch.randn(2, 3, 6, 6)
+    net(x)  # materialises the lazy layer
+    params = list(net.parameters())
+    results = {}
+    for once in (False, True):
+        net.zero_grad(set_to_none=True)
+        with _Casts() as casts:
+            with ops.autocast("cpu", BF16), \
+                    (_casts.cast_modules_once([net, frozen]) if once else contextlib.nullcontext()):
+                y = net(frozen(x)) + net(x)
+                if once:
+                    assert net[1].weight.dtype == torch.float32 and net[0].weight.dtype == BF16
+                    assert not frozen.weight.requires_grad and frozen.weight.grad_fn is None
+            y.float().square().sum().backward()
+        results[once] = (y, [p.grad for p in params], casts)
+    assert list(net.parameters()) == params and all(type(p) is torch.nn.Parameter for p in params)
+    assert torch.equal(results[True][0], results[False][0])
+    for fast, ref in zip(results[True][1], results[False][1]):
+        assert torch.equal(fast, ref)
+    assert results[True][2].multi == 3  # net and frozen forward, net's gradients
+
+
+def test_copies_made_without_grad_are_not_reused_with_grad():
+    net = torch.nn.Conv2d(3, 3, 1)
+    x = torch.randn(1, 3, 4, 4)
+    with ops.autocast("cpu", BF16), _casts.cast_modules_once([net]):
+        with torch.no_grad():
+            net(x)
+        y = net(x)
+        assert net.weight.grad_fn is not None
+    y.float().sum().backward()
+    assert net.weight.grad is not None and type(net.weight) is torch.nn.Parameter
