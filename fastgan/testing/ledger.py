@@ -927,9 +927,9 @@ GUARDS = {  # measured at 0922fdb
     "DCGAN 64² bs128": {"launches": 468, "non_convolution_bytes": 1380873908},
 }
 
-# Why the CycleGAN budget test is expected to fail until issue 20's diet is complete (figures at 0922fdb).
-BUDGET_GAP = ("CycleGAN 256² bs1 --amp: 1731 launches (budget 1,000) and 6746 MB of "
-              "non-convolution traffic (budget half of 7962 MB) at 0922fdb; issue 20 §2 cuts them")
+# Why the CycleGAN budget test is expected to fail until issue 20's diet is complete (figures at ff5838f).
+BUDGET_GAP = ("CycleGAN 256² bs1 --amp: 1489 launches (budget 1,000) and 6746 MB of "
+              "non-convolution traffic (budget half of 7962 MB) at ff5838f; issue 20 §2 cuts them")
 
 
 def markdown_table(workloads=WORKLOADS, gpu: str = "h100-sxm") -> str:
