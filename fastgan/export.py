@@ -19,6 +19,7 @@ checkpoint as files that run without fastgan: ONNX (onnxruntime, TensorRT, ...) 
 from __future__ import annotations
 
 import copy
+import math
 import shutil
 import sys
 import tempfile
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .limits import runs_on_meta, smallest_side
+from .limits import bytes_per_pixel, check_image_size, runs_on_meta, smallest_side
 from .models import get_model
 from .nn import set_impl
 from .outputs import check_output_file, is_exported_program, is_onnx_model
@@ -91,6 +92,7 @@ def export_specs(checkpoint, direction: str | None = None, size: int | None = No
     if dynamic_size and size == multiple:
         size = 2 * multiple  # torch.export specialises a side of one block (size 1 deep inside the network)
     for d, generator in _directions(model, cfg, direction).items():
+        _check_side(nets[generator], info["channels"], size, multiple, model.name, device, n)
         net = _prepare(nets[generator], dtype)
         x = torch.rand(n, info["channels"], size, size, device=device, dtype=dtype) * 2 - 1
         dims = {}
@@ -102,6 +104,18 @@ def export_specs(checkpoint, direction: str | None = None, size: int | None = No
             dims[3] = multiple * torch.export.Dim("width_blocks", min=1, max=1024)
         specs.append(ExportSpec(d, net, {"image": x}, {"image": dims} if dims else None))
     return specs, ckpt
+
+
+def _check_side(net: torch.nn.Module, channels: int, size: int, multiple: int, name: str, device, n: int) -> None:
+    """--size within the generator's range: not below the smallest side it takes (found on the meta device),
+    and its example's pass within the memory of ``device`` (fastgan.limits)."""
+    per_pixel = n * bytes_per_pixel(net, channels, multiple)
+    if not runs_on_meta(net, channels)(size):
+        smallest = smallest_side(runs_on_meta(net, channels), multiple)
+        if smallest is not None and size < smallest:
+            raise UserError(f"--size {size}: the {name} generator takes sides of at least {smallest}")
+        per_pixel = math.inf  # beyond what a tensor's size can describe
+    check_image_size(f"--size {size}", size, size, per_pixel, str(device), channels, verb="export")
 
 
 def _directions(model, cfg: dict, direction: str | None) -> dict[str, str]:

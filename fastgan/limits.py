@@ -205,15 +205,16 @@ def peak_bytes(fn: Callable[[], object]) -> int:
 
 
 def inference_bytes(net, *shapes: tuple[int, ...], dtype=None) -> int:
-    """Peak bytes of ``net(*inputs)`` under no_grad for inputs of ``shapes`` (float32, or ``dtype``), on the
-    meta device: the network's weights stay where they are and nothing is allocated. Raises what the network
-    raises for shapes it cannot take (see smallest_side)."""
+    """Peak bytes of ``net(*inputs)`` under no_grad for inputs of ``shapes`` (of ``dtype``, by default the
+    network's parameters'), on the meta device: the network's weights stay where they are and nothing is
+    allocated. Raises what the network raises for shapes it cannot take (see smallest_side)."""
     import torch
     from torch.func import functional_call
 
     from .nn import set_impl
 
-    dtype = dtype or torch.float32
+    if dtype is None:  # the network's own (a --half export's generator takes fp16 inputs)
+        dtype = next((p.dtype for p in net.parameters() if p.is_floating_point()), torch.float32)
     tensors = {name: torch.empty_like(t, device="meta") for name, t in (*net.named_parameters(),
                                                                          *net.named_buffers())}
     inputs = tuple(torch.empty(shape, dtype=dtype, device="meta") for shape in shapes)
@@ -260,11 +261,11 @@ def bytes_per_pixel(net, channels: int, multiple: int = 1) -> float:
 
 
 def check_image_size(flag: str, height: int, width: int, bytes_per_pixel: float, device: str = "cpu",
-                     channels: int = 3) -> None:
+                     channels: int = 3, verb: str = "translate") -> None:
     """Refuses, naming ``flag`` (e.g. "--size 100000"), an image whose translation cannot fit on ``device``:
     image_bytes against available_memory."""
     check_fits(flag, image_bytes(height, width, bytes_per_pixel, channels), device,
-               what=f"to translate one {height}x{width} image")
+               what=f"to {verb} one {height}x{width} image")
 
 
 def _meta_batch(kind: str, batch: int, side: int):

@@ -303,6 +303,20 @@ def test_generate_grid_beyond_memory_and_files_beyond_disk(capsys, run, tmp_path
     assert snapshot(tmp_path) == before
 
 
+def test_export_size_bounds(capsys, tmp_path, monkeypatch):
+    """export --size: not below the generator's smallest side (found on the meta device), not beyond memory."""
+    ckpt = train(TrainConfig(model="cyclegan", out=str(tmp_path / "run"), image_size=32, n_blocks=1,
+                             **(TINY | dict(batch_size=1))))["checkpoint"]
+    monkeypatch.setenv("FASTGAN_MEMORY_LIMIT", "1G")
+    out = tmp_path / "g.onnx"
+    refused(capsys, export_main, [ckpt, "--size", 4, "--out", out], "fastgan.export",
+            "--size 4: the cyclegan generator takes sides of at least 8")
+    refused(capsys, export_main, [ckpt, "--size", 100000, "--out", out], "fastgan.export",
+            "--size 100000: needs about", "to export one 100000x100000 image", "1.0 GiB of FASTGAN_MEMORY_LIMIT")
+    refused(capsys, export_main, [ckpt, "--size", 10**12, "--out", out], "fastgan.export", "more than 8 EiB")
+    assert not list(tmp_path.glob("g*"))
+
+
 def test_evaluation_sizes_beyond_memory():
     """evaluate --n and the trainer's --eval-n: every generated image's features are held at once."""
     from fastgan.errors import UserError
