@@ -352,8 +352,13 @@ def test_generate_streams_to_disk_in_blocks(run, tmp_path, monkeypatch):
 # --- both guards without torch (generate/translate --backend onnxruntime) ---
 
 def test_guards_import_without_torch():
-    code = """
+    import fastgan
+
+    # The fastgan under test, not whichever an editable install's finder would map its submodules to.
+    code = f"""
 import sys
+sys.path.insert(0, {str(Path(fastgan.__file__).parent.parent)!r})
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
 class NoTorch:
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in ("torch", "triton"):
