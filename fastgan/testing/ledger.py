@@ -266,13 +266,15 @@ def _foreach_kernels(func, args, kwargs, out):
     in_place = func._schema.name.endswith("_")
     depth = len(lists) + (0 if in_place else 1)
     scalar_list = any(isinstance(a, (list, tuple)) and a and not isinstance(a[0], torch.Tensor) for a in args)
-    if _foreach_fast_route(func, lists):
+    fast = _foreach_fast_route(func, lists)
+    if fast:
         launches = mta_launches([t.numel() for t in lists[0]], min(depth, 5), scalar_list)
     else:  # the slow route: the op on each tensor
         launches = sum(1 for t in lists[0] if t.numel())
     written = lists[0] if in_place else out
     reads = lists[1:] if func._overloadpacket.__name__ == "_foreach_copy_" else lists  # its destination is not read
-    return [(f"{func._overloadpacket.__name__} (multi-tensor apply)", launches, _bytes(reads, written), 0, "")]
+    route = "multi-tensor apply" if fast else "slow route: one kernel per tensor"
+    return [(f"{func._overloadpacket.__name__} ({route})", launches, _bytes(reads, written), 0, "")]
 
 
 def _batch_norm_kernels(func, args, kwargs, out):
