@@ -101,7 +101,11 @@ def _same(a: Path, b: Path) -> bool:
 
 def _check_not_system(path: Path, flag: str) -> None:
     """/dev, /proc, /sys hold no user files (and root may create files in /dev): a path there is a typo."""
-    for candidate in (Path(os.path.abspath(path)), path.resolve()):
+    try:
+        candidates = (Path(os.path.abspath(path)), path.resolve())
+    except (OSError, RuntimeError):  # a symlink loop: the literal path alone
+        candidates = (Path(os.path.abspath(path)),)
+    for candidate in candidates:
         for system in map(Path, SYSTEM_DIRS):
             if candidate == system or system in candidate.parents:
                 raise UserError(f"{flag} {_shown(path)}: inside {system}, which holds no user files; choose another "
@@ -150,7 +154,11 @@ def _in_run_dir(path: Path) -> bool:
 
 
 def _check_not_run_file(path: Path, flag: str) -> None:
-    if _in_run_dir(path) or (path.is_symlink() and _in_run_dir(path.resolve())):
+    try:
+        target = path.resolve() if path.is_symlink() else path
+    except (OSError, RuntimeError):  # a symlink loop
+        target = path
+    if _in_run_dir(path) or _in_run_dir(target):
         raise UserError(f"{flag} {_shown(path)}: names a training run's file (checkpoints, checksums, config.json, "
                         "latest, lock and the logs are the run's); choose another name")
 
