@@ -67,7 +67,7 @@ class TrainConfig:
     # --- outputs ---
     out: str = ""  # "" = runs/<model>
     resume: str = ""  # "" (start fresh, refusing to overwrite a run) | auto | path to a checkpoint
-    init_from: str = ""  # a new run from these network weights (checkpoint or run dir); fresh optimisers, schedule
+    init_from: str = ""  # a new run from a checkpoint's weights (file or run directory); fresh optimisers and schedule
     init_nets: str = ""  # with --init-from: the networks it takes, e.g. G_A,G_B ("" = all)
     sample_every: int = 500  # iterations between sample grids (0 = only at the end)
     save_every: int = 1000  # iterations between checkpoints (0 = only at the end)
