@@ -610,7 +610,7 @@ class _Loop:
         cfg, step = self.cfg, self.step
         if step % cfg.log_every == 0:
             self.read_losses()
-        elif self.main and step == self.start_step + 1:
+        elif self.main and step == self.start_step + 1 and step < self.total:  # the last one is read at the end
             self.first_report()
         if self.main and cfg.sample_every and step % cfg.sample_every == 0:
             self.sample_path = self.write_sample()

@@ -202,3 +202,11 @@ def test_skipped_images_warn_once_per_file_then_once_on_resume(tiny, tmp_path, u
     assert err.splitlines() == ["fastgan.train: warning: 2 file(s) skipped while reading the data, as when this run "
                                 "started (listed then; --strict stops at them)"]
     assert "fastgan.train: resume  from " in out and "at iteration 1 of 2" in out
+
+
+def test_a_run_of_one_iteration_reports_it_once(tiny, tmp_path, idx_dir, capsys):
+    from fastgan.train.loop import train
+
+    train(tiny("dcgan", tmp_path, data=str(idx_dir), dry_run=True, log_every=50))
+    reports = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert len(reports) == 1 and reports[0].startswith("step 1/1 (100%)")
