@@ -13,7 +13,7 @@ from fastgan.models import get_model
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 INFO_KEYS = {"name", "channels", "image_size", "num_classes", "num_images", "kind", "impl", "world_size",
-             "global_batch", "counts", "skipped"}
+             "global_batch", "counts", "skipped", "classes"}
 
 
 def _cfg(cfg, model=None, **changes):
@@ -171,6 +171,7 @@ def test_real_fashion_mnist_defaults(cfg, monkeypatch):
         "global_batch": 64,
         "counts": {},
         "skipped": {},
+        "classes": [],
     }
     assert len(loader) == 937
     batch = next(loader.epoch(0, start=936))

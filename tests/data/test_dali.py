@@ -97,7 +97,7 @@ def test_unpaired_batches_shape_dtype_layout_range(mixed_folder, memory_format, 
     assert loader.info == {
         "name": mixed_folder, "channels": 3, "image_size": IMAGE_SIZE, "num_classes": 0, "num_images": 7,
         "kind": "unpaired", "impl": "dali", "world_size": 1, "global_batch": 2,
-        "counts": {"trainA": 7, "trainB": 4}, "skipped": {},
+        "counts": {"trainA": 7, "trainB": 4}, "skipped": {}, "classes": [],
     }  # fmt: skip
     batches = list(loader.epoch(0))
     assert len(batches) == 3
