@@ -200,10 +200,24 @@ def mta_launches(numels: list[int], depth: int, scalar_list: bool = False) -> in
     return launches + (blocks != 0)
 
 
+def _cudnn_layout_copies(x, weight, *others) -> list[tuple]:
+    """The copies ATen makes before a cuDNN convolution: every tensor it hands cuDNN is made contiguous in one
+    memory format, channels_last where the input or the weight is (cudnn_conv_suggest_memory_format)."""
+    from torch._prims_common import suggest_memory_format
+
+    if weight.dim() != 4:
+        return []
+    fmt = torch.channels_last if torch.channels_last in (suggest_memory_format(x), suggest_memory_format(weight)) \
+        else torch.contiguous_format
+    return [("layout copy before cudnn", 1, 2 * _bytes(t, ()), 0, "") for t in (x, weight, *others)
+            if not t.is_contiguous(memory_format=fmt)]
+
+
 def _conv_kernels(func, args, kwargs, out):
     x, weight, bias = args[0], args[1], args[2]
-    rows = [("cudnn conv (fprop)", 1, _bytes((x, weight), out), _flops(func, args, kwargs, out),
-             _compute_dtype(x, True))]
+    rows = _cudnn_layout_copies(x, weight)
+    rows += [("cudnn conv (fprop)", 1, _bytes((x, weight), out), _flops(func, args, kwargs, out),
+              _compute_dtype(x, True))]
     if bias is not None:
         rows.append(("bias add after cudnn", 1, _bytes((out, bias), out), 0, ""))
     return rows
@@ -220,7 +234,7 @@ def _conv_backward_kernels(func, args, kwargs, out):
     def flops(which):
         return conv_backward_flop(*args[:10], [i == which for i in range(3)], out_val=out)
 
-    rows = []
+    rows = _cudnn_layout_copies(x, weight, grad_out)
     if mask[0]:
         rows.append(("cudnn conv (dgrad)", 1, _bytes((grad_out, weight), grad_input), flops(0), dtype))
     if mask[1]:
@@ -332,11 +346,13 @@ ATEN_LAUNCHES: dict = {
     _aten.convolution: (_conv_kernels, "a 2-D convolution on CUDA runs in cuDNN (fake_cuda_mode picks cuDNN as an "
                         "sm_80+ GPU does): one implicit-GEMM kernel (a lower bound: cuDNN may add a split-K "
                         "reduction or a layout transform), and ATen adds a bias with a separate add_ after "
-                        "cudnn_convolution (Convolution.cpp, _convolution)"),
+                        "cudnn_convolution (Convolution.cpp, _convolution); before it, a copy of the input or "
+                        "weight that is not contiguous in the format cuDNN is given (channels_last where either "
+                        "is: cudnn_conv_suggest_memory_format)"),
     _aten.convolution_backward: (_conv_backward_kernels, "cuDNN's backward data (dgrad) and backward filter "
                                  "(wgrad) are one kernel each (lower bound, as above); the bias gradient is a "
                                  "sum of grad_output over N, H, W, one reduction kernel; each only where "
-                                 "output_mask asks for it"),
+                                 "output_mask asks for it; layout copies as for the forward, grad_output too"),
     _aten.mm: (_gemm_kernels, "one cuBLAS GEMM"),
     _aten.addmm: (_gemm_kernels, "one cuBLAS(Lt) GEMM with the 1-D bias in its epilogue (a Linear layer)"),
     _aten.bmm: (_gemm_kernels, "one cuBLAS batched GEMM"),

@@ -99,6 +99,26 @@ def test_one_optimiser_step_by_hand():
     assert {r.category for r in rows} == {"optimiser"}
 
 
+def test_convolution_layout_copy():
+    """An NCHW input meeting channels_last weights is copied to channels_last before cuDNN, forward and backward,
+    as a GPU run does; an input already in the weights' layout is not. (The loss is a square's sum: a sum's own
+    gradient is an expanded tensor, which cuDNN would get as a copy too.)"""
+    conv = nn.Conv2d(4, 8, 3).to(memory_format=torch.channels_last)
+
+    def prepare(fmt):
+        def prepared():
+            x = torch.empty(2, 4, 9, 9, device="cuda", memory_format=fmt, requires_grad=True)
+            return lambda: conv(x).square().sum()
+        return prepared
+
+    def copies(fmt):
+        rows = ledger.trace_kernels(prepare(fmt), {"conv": conv}, backward=True)
+        return [r.stage for r in rows if r.kernel == "layout copy before cudnn"]
+
+    assert copies(torch.channels_last) == []
+    assert copies(torch.contiguous_format) == ["forward", "backward"]
+
+
 @pytest.mark.parametrize("cuda", ["12.4", "13.0"])
 def test_multi_tensor_apply_launches(monkeypatch, cuda):
     """ATen's chunking rule (MultiTensorApply.cuh), whose limits depend on torch's CUDA version."""
