@@ -23,6 +23,7 @@ from tqdm import tqdm
 from .data import DataRequest
 from .data.datasets import data_origin, resolve_data
 from .errors import UserError
+from .files import atomic_write
 from .metrics import classifier as clf
 from .metrics.evaluation import METRICS, Settings, evaluate, parse_metrics
 from .metrics.spaces import ENV_INCEPTION, FeatureSpace, feature_space
@@ -30,7 +31,6 @@ from .models import get_model
 from .outputs import check_output_file, is_classifier, is_metrics_record
 from .train.checkpoint import latest_checkpoint, load_checkpoint
 from .train.cli import OneLineParser, run
-from .train.files import atomic_write
 from .train.loop import resolve_device
 from .train.tasks import nets_from_checkpoint
 

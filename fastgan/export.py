@@ -29,13 +29,13 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+from .files import atomic_write
 from .limits import bytes_per_pixel, check_image_size, runs_on_meta, smallest_side
 from .models import get_model
 from .nn import set_impl
 from .outputs import check_output_file, is_exported_program, is_onnx_model
 from .train.checkpoint import load_checkpoint
 from .train.cli import OneLineParser, run
-from .train.files import atomic_write
 from .train.tasks import nets_from_checkpoint
 
 PROG = "fastgan.export"

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import UserError
-from .train.files import atomic_write
+from .files import atomic_write
 
 # What junyanz/pytorch-CycleGAN-and-pix2pix reads (data/image_folder.py), and WebP.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff", ".webp")

@@ -15,7 +15,7 @@ An output path is refused, with one line naming the flag (exit code 2 through fa
   exported program for export, a metrics record for evaluate, a classifier for train-classifier), unless
   ``--overwrite`` is given. A file of the command's own type is replaced, as re-running a command does.
 
-Files are then written whole (fastgan.train.files.atomic_write): an interrupted command leaves the old file
+Files are then written whole (fastgan.files.atomic_write): an interrupted command leaves the old file
 or the new one. Torch-free at import: ``generate``/``translate --backend onnxruntime`` run without torch.
 """
 

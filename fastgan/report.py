@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
+from .files import atomic_write
 from .metrics.evaluation import read_records
 from .train.cli import OneLineParser, run
-from .train.files import atomic_write
 
 PROG = "fastgan.report"
 REPORT = "report.html"

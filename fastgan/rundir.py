@@ -19,7 +19,7 @@ Run directory (--out, default runs/<model>):
     tensorboard/               scalars, with --tensorboard
 
 Rules kept here:
-- Writes: every file is replaced whole (temp file, fsync, rename; fastgan.train.files) except losses.jsonl,
+- Writes: every file is replaced whole (temp file, fsync, rename; fastgan.files) except losses.jsonl,
   which is appended to; a failed write (a full disk, a read-only folder) is one line naming the file, and the
   files already there stay as they were.
 - The lock: ``lock`` is flock-ed by the trainer (the kernel drops it however the process ends). Before each
@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
-from .train.files import atomic_write, fsync_dir
+from .files import atomic_write, fsync_dir
 
 CONFIG = "config.json"
 LOSSES = "losses.jsonl"

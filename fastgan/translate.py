@@ -37,11 +37,11 @@ from PIL import Image
 
 from . import limits
 from .errors import UserError
+from .files import atomic_write
 from .image_files import IMAGE_EXTENSIONS, read_image, save_image, scan_images, to_unit
 from .onnx_backend import BACKENDS, OnnxGenerator, check_cpu, resolve_backend
 from .outputs import check_output_dir, check_outputs_in_dir
 from .train.cli import OneLineParser, run
-from .train.files import atomic_write
 
 PROG = "fastgan.translate"
 DIRECTIONS = ("AtoB", "BtoA")

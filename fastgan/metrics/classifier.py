@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UserError
-from ..train.files import atomic_write
+from ..files import atomic_write
 
 FORMAT = "fastgan-classifier"
 VERSION = 1

@@ -27,6 +27,7 @@ import torch
 from ..data import LOADERS
 from ..data.datasets import UnreadableImage
 from ..errors import UserError
+from ..files import atomic_write
 from ..image_files import save_image
 from ..limits import check_train_memory
 from ..models import get_model, model_names
@@ -55,7 +56,6 @@ from .distributed import (
     convert_sync_batchnorm,
     world_from_env,
 )
-from .files import atomic_write
 from .graphs import (
     check_cuda_graphs,
     configure_backends,

@@ -1,6 +1,7 @@
-"""Files the trainer writes are replaced whole: a partial write never takes the place of a good file, and
-a replaced file is on disk (fsync) before the rename that publishes it, so a crash of the machine, not only
-of the process, leaves the old file or the new one."""
+"""Files fastgan writes (the trainer's run directory, every command's outputs) are replaced whole: a
+partial write never takes the place of a good file, and a replaced file is on disk (fsync) before the
+rename that publishes it, so a crash of the machine, not only of the process, leaves the old file or the
+new one. Torch-free: the inference commands use it where torch is not installed."""
 
 from __future__ import annotations
 
