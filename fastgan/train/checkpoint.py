@@ -191,6 +191,9 @@ def load_for_inference(path: str | os.PathLike, inference: str, names, device: t
     from .tasks import nets_from_checkpoint
 
     ckpt = load_checkpoint(path, map_location=device)
+    if ckpt["model"] not in REGISTRY:
+        raise UserError(f"checkpoint {path}: holds a model this fastgan does not know ({ckpt['model']!r}; it knows "
+                        f"{', '.join(REGISTRY)}); upgrade fastgan or use another checkpoint")
     model = get_model(ckpt["model"])
     if model.inference != inference:
         served = [m.name for m in REGISTRY.values() if m.inference == inference]

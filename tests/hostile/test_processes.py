@@ -82,7 +82,7 @@ def file_size_limit(nbytes):
 def test_disk_full_during_a_save(copy_of):
     run_dir = copy_of()
     # Room for the small files (lock, config, log records), not for a checkpoint (about 80 kB).
-    proc = run(train_command("--resume", "auto", "--out", run_dir, "--iters", 6, "--device", "cpu"),
+    proc = run(train_command(*TINY, "--resume", "auto", "--out", run_dir, "--iters", 6),
                preexec_fn=file_size_limit(30_000))
     line = error_line(proc)
     assert line == (f"fastgan.train: error: cannot write checkpoint {run_dir}/checkpoint-00000006.pt (File too "
@@ -99,7 +99,7 @@ def test_resume_on_a_full_disk(copy_of):
     run_dir = copy_of()
     before = snapshot(run_dir)
     # Room for torch's start-up probes and the lock's PID, not for the first file the resumed run rewrites.
-    line = error_line(run(train_command("--resume", "auto", "--out", run_dir, "--iters", 6, "--device", "cpu"),
+    line = error_line(run(train_command(*TINY, "--resume", "auto", "--out", run_dir, "--iters", 6),
                           preexec_fn=file_size_limit(300)))
     assert line == (f"fastgan.train: error: cannot write {run_dir}/config.json (File too large); the files already "
                     f"in {run_dir} are unchanged")
@@ -110,7 +110,7 @@ def test_an_unwritable_log_at_resume(copy_of):
     run_dir = copy_of()
     (run_dir / "losses.jsonl").unlink()
     (run_dir / "losses.jsonl").mkdir()  # unwritable for root too, unlike a chmod
-    line = error_line(train("--resume", "auto", "--out", run_dir, "--iters", 6, "--device", "cpu"))
+    line = error_line(train(*TINY, "--resume", "auto", "--out", run_dir, "--iters", 6))
     assert line.startswith(f"fastgan.train: error: cannot write {run_dir}/losses.jsonl (Is a directory)")
 
 
@@ -135,7 +135,18 @@ def records(out):
     return [json.loads(line) for line in (out / "losses.jsonl").read_text().splitlines()]
 
 
-def test_the_log_of_a_stopped_and_resumed_run_is_the_uninterrupted_one(tmp_path, monkeypatch):
+@pytest.fixture
+def sigusr1_fails_the_test():
+    """A SIGUSR1 the trainer's handler does not take fails the test instead of ending pytest."""
+    def fail(signum, frame):
+        raise AssertionError("SIGUSR1 reached the test instead of the trainer")
+
+    previous = signal.signal(signal.SIGUSR1, fail)
+    yield
+    signal.signal(signal.SIGUSR1, previous)
+
+
+def test_the_log_of_a_stopped_and_resumed_run_is_the_uninterrupted_one(tmp_path, monkeypatch, sigusr1_fails_the_test):
     flags = [*TINY, "--log-every", 4, "--save-every", 0]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert train(*flags, "--iters", 11, "--out", whole).returncode == 0

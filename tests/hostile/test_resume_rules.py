@@ -5,7 +5,7 @@ log line or the leftovers of a crash do not stop a resume."""
 import json
 import os
 
-from hostile_helpers import error_line, snapshot, train
+from hostile_helpers import TINY, error_line, snapshot, train
 
 
 def records(out):
@@ -35,7 +35,7 @@ def test_resume_a_run_directory_continues_there_with_its_own_settings(copy_of, t
 
 def test_resume_a_checkpoint_file_keeps_the_run_and_the_file(copy_of):
     run_dir = copy_of()
-    proc = train("--resume", run_dir / "checkpoint-00000004.pt", "--iters", 6, "--device", "cpu")
+    proc = train(*TINY, "--resume", run_dir / "checkpoint-00000004.pt", "--iters", 6)
     assert proc.returncode == 0, proc.stderr
     saved = config(run_dir)
     assert (saved["save_every"], saved["keep_checkpoints"]) == (2, 5)  # not the defaults 1000 and 2
@@ -47,7 +47,7 @@ def test_another_out_branches_and_leaves_the_source_untouched(copy_of, tmp_path)
     source = copy_of("source")
     before = snapshot(source)
     branch = tmp_path / "branch"
-    proc = train("--resume", source / "checkpoint-00000002.pt", "--out", branch, "--iters", 5, "--device", "cpu")
+    proc = train(*TINY, "--resume", source / "checkpoint-00000002.pt", "--out", branch, "--iters", 5)
     assert proc.returncode == 0, proc.stderr
     assert snapshot(source) == before
     assert (branch / "checkpoint-00000005.pt").is_file()
@@ -59,7 +59,7 @@ def test_another_out_branches_and_leaves_the_source_untouched(copy_of, tmp_path)
 def test_the_same_directory_by_another_name_is_not_another_run(copy_of, tmp_path):
     run_dir = copy_of()
     (tmp_path / "link").symlink_to(run_dir)
-    proc = train("--resume", f"{run_dir}/", "--out", tmp_path / "link", "--iters", 5, "--device", "cpu")
+    proc = train(*TINY, "--resume", f"{run_dir}/", "--out", tmp_path / "link", "--iters", 5)
     assert proc.returncode == 0, proc.stderr
     assert (run_dir / "checkpoint-00000005.pt").is_file()
 
@@ -68,10 +68,10 @@ def test_a_refused_resume_writes_nothing(copy_of, tmp_path):
     run_dir = copy_of()
     before = snapshot(run_dir)
     # A flag that shapes the networks must match the checkpoint: one line naming both values.
-    line = error_line(train("--resume", run_dir, "--ngf", 8, "--iters", 6, "--device", "cpu"))
+    line = error_line(train(*TINY, "--resume", run_dir, "--ngf", 8, "--iters", 6))
     assert "--ngf 8 differs from 4 in checkpoint" in line
     # Continuing in place from an older checkpoint would abandon the newer one: refused, pointing at a branch.
-    line = error_line(train("--resume", run_dir / "checkpoint-00000002.pt", "--iters", 6, "--device", "cpu"))
+    line = error_line(train(*TINY, "--resume", run_dir / "checkpoint-00000002.pt", "--iters", 6))
     assert "newer checkpoints (checkpoint-00000004.pt)" in line and "--out NEW_DIR" in line
     assert snapshot(run_dir) == before and sorted(os.listdir(tmp_path)) == ["run"]
 
@@ -84,7 +84,7 @@ def test_a_torn_log_line_and_leftovers_of_a_crash(copy_of):
     (run_dir / "checkpoint-00000009.pt.sha256").write_text("0" * 64 + "  checkpoint-00000009.pt\n")
     (run_dir / ".checkpoint-00000006.pt.tmp").write_bytes(b"partial")
     (run_dir / ".config.json.tmp").write_text("{")
-    proc = train("--resume", "auto", "--out", run_dir, "--iters", 5, "--device", "cpu")
+    proc = train(*TINY, "--resume", "auto", "--out", run_dir, "--iters", 5)
     assert proc.returncode == 0, proc.stderr
     warnings = proc.stderr.strip().splitlines()
     assert warnings == [
@@ -103,7 +103,7 @@ def test_a_damaged_line_inside_the_log_is_one_line_and_nothing_is_rewritten(copy
     lines[1] = lines[1][:20] + "\n"
     log.write_text("".join(lines))
     before = snapshot(run_dir)
-    line = error_line(train("--resume", "auto", "--out", run_dir, "--iters", 6, "--device", "cpu"))
+    line = error_line(train(*TINY, "--resume", "auto", "--out", run_dir, "--iters", 6))
     assert line == (f"fastgan.train: error: {log}: line 2 is not a log record; repair or remove the line to "
                     "resume")
     assert snapshot(run_dir) == before

@@ -83,7 +83,7 @@ def test_hand_edited_checkpoint(copy_of, how, resume_says, generate_says):
     write_checksum(path)  # edited with care: the checksum matches, only the content is wrong
     (run_dir / "checkpoint-00000002.pt").unlink()  # nothing to fall back to
     before = snapshot(run_dir)
-    line = error_line(train("--resume", path, "--iters", 6, "--device", "cpu"))
+    line = error_line(train(*TINY, "--resume", path, "--iters", 6))
     assert f"checkpoint {path}" in line and resume_says in line, line
     assert snapshot(run_dir) == before
     generated = cli(generate_main, path, "--n", 2, "--out", run_dir.parent / "grid.png")
@@ -116,7 +116,7 @@ def test_a_checkpoint_without_its_checksum(copy_of, monkeypatch):
         return poisoned
 
     monkeypatch.setattr(loop, "make_train_step", diverging)
-    proc = train("--resume", "auto", "--out", run_dir, "--iters", 6, "--device", "cpu")
+    proc = train(*TINY, "--resume", "auto", "--out", run_dir, "--iters", 6)
     assert proc.returncode == 3, proc.stderr
     warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
     assert warnings == [
