@@ -167,7 +167,8 @@ def summary_lines(cfg, info: dict, nets: dict, batches_per_epoch: int, total: in
         f"out     {cfg.out} (full config in {Path(cfg.out) / 'config.json'})",
     ]
     if resumed_from is not None:
-        lines.append(f"resume  from {resumed_from} at iteration {_count(step)} of {_count(total)}")
+        # The wording issue 22 §5 asks for (scripts grep it), then where this run goes.
+        lines.append(f"resumed from step {step} (checkpoint {resumed_from}); training to iteration {_count(total)}")
     return [f"{PROG}: {line}" for line in lines]
 
 

@@ -118,7 +118,7 @@ def test_summary_lines():
         "decaying to 0) of 7 iterations, stopping at iteration 500 (--iters)",
         "fastgan.train: engine  cpu, eager, autocast bf16, ops auto",
         "fastgan.train: out     runs/h2z (full config in runs/h2z/config.json)",
-        "fastgan.train: resume  from runs/h2z/c.pt at iteration 10 of 500",
+        "fastgan.train: resumed from step 10 (checkpoint runs/h2z/c.pt); training to iteration 500",
     ]
 
 
@@ -201,7 +201,7 @@ def test_skipped_images_warn_once_per_file_then_once_on_resume(tiny, tmp_path, u
     out, err = capsys.readouterr()
     assert err.splitlines() == ["fastgan.train: warning: 2 file(s) skipped while reading the data, as when this run "
                                 "started (listed then; --strict stops at them)"]
-    assert "fastgan.train: resume  from " in out and "at iteration 1 of 2" in out
+    assert "fastgan.train: resumed from step 1 (checkpoint " in out and "training to iteration 2" in out
 
 
 def test_a_run_of_one_iteration_reports_it_once(tiny, tmp_path, idx_dir, capsys):
