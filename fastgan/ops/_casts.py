@@ -166,7 +166,11 @@ def cast_modules_once(modules):
         for entry in entries:
             swapped.remove(entry)
 
-    handles = [m.register_forward_pre_hook(cast) for m in modules]
+    # No hooks without autocast, nor on a module compiled whole (nn.Module.compile: its hooks run inside the
+    # compiled call, where the casts are the compiled graph's own).
+    on = torch._C._is_any_autocast_enabled()
+    handles = [m.register_forward_pre_hook(cast) for m in modules
+               if on and getattr(m, "_compiled_call_impl", None) is None]
     try:
         yield
     finally:
