@@ -852,6 +852,9 @@ def _setup(model: str, overrides: dict):
     return cpu_standin(model, amp_dtype if amp else None, tiny=False, **overrides)
 
 
+_OUTSIDE_GRAPHS = ("inputs", "schedule")
+
+
 def summarise(rows: list[Kernel], gpu: Gpu) -> dict:
     """Totals over ``rows``, per category and overall, with the modelled lower bound on ``gpu`` in seconds."""
     def total(selected):
@@ -861,6 +864,9 @@ def summarise(rows: list[Kernel], gpu: Gpu) -> dict:
 
     out = {"total": total(rows), "categories": {c: total(r for r in rows if r.category == c) for c in CATEGORIES}}
     out["total"]["non_convolution_bytes"] = out["total"]["bytes"] - out["categories"]["convolution"]["bytes"]
+    # What the CUDA graphs replay (a profiler of the replays sees these): not the batch copy into the static inputs
+    # nor the LR schedule, which run between the replays.
+    out["total"]["graph_launches"] = sum(r.launches for r in rows if r.stage not in _OUTSIDE_GRAPHS)
     return out
 
 
@@ -881,8 +887,8 @@ def ledger_for(model: str, overrides: dict | None = None, impls: tuple[str, ...]
         kernels: also return every kernel row.
     Returns:
         {"model", "overrides", "resolved" (batch and image size, amp, layout), "gpu", "modelled": "...",
-        "constants", "aten_table", "impls": {impl: {"total":
-        {launches, bytes, flops, seconds, non_convolution_bytes}, "categories": {...}, "warnings": [...],
+        "constants", "aten_table", "impls": {impl: {"total": {launches, graph_launches (those inside the CUDA
+        graphs), bytes, flops, seconds, non_convolution_bytes}, "categories": {...}, "warnings": [...],
         "kernels": [...] if asked}}}. Counts are per iteration (every phase, forward, backward, optimiser).
     """
     from ..train.graphs import memory_format

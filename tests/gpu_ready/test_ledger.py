@@ -302,6 +302,10 @@ def test_command_prints_the_table_and_writes_json(tmp_path, capsys):
     assert set(data["impls"]) == {"ref", "auto"}
     auto = data["impls"]["auto"]
     assert auto["total"]["launches"] == sum(k["launches"] for k in auto["kernels"]) > 0
+    # Between the graph replays: the batch into the static inputs (one copy per input), the LR schedule.
+    outside = [k for k in auto["kernels"] if k["stage"] in ("inputs", "schedule")]
+    assert {k["stage"] for k in outside} == {"inputs", "schedule"}
+    assert auto["total"]["graph_launches"] == auto["total"]["launches"] - sum(k["launches"] for k in outside)
     assert data["constants"]["bandwidth"] == ledger.GPUS["h100-sxm"].bandwidth
 
 
