@@ -2,7 +2,7 @@
 pix2pix's input | output | target) and a left column naming the rows (real | generated, one row per class).
 
 Each model declares its labels (fastgan.models.base.GanModel.grid_labels); the trainer draws them into every
-sample grid it writes, so a grid explains itself without the README. Pillow and numpy only.
+sample grid it writes, so a grid explains itself without the docs. Pillow and numpy only.
 """
 
 from __future__ import annotations

@@ -68,7 +68,8 @@ Fusions deliberately not done:
   of the upsampled map.
 - BatchNorm1d + ReLU/LeakyReLU (MLP GANs), Linear + Tanh, LeakyReLU(inplace) + Conv2d (U-Net down blocks):
   by the step ledger's count a fused layer issues more kernels (batch_norm_act finishes its statistics in
-  small ATen ops, which MLP-sized tensors cannot amortise) or the same kernels and bytes; see README.
+  small ATen ops, which MLP-sized tensors cannot amortise) or the same kernels and bytes; see
+  docs/kernels-and-accelerate.md.
 """
 
 from __future__ import annotations

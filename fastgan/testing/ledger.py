@@ -3,8 +3,8 @@ counted on the CPU (issue 20).
 
 ``python -m fastgan.testing.ledger MODEL [train flags] [--impl auto|ref] [--json FILE] [--top N] [--gpu NAME]``
 prints the table (reference path and fastgan's, per category; ``--top N``: the N costliest kernels);
-``--markdown`` prints README's table of the recipe workloads (:data:`WORKLOADS`) and ``--readme README.md``
-rewrites its generated block.
+``--markdown`` prints the docs' table of the recipe workloads (:data:`WORKLOADS`) and ``--readme
+docs/engine-and-performance.md`` rewrites its generated block.
 
 What is traced: one iteration of ``--device cuda --cuda-graphs`` (fastgan.train.graphs.GraphedTrainStep),
 built by the trainer's own code (fastgan.testing.tasks.cpu_standin: resolve_config, build_task,
@@ -1106,10 +1106,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--impl", choices=("auto", "ref"), help="trace one path only (default: both)")
     parser.add_argument("--top", type=int, default=0, metavar="N",
                         help="also list the N kernels (by kernel, op and stage) with the largest modelled time")
-    parser.add_argument("--markdown", action="store_true", help="print README's table of the recipe workloads")
+    parser.add_argument("--markdown", action="store_true", help="print the docs' table of the recipe workloads")
     parser.add_argument("--aten-table", action="store_true",
                         help="print how each ATen op is counted (the table and its reasons) and the GPU constants")
-    parser.add_argument("--readme", metavar="FILE", help="rewrite the ledger block of FILE (README.md)")
+    parser.add_argument("--readme", metavar="FILE",
+                        help="rewrite the ledger block of FILE (docs/engine-and-performance.md)")
     parser.add_argument("-h", "--help", action="store_true")
     args, rest = parser.parse_known_args(argv)
     if args.aten_table:

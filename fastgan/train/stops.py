@@ -1,6 +1,6 @@
 """How a run ends before its last iteration, and says so: a signal (preemption, Ctrl-C) or divergence.
 
-Exit codes of ``python -m fastgan.train`` (also in README, "Reliability"):
+Exit codes of ``python -m fastgan.train`` (also in docs/reliability.md):
     0    done (or already complete when resumed)
     2    bad input: one line naming the flag or file (fastgan.errors.EXIT_USAGE); under --strict also an image
          that stopped decoding mid-run, after saving a checkpoint of the steps before its batch (DataStopped)

@@ -182,7 +182,7 @@ def test_cli_writes_not_measured_then_the_table_and_check_tells_stale(tmp_path, 
     readme.write_text(README)
     results = tmp_path / "results"
     results.mkdir()
-    argv = ["--results", str(results), "--readme", str(readme)]
+    argv = ["--results", str(results), "--page", str(readme)]
     assert report.main(argv) == 0
     text = readme.read_text()
     assert f"{report.BEGIN}\n{report.NOT_MEASURED}\n{report.END}" in text
@@ -202,16 +202,16 @@ def test_cli_writes_not_measured_then_the_table_and_check_tells_stale(tmp_path, 
 def test_cli_refuses_a_readme_without_markers(tmp_path, capsys):
     readme = tmp_path / "README.md"
     readme.write_text("# no markers\n")
-    assert report.main(["--results", str(tmp_path), "--readme", str(readme)]) == 2
+    assert report.main(["--results", str(tmp_path), "--page", str(readme)]) == 2
     assert "markers" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
-        report.main(["--results", str(tmp_path / "nope"), "--readme", str(readme)])
+        report.main(["--results", str(tmp_path / "nope"), "--page", str(readme)])
     assert e.value.code == 2
 
 
 def test_the_repository_readme_is_what_its_results_give():
-    """README's Performance block is generated: hand edits between the markers fail here."""
-    text = report.README.read_text()
+    """docs/engine-and-performance.md's Performance block is generated: hand edits between the markers fail here."""
+    text = report.PAGE.read_text()
     assert report.replace_block(text, report.readme_block()) == text
 
 
