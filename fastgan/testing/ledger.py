@@ -923,7 +923,7 @@ def aten_table() -> dict[str, str]:
 
 
 # --- The recipe workloads, their figures before the diet, and the CI budgets --------------------------------
-WORKLOADS = {  # README's Performance table and the budget tests: (model, TrainConfig fields)
+WORKLOADS = {  # docs/engine-and-performance.md's table and the budget tests: (model, TrainConfig fields)
     "CycleGAN 256² bs1": ("cyclegan", {"batch_size": 1, "amp": True}),
     "CycleGAN 256² bs4": ("cyclegan", {"batch_size": 4, "amp": True}),
     "pix2pix 256² bs1": ("pix2pix", {"batch_size": 1, "amp": True}),
@@ -931,7 +931,7 @@ WORKLOADS = {  # README's Performance table and the budget tests: (model, TrainC
 }
 
 # The ledger of each workload (--impl auto) at commit BASELINE_COMMIT, before issue 20's diet: the "before"
-# column of README's table, and the reference of the CycleGAN byte budget.
+# column of the docs' table, and the reference of the CycleGAN byte budget.
 BASELINE_COMMIT = "4817622"
 BASELINE = {
     "CycleGAN 256² bs1": {"launches": 3513, "bytes": 12186597780, "flops": 1879217012736,
@@ -957,7 +957,8 @@ BUDGET_GAP = ("CycleGAN 256² bs1 --amp: 1489 launches (budget 1,000) and 6746 M
 
 
 def markdown_table(workloads=WORKLOADS, gpu: str = "h100-sxm") -> str:
-    """README's Performance table: each workload's ledger before the diet (BASELINE) and now, --impl auto."""
+    """The docs' table (docs/engine-and-performance.md): each workload's ledger before the diet (BASELINE) and
+    now, --impl auto."""
     lines = [f"| workload (--amp, --cuda-graphs) | launches | MB moved | of which not convolution | GFLOP | "
              f"lower bound on {GPUS[gpu].name.split(' ', 1)[1].rsplit(' ', 1)[0]} |",
              "|---|---|---|---|---|---|"]
@@ -1061,7 +1062,7 @@ README_END = "<!-- /ledger -->"
 
 
 def readme_block(gpu: str = "h100-sxm") -> str:
-    """The generated block of README's Performance section (between README_BEGIN and README_END)."""
+    """The generated block of docs/engine-and-performance.md (between README_BEGIN and README_END)."""
     import subprocess
     import textwrap
 
