@@ -3,7 +3,9 @@
 Layouts and parameter counts follow the authors' pytorch-CycleGAN-and-pix2pix with InstanceNorm
 (affine off, so every conv keeps its bias): 9-block generator 11,378,179 parameters, 70x70 PatchGAN
 2,764,737. Every reflection-padded conv is a ReflectPadConv2d and every norm + activation an
-InstanceNormAct, so the fast paths of fastgan.ops reach the whole network.
+InstanceNormAct, so the fast paths of fastgan.ops reach the whole network. Each conv whose output goes
+only to an InstanceNormAct is built with ``norm_follows=True``: the norm cancels its bias, so the fast path
+adds none and reduces no gradient for it (fastgan.nn.layers._NormFollows; ``--impl ref`` adds it as torch does).
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ class ResnetBlock(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv1 = fnn.ReflectPadConv2d(channels, channels, 3, padding=1)
+        self.conv1 = fnn.ReflectPadConv2d(channels, channels, 3, padding=1, norm_follows=True)
         self.norm1 = fnn.InstanceNormAct(channels, act="relu")
-        self.conv2 = fnn.ReflectPadConv2d(channels, channels, 3, padding=1)
+        self.conv2 = fnn.ReflectPadConv2d(channels, channels, 3, padding=1, norm_follows=True)
         self.norm2 = fnn.InstanceNormAct(channels, act="none")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -40,13 +42,14 @@ class ResnetBlock(nn.Module):
 
 class Upsample2x(nn.Module):
     """Nearest-neighbour x2 then a reflection-padded 3x3 conv: the checkerboard-free alternative to
-    a transposed conv (Odena et al. 2016), with the same parameter count."""
+    a transposed conv (Odena et al. 2016), with the same parameter count. ``norm_follows``: the conv's output
+    goes only to an InstanceNorm (see fastgan.nn.ReflectPadConv2d)."""
 
     samples_independent = True  # its own forward mixes no samples; its layers answer for themselves
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, norm_follows: bool = False):
         super().__init__()
-        self.conv = fnn.ReflectPadConv2d(in_channels, out_channels, 3, padding=1)
+        self.conv = fnn.ReflectPadConv2d(in_channels, out_channels, 3, padding=1, norm_follows=norm_follows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
@@ -73,13 +76,13 @@ class ResnetGenerator(nn.Module):
         if n_blocks < 0:
             raise ArchitectureError(f"ResnetGenerator: n_blocks={n_blocks} must be >= 0")
         layers: list[nn.Module] = [
-            fnn.ReflectPadConv2d(in_channels, ngf, 7, padding=3),
+            fnn.ReflectPadConv2d(in_channels, ngf, 7, padding=3, norm_follows=True),
             fnn.InstanceNormAct(ngf, act="relu"),
             # state: ngf x H x W
-            nn.Conv2d(ngf, ngf * 2, 3, 2, 1),
+            fnn.Conv2d(ngf, ngf * 2, 3, 2, 1, norm_follows=True),
             fnn.InstanceNormAct(ngf * 2, act="relu"),
             # state: (ngf*2) x H/2 x W/2
-            nn.Conv2d(ngf * 2, ngf * 4, 3, 2, 1),
+            fnn.Conv2d(ngf * 2, ngf * 4, 3, 2, 1, norm_follows=True),
             fnn.InstanceNormAct(ngf * 4, act="relu"),
             # state: (ngf*4) x H/4 x W/4
         ]
@@ -87,9 +90,9 @@ class ResnetGenerator(nn.Module):
         # state: (ngf*4) x H/4 x W/4
         for c in (ngf * 4, ngf * 2):
             if upsample == "deconv":
-                layers.append(nn.ConvTranspose2d(c, c // 2, 3, 2, 1, output_padding=1))
+                layers.append(fnn.ConvTranspose2d(c, c // 2, 3, 2, 1, output_padding=1, norm_follows=True))
             else:
-                layers.append(Upsample2x(c, c // 2))
+                layers.append(Upsample2x(c, c // 2, norm_follows=True))
             layers.append(fnn.InstanceNormAct(c // 2, act="relu"))
         # state: ngf x H x W
         layers += [fnn.Conv2dTanh(ngf, out_channels, 7, padding=3, padding_mode="reflect"), nn.Identity()]
@@ -125,7 +128,7 @@ class PatchDiscriminator(nn.Module):
             stride = 2 if n < n_layers else 1
             out = ndf * min(2**n, 8)
             if norm == "instance":
-                layers += [nn.Conv2d(width, out, 4, stride, 1),
+                layers += [fnn.Conv2d(width, out, 4, stride, 1, norm_follows=True),
                            fnn.InstanceNormAct(out, act="leaky_relu", negative_slope=0.2)]
             else:
                 layers += [nn.Conv2d(width, out, 4, stride, 1, bias=False),

@@ -86,16 +86,18 @@ class UnetGenerator(nn.Module):
                                                        negative_slope=0.2)])
         # state: ngf x H/2 x W/2
         for level in range(1, depth - 1):
-            self.down.append(nn.Sequential(nn.Conv2d(widths[level - 1], widths[level], 4, 2, 1, bias=bias),
+            self.down.append(nn.Sequential(fnn.Conv2d(widths[level - 1], widths[level], 4, 2, 1, bias=bias,
+                                                      norm_follows=bias),
                                            *_norm_act(norm, widths[level], "leaky_relu")))
         # state: (ngf*8) x H/2^(depth-1) x W/2^(depth-1)
         self.bottleneck = nn.Sequential(nn.Conv2d(widths[-2], widths[-1], 4, 2, 1, bias=bias), nn.ReLU())
         # state: (ngf*8) x H/2^depth x W/2^depth (1x1 for unet_256 at 256x256)
-        self.up = nn.ModuleList([nn.Sequential(nn.ConvTranspose2d(widths[-1], widths[-2], 4, 2, 1, bias=bias),
+        self.up = nn.ModuleList([nn.Sequential(fnn.ConvTranspose2d(widths[-1], widths[-2], 4, 2, 1, bias=bias,
+                                                                   norm_follows=bias),
                                                *_norm_act(norm, widths[-2], "relu"))])
         # state: (ngf*8) x H/2^(depth-1) x W/2^(depth-1), concatenated with the encoder's output of that size
         for level in range(depth - 2, 0, -1):
-            layers = [nn.ConvTranspose2d(2 * widths[level], widths[level - 1], 4, 2, 1, bias=bias),
+            layers = [fnn.ConvTranspose2d(2 * widths[level], widths[level - 1], 4, 2, 1, bias=bias, norm_follows=bias),
                       *_norm_act(norm, widths[level - 1], "relu")]
             if dropout and level >= 4:
                 layers.append(DropoutAtTest(dropout))

@@ -3,8 +3,10 @@
 from .accelerate import accelerate, unfuse_batch_norm_act
 from .layers import (
     BatchNorm2dAct,
+    Conv2d,
     Conv2dLeakyReLU,
     Conv2dTanh,
+    ConvTranspose2d,
     ConvTranspose2dTanh,
     InstanceNormAct,
     InstanceNormTrackedAct,
@@ -15,6 +17,6 @@ from .layers import (
     set_impl,
 )
 
-__all__ = ["BatchNorm2dAct", "Conv2dLeakyReLU", "Conv2dTanh", "ConvTranspose2dTanh",
+__all__ = ["BatchNorm2dAct", "Conv2d", "Conv2dLeakyReLU", "Conv2dTanh", "ConvTranspose2d", "ConvTranspose2dTanh",
            "InstanceNormAct", "InstanceNormTrackedAct", "LeakyReLU", "NormThenAct", "ReflectPadConv2d", "accelerate",
            "samples_independent", "set_impl", "unfuse_batch_norm_act"]

@@ -19,7 +19,8 @@ from .. import ops
 from ..ops import _dispatch
 from ..ops._casts import autocast_to
 
-__all__ = ["BatchNorm2dAct", "Conv2dLeakyReLU", "Conv2dTanh", "ConvTranspose2dTanh", "InstanceNormAct", "LeakyReLU",
+__all__ = ["BatchNorm2dAct", "Conv2d", "Conv2dLeakyReLU", "Conv2dTanh", "ConvTranspose2d", "ConvTranspose2dTanh",
+           "InstanceNormAct", "LeakyReLU",
            "NormThenAct", "ReflectPadConv2d", "samples_independent", "set_impl", "FAST_LAYERS", "REFLECT_CONV_KERNELS",
            "REFLECT_CONV_STRIDES"]
 __all__ += ["InstanceNormTrackedAct"]  # for other people's GANs' patterns (accelerate)
@@ -70,19 +71,45 @@ def _check_act(cls: str, act: str) -> None:
         raise ValueError(f"{cls}: act={act!r} is not one of {_ACTS}")
 
 
-class ReflectPadConv2d(_FastLayer, nn.Conv2d):
+class _NormFollows:
+    """Mixin for a convolution whose output may be declared to feed only an InstanceNorm (``norm_follows``).
+
+    A per-channel bias added before a normalisation with per-sample, per-channel statistics (InstanceNorm,
+    affine or not, without running statistics: fastgan's InstanceNormAct) is removed again by the mean
+    subtraction: the normalised output does not depend on it, and its true gradient is zero. With
+    ``norm_follows`` the fast path (any impl but "ref", on any device) leaves the bias out: no bias add after
+    the convolution, no bias-gradient reduction in its backward. The parameter stays (same state_dict, an
+    optimiser built over it, a checkpoint of either path loads into the other), and its ``.grad`` stays
+    None: no launch writes zeros, optimisers skip a parameter without a gradient (no Adam state, no step, no
+    weight decay: the value stays what it was, fastgan's init makes it zero), and a CUDA-graph capture sees the
+    same set of gradients at every replay. ``impl="ref"`` computes what torch computes (the bias added, its
+    gradient reduced: zero up to rounding, which Adam's normalisation may still turn into steps of the
+    unused value). Declare it only where the convolution's output goes to the norm and nowhere else (the
+    models where they build the pair; accelerate where the pattern is exact): anything else that read the
+    output would see it without its bias.
+    """
+
+    norm_follows = False  # set per instance by the constructors
+
+    def _live_bias(self) -> torch.Tensor | None:
+        """The bias the fast path adds: None when the following norm cancels it."""
+        return None if self.norm_follows and self.impl != "ref" else self.bias
+
+
+class ReflectPadConv2d(_NormFollows, _FastLayer, nn.Conv2d):
     """Drop-in for ``nn.Sequential(nn.ReflectionPad2d(padding), nn.Conv2d(in, out, k, stride))``.
 
     An ``nn.Conv2d`` with ``padding_mode="reflect"`` (what that pair computes), square kernel and stride,
     no groups or dilation; the forward goes through fastgan.ops.reflect_pad_conv2d. Parameters are
     nn.Conv2d's (``weight``, ``bias``); use :meth:`from_modules` to take them from a pad + conv pair.
+    ``norm_follows``: the output feeds only an InstanceNorm, which cancels the bias (see _NormFollows).
     """
 
     _ops = ("reflect_pad_conv2d",)
     samples_independent = True  # see samples_independent()
 
     def __init__(self, in_channels, out_channels, kernel_size, padding=None, stride=1, bias=True, impl="auto",
-                 device=None, dtype=None):
+                 device=None, dtype=None, norm_follows=False):
         k = kernel_size if isinstance(kernel_size, int) else kernel_size[0]
         s = stride if isinstance(stride, int) else stride[0]
         p = (k // 2 if padding is None else padding)
@@ -93,7 +120,7 @@ class ReflectPadConv2d(_FastLayer, nn.Conv2d):
                              f"{kernel_size}, {stride}, {padding}")
         super().__init__(in_channels, out_channels, k, stride=s, padding=p, bias=bias, padding_mode="reflect",
                          device=device, dtype=dtype)
-        self.impl = impl
+        self.impl, self.norm_follows = impl, norm_follows
 
     @classmethod
     def from_modules(cls, pad: nn.ReflectionPad2d, conv: nn.Conv2d, impl="auto"):
@@ -119,10 +146,66 @@ class ReflectPadConv2d(_FastLayer, nn.Conv2d):
     def _fast_forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 3:  # unbatched, as nn.Conv2d takes it
             return self._fast_forward(x.unsqueeze(0)).squeeze(0)
-        return ops.reflect_pad_conv2d(x, self.weight, self.bias, self.padding[0], self.stride[0], impl=self.impl)
+        return ops.reflect_pad_conv2d(x, self.weight, self._live_bias(), self.padding[0], self.stride[0],
+                                      impl=self.impl)
 
     def extra_repr(self):
-        return f"{super().extra_repr()}, impl={self.impl}"
+        return f"{super().extra_repr()}, impl={self.impl}{', norm_follows=True' if self.norm_follows else ''}"
+
+
+class Conv2d(_NormFollows, _FastLayer, nn.Conv2d):
+    """``nn.Conv2d`` (any geometry and padding_mode, same parameters and attributes) that can leave out a bias
+    the following InstanceNorm cancels: ``norm_follows`` (see _NormFollows). Without it, nn.Conv2d exactly."""
+
+    samples_independent = True
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
+                 padding_mode="zeros", device=None, dtype=None, impl="auto", norm_follows=False):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device=device, dtype=dtype)
+        self.impl, self.norm_follows = impl, norm_follows
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self._conv_forward(x, self.weight, self.bias)
+        return self._fast_forward(x)
+
+    @torch.jit.unused
+    def _fast_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight, self._live_bias())
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, impl={self.impl}{', norm_follows=True' if self.norm_follows else ''}"
+
+
+class ConvTranspose2d(_NormFollows, _FastLayer, nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` (same parameters, attributes and ``forward(x, output_size=None)``) that can leave
+    out a bias the following InstanceNorm cancels: ``norm_follows`` (see _NormFollows)."""
+
+    samples_independent = True
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
+                 bias=True, dilation=1, padding_mode="zeros", device=None, dtype=None, impl="auto",
+                 norm_follows=False):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, output_padding, groups, bias,
+                         dilation, padding_mode, device=device, dtype=dtype)
+        self.impl, self.norm_follows = impl, norm_follows
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        output_padding = self._output_padding(x, output_size, self.stride, self.padding, self.kernel_size, 2,
+                                              self.dilation)
+        if torch.jit.is_scripting():
+            return F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding, output_padding,
+                                      self.groups, self.dilation)
+        return self._fast_forward(x, output_padding)
+
+    @torch.jit.unused
+    def _fast_forward(self, x: torch.Tensor, output_padding: list[int]) -> torch.Tensor:
+        return F.conv_transpose2d(x, self.weight, self._live_bias(), self.stride, self.padding, output_padding,
+                                  self.groups, self.dilation)
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, impl={self.impl}{', norm_follows=True' if self.norm_follows else ''}"
 
 
 class Conv2dLeakyReLU(_FastLayer, nn.Conv2d):
@@ -526,7 +609,8 @@ class InstanceNormTrackedAct(_FastLayer, nn.Module):
                 f"affine={self.affine}, track_running_stats=True, impl={self.impl}")
 
 
-FAST_LAYERS = (ReflectPadConv2d, Conv2dLeakyReLU, Conv2dTanh, ConvTranspose2dTanh, InstanceNormAct, BatchNorm2dAct,
+FAST_LAYERS = (ReflectPadConv2d, Conv2d, ConvTranspose2d, Conv2dLeakyReLU, Conv2dTanh, ConvTranspose2dTanh,
+               InstanceNormAct, BatchNorm2dAct,
                LeakyReLU, InstanceNormTrackedAct)
 
 

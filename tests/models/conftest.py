@@ -52,7 +52,18 @@ def check_fused_layers(monkeypatch):
             assert impl == "ref", f"{op} ran with impl={impl!r} after set_impl(model, 'ref')"
             counts[op] = counts.get(op, 0) + 1
         assert counts == expected
-        torch.testing.assert_close(ref_out, default_out, rtol=0, atol=0)
+        # On the CPU both impls run the same arithmetic, bit for bit, except for the biases an InstanceNorm
+        # cancels (norm_follows), which the default impl leaves out: the same up to rounding with them, and
+        # bit for bit once they are added again.
+        skipping = [m for m in model.modules() if getattr(m, "norm_follows", False) and m.bias is not None]
+        torch.testing.assert_close(ref_out, default_out, rtol=0 if not skipping else 1e-4,
+                                   atol=0 if not skipping else 1e-5)
+        if skipping:
+            adding = copy.deepcopy(model)
+            for m in adding.modules():
+                if getattr(m, "norm_follows", False):
+                    m.norm_follows = False
+            torch.testing.assert_close(ref_out, adding(*inputs), rtol=0, atol=0)
         with pytest.raises(ValueError, match="unknown impl"):
             fnn.set_impl(copy.deepcopy(model), "no-such-impl")(*inputs)
 
