@@ -952,8 +952,8 @@ GUARDS = {  # measured at ff5838f
 }
 
 # Why the CycleGAN budget test is expected to fail until issue 20's diet is complete (figures at ff5838f).
-BUDGET_GAP = ("CycleGAN 256² bs1 --amp: 1489 launches (budget 1,000) and 6746 MB of "
-              "non-convolution traffic (budget half of 7962 MB) at ff5838f; issue 20 §2 cuts them")
+BUDGET_GAP = ("CycleGAN 256² bs1 --amp: 1241 launches (budget 1,000) and 6746 MB of "
+              "non-convolution traffic (budget half of 7962 MB) at c7f9ec8; issue 20 §2 cuts them")
 
 
 def markdown_table(workloads=WORKLOADS, gpu: str = "h100-sxm") -> str:
