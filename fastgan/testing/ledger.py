@@ -946,14 +946,14 @@ BASELINE = {
 
 # Regression guards (tests/gpu_ready/test_ledger.py): the step may not launch more kernels or move more
 # non-convolution bytes than this; lower them when a change cuts either.
-GUARDS = {  # measured at ff5838f
+GUARDS = {  # measured at a45a3f2
     "pix2pix 256² bs1": {"launches": 400, "non_convolution_bytes": 2638959588},
     "DCGAN 64² bs128": {"launches": 444, "non_convolution_bytes": 1380873908},
 }
 
-# Why the CycleGAN budget test is expected to fail until issue 20's diet is complete (figures at ff5838f).
+# Why the CycleGAN budget test is expected to fail until issue 20's diet is complete (figures at a45a3f2).
 BUDGET_GAP = ("CycleGAN 256² bs1 --amp: 1241 launches (budget 1,000) and 6746 MB of "
-              "non-convolution traffic (budget half of 7962 MB) at c7f9ec8; issue 20 §2 cuts them")
+              "non-convolution traffic (budget half of 7962 MB) at a45a3f2; issue 20 §2 cuts them")
 
 
 def markdown_table(workloads=WORKLOADS, gpu: str = "h100-sxm") -> str:
