@@ -60,6 +60,11 @@ Left alone, each for a reason:
   differ after fusion.
 
 Fusions deliberately not done:
+- Leaving out the bias of a convolution before an InstanceNorm (``norm_follows``, fastgan.nn.layers._NormFollows,
+  which fastgan's own models declare): the bias parameter would get no gradient (None), and in other people's
+  training code that is a change, not a saving: DistributedDataParallel (without find_unused_parameters) fails
+  on a parameter that received no gradient, and loops that read every ``p.grad`` (clipping, logging) meet
+  None. Declare it on the layers where the training code is known to take it.
 - Convolution + InstanceNorm: cuDNN's convolutions are closed kernels; normalising needs statistics over
   the whole convolution output, so the norm would have to run as a second pass anyway (or the convolution be
   rewritten outside cuDNN, which loses more than the saved pass).
