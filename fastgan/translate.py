@@ -19,7 +19,8 @@ What is translated:
 What is written into --out: the output of each image under the input's name, ``compare/<name>`` with the
 (resized) input, the output and, for pairs, the target side by side (the reference's real_A | fake_B |
 real_B), and ``index.html`` showing those rows with the names. A file that does not decode is skipped with
-one warning (``fastgan.translate: warning: ...``) and counted at the end; --strict stops at it instead."""
+one warning (``fastgan.translate: warning: ...``) and counted at the end; --strict refuses the run instead,
+having read every input before writing anything (one error line, nothing in --out)."""
 
 from __future__ import annotations
 
@@ -72,8 +73,8 @@ def parse_args(argv):
                              "half, the other half is the target (default: a dataset's test/ folder, and for "
                              "pix2pix every image twice as wide as high)")
     parser.add_argument("--strict", action="store_true",
-                        help="stop at the first unreadable (or too large) image instead of skipping it with a "
-                             "warning")
+                        help="refuse the run if any image is unreadable (or too large) instead of skipping it with "
+                             "a warning; every input is read before anything is written")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace existing files in --out that are not images (a run's own files and the "
                              "inputs are never replaced)")
@@ -326,6 +327,14 @@ def _own_output(path: Path) -> bool:
         return False
 
 
+class _Fatal(UserError):
+    """An input that stops translate with or without --strict."""
+
+
+class _TooLarge(UserError):
+    """An image too large to translate at its own size (skipped, or refused under --strict)."""
+
+
 def _skip(args, message: str, skipped: list[str]) -> None:
     if args.strict:
         raise UserError(f"{message}; remove it or drop --strict to skip it")
@@ -349,26 +358,45 @@ def _main(argv) -> int:
                          what="an image or translate's index.html", inputs=[args.checkpoint, args.input],
                          overwrite=args.overwrite)
     have = limits.available_memory(model.device)[0]
-    rows, unreadable, too_large, pairs = [], [], [], 0
-    for file, rel in zip(inputs.files, inputs.names):
-        try:
-            image = read_image(str(file), model.channels)
-            target = read_image(str(inputs.targets[file]), model.channels) if file in inputs.targets else None
-        except UserError as e:
-            _skip(args, str(e), unreadable)
-            continue
+
+    def read(file: Path) -> tuple[np.ndarray, np.ndarray | None]:
+        """The generator's input and the target (or None) of one file; a UserError names what stops it: not
+        readable (-> unreadable), too large for --size input (TooLarge), too narrow to be a pair (always)."""
+        image = read_image(str(file), model.channels)
+        target = read_image(str(inputs.targets[file]), model.channels) if file in inputs.targets else None
         if _aligned(args.aligned, inputs, image, model.paired):
             image, target = split_pair(image, model.direction)
             if not image.size:
-                raise UserError(f"{file}: {image.shape[1]} pixel(s) wide, too narrow to be an A|B pair")
+                raise _Fatal(f"{file}: {image.shape[1]} pixel(s) wide, too narrow to be an A|B pair")
         if size is None:  # --size input: each image's own size, bounded like --size N
             h, w = (_padded(side, model) for side in image.shape[:2])
             need = limits.image_bytes(h, w, model.bytes_per_pixel, model.channels)
             if need > have:
-                _skip(args, f"{file}: {image.shape[1]}x{image.shape[0]} needs about {limits.format_bytes(need)} to "
-                      f"translate at its own size, more than the {limits.format_bytes(have)} available; use --size N",
-                      too_large)
-                continue
+                raise _TooLarge(f"{file}: {image.shape[1]}x{image.shape[0]} needs about {limits.format_bytes(need)} "
+                                f"to translate at its own size, more than the {limits.format_bytes(have)} "
+                                "available; use --size N")
+        return image, target
+
+    if args.strict:  # every input is read before anything is written: a refusal leaves --out untouched
+        for file in inputs.files:
+            try:
+                read(file)
+            except _Fatal:
+                raise
+            except UserError as e:
+                _skip(args, str(e), [])
+    rows, unreadable, too_large, pairs = [], [], [], 0
+    for file, rel in zip(inputs.files, inputs.names):
+        try:
+            image, target = read(file)
+        except _Fatal:
+            raise
+        except _TooLarge as e:
+            _skip(args, str(e), too_large)
+            continue
+        except UserError as e:
+            _skip(args, str(e), unreadable)
+            continue
         result = translate_image(model.G, image, size, model.multiple, model.smallest)
         panels = [resize_unit(image, size).transpose(2, 0, 1), result]  # the input as the generator saw it
         if target is not None:

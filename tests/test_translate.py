@@ -123,6 +123,22 @@ def test_unreadable_images_are_skipped_with_one_warning_each(tmp_path, capsys, g
     assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "1.png" in err and "--strict" in err
 
 
+def test_strict_reads_every_input_before_writing_anything(tmp_path, capsys, grey_cyclegan):
+    ckpt, _ = grey_cyclegan
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(_noise(i, 20, 24)).save(folder / f"{i}.png")
+    (folder / "z.jpg").write_bytes(b"")  # sorted after the readable ones
+    out = tmp_path / "strict"
+    with pytest.raises(SystemExit) as e:
+        translate_main([ckpt, str(folder), "--out", str(out), "--strict"])
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert e.value.code == 2 and len(lines) == 1 and "warning" not in lines[0] and "z.jpg" in lines[0]
+    assert not out.exists() or not any(out.rglob("*")), "--strict wrote outputs before refusing"
+
+
 def test_sizes_at_the_generators_lower_bound(tmp_path, capsys, grey_cyclegan):
     ckpt, _ = grey_cyclegan
     Image.fromarray(_noise(0, 1, 1)).save(tmp_path / "dot.png")
