@@ -4,8 +4,9 @@ line each, and the time taken at the end.
 - At start, a few readable lines: the model and its parameter counts, the data (images per folder and what
   was skipped), the schedule, the engine and the run directory. The full resolved config goes to
   config.json only.
-- While training: a tqdm bar when stdout is a terminal (it/s, elapsed, ETA to the last iteration, the
-  current learning rate and the last logged losses), else one line per log interval with the same fields.
+- While training: a tqdm bar when stdout is a terminal of a known, non-zero width (it/s, elapsed, ETA to the
+  last iteration, the current learning rate and the last logged losses), else one line per log interval with
+  the same fields.
   The first report comes after the first iteration, not after the first --log-every.
 - Warnings (an image skipped, a fast path missing) as ``fastgan.train: warning: ...``, one line each and
   without Python's source line.
@@ -17,6 +18,7 @@ Nothing here reads a device tensor: the loop hands over losses it has already re
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 import warnings
@@ -178,8 +180,23 @@ def short_losses(losses: dict[str, float]) -> dict[str, str]:
             if k.endswith("total") or "cycle" in k or (k.endswith(AMP_SKIPPED) and v)}
 
 
+def terminal_columns(stream: TextIO) -> int | None:
+    """The width of the terminal ``stream`` writes to; 0 where it cannot be read or is 0 (``script``'s
+    pseudo-terminal, some CI runners: a bar there prints nothing, so progress goes line by line); None for a
+    stream without a file descriptor (nothing to measure: tqdm draws without a width limit)."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError and a ValueError
+        return None
+    try:
+        return os.get_terminal_size(fd).columns
+    except (OSError, ValueError):
+        return 0
+
+
 class Progress:
-    """Progress of one training process: a tqdm bar on a terminal, else one line per report.
+    """Progress of one training process: a tqdm bar on a terminal (of a known width: terminal_columns), else one
+    line per report.
 
     ``update()`` after every iteration (host-side counting only); ``report(step, lr, losses)`` when the loop
     has read the losses (each log interval, and once after the first iteration); ``close()`` at the end.
@@ -195,7 +212,7 @@ class Progress:
         self.start = clock()
         self.first: tuple[int, float] | None = None  # (step, time) after this process's first iteration
         self.bar = None
-        if self.tty:
+        if self.tty and terminal_columns(self.stream) != 0:
             self.bar = tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, file=self.stream,
                             smoothing=0.1)
 

@@ -1,8 +1,13 @@
 """fastgan.train.progress: the start-up summary, progress on a terminal (tqdm) and in a log (a line per report),
 warnings as one line each, durations."""
 
+import fcntl
 import io
+import os
 import re
+import select
+import struct
+import termios
 import warnings
 
 import pytest
@@ -84,6 +89,30 @@ def test_bar_on_a_terminal_with_rate_eta_lr_and_losses():
     last = text.rstrip("\n").split("\r")[-1]
     assert re.search(r"2/20 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+(it/s|s/it), lr=0\.0002, D/total=0\.512, G/total=1\.5, "
                      r"G/cycle_A=0\.25\]", last), last
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+@pytest.mark.parametrize("columns", [0, 80])
+def test_a_terminal_of_zero_columns_gets_lines_not_an_empty_bar(columns):
+    """`script -qc ... log` gives a pseudo-terminal 0 columns wide, where tqdm's bar prints nothing."""
+    main, side = os.openpty()
+    fcntl.ioctl(side, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    with os.fdopen(side, "w") as terminal:
+        progress = Progress(total=4, stream=terminal, clock=FakeClock())
+        assert progress.tty and (progress.bar is None) == (columns == 0)
+        progress.update()
+        progress.report(1, 2e-4, LOSSES)
+        progress.close()
+        text = b""
+        while select.select([main], [], [], 0.5)[0]:
+            text += os.read(main, 4096)
+            if b"\n" in text and columns == 0 or b"lr=" in text and columns:
+                break
+    os.close(main)
+    if columns == 0:
+        assert text.decode().startswith("step 1/4 (25%) | ") and "D/total=0.512" in text.decode()
+    else:
+        assert b"lr=0.0002" in text and b"step" not in text
 
 
 def test_other_ranks_print_nothing():
