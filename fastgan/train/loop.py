@@ -174,9 +174,13 @@ def resolve_config(cfg: TrainConfig, model=None) -> TrainConfig:
     device = process_device(cfg.device)
     cfg.device = str(device)
     cfg.eval_feature = cfg.eval_feature or "inception"
-    if cfg.eval_every and cfg.eval_feature == "inception":  # the file is found now, its contents checked in train
-        from ..metrics.spaces import find_inception_weights
-        cfg.inception_weights = str(find_inception_weights(cfg.inception_weights or None))
+    if cfg.eval_every:  # a missing or unreadable weights or classifier file, or too small an --eval-n, fails now
+        from ..metrics import feature_space
+        from ..metrics.evaluation import TRAINING_METRICS, check_sizes
+        space = feature_space(cfg.eval_feature, cfg.inception_weights or None)
+        check_sizes(space, TRAINING_METRICS, cfg.eval_n, None, flag="--eval-n")
+        if cfg.eval_feature == "inception":  # config.json records the file found
+            cfg.inception_weights = space.weights
     if cfg.channels_last is None:
         cfg.channels_last = device.type == "cuda" and model.convolutional
     cfg = with_recipe(cfg, model)
@@ -526,11 +530,6 @@ class _Loop:
 
     def run(self) -> dict:
         cfg, task, ddp = self.cfg, self.task, self.ddp
-        if cfg.eval_every:  # a missing weights or classifier file, or too small an --eval-n, fails now
-            from ..metrics import feature_space
-            from ..metrics.evaluation import TRAINING_METRICS, check_sizes
-            check_sizes(feature_space(cfg.eval_feature, cfg.inception_weights or None), TRAINING_METRICS, cfg.eval_n,
-                        None, flag="--eval-n")
         stopping = None
         stop = StopSignals()
         task.train()

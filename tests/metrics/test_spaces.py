@@ -154,13 +154,21 @@ def test_train_takes_inception_weights_from_the_flag_or_the_environment(tmp_path
     assert resolve_config(parse_config(argv[:5] + ["--out", str(tmp_path / "r")])).inception_weights == ""
 
 
-def test_train_without_inception_weights_fails_at_start_in_one_line(tmp_path, capsys):
+def test_train_without_inception_weights_fails_at_start_in_one_line(tmp_path, capsys, monkeypatch):
     from fastgan.metrics.spaces import INCEPTION_URLS
     from fastgan.train.__main__ import main
 
     out = tmp_path / "run"
-    for extra, named in (([], INCEPTION_URLS[0]), (["--inception-weights", str(tmp_path / "none.pth")],
-                                                   f"--inception-weights {tmp_path / 'none.pth'}: no such file")):
+    text = tmp_path / "x.txt"
+    text.write_text("not torch")
+    for extra, env, named in (
+            ([], None, INCEPTION_URLS[0]),
+            (["--inception-weights", str(tmp_path / "none.pth")], None,
+             f"--inception-weights {tmp_path / 'none.pth'}: no such file"),
+            (["--inception-weights", str(text)], None, f"Inception weights {text}: not a readable torch file"),
+            ([], str(text), f"Inception weights {text}: not a readable torch file")):
+        if env:
+            monkeypatch.setenv(ENV_INCEPTION, env)
         with pytest.raises(SystemExit) as exit_info:
             main(["dcgan", "--data", "synthetic", "--device", "cpu", "--iters", "2", "--eval-every", "1",
                   "--out", str(out), *extra])
