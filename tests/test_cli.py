@@ -137,6 +137,10 @@ def write_idx(root, n=10, magic=2051, truncate=0):
     (["dcgan", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
     (["dcgan", "--epochs", "0"], "nothing to train"),
     (["dcgan", "--lr", "-1"], "--lr -1.0: must be positive"),
+    # Negative non-finite and exponent forms are values, not options (argparse's own matcher takes neither).
+    (["dcgan", "--lr", "-inf"], "argument --lr: -inf: must be a finite number"),
+    (["dcgan", "--lr", "-NaN"], "argument --lr: -NaN: must be a finite number"),
+    (["dcgan", "--beta1", "-1e-3"], "--beta1 -0.001: must be in [0, 1)"),
     (["dcgan", "--device", "tpu"], "--device 'tpu'"),
     (["cyclegan", "--load-size", "100", "--image-size", "128"], "--load-size 100"),
 ])

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 
 from ..errors import EXIT_USAGE, UserError
 
 SEED_MAX = 2**32 - 1  # the one accepted --seed range: 0 to SEED_MAX
+# What argparse takes as a value rather than an option when it starts with "-": argparse's own negative
+# numbers (-1, -.5), and also -1e-3, -inf and -nan, so that `--lr -inf` gets finite_float's message instead
+# of "expected one argument" (and `--beta1 -1e-3` its range check).
+NEGATIVE_NUMBER = re.compile(r"^-(\d+|\d*\.\d+|\d+\.)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
 
 
 def finite_float(text: str) -> float:
@@ -44,12 +49,14 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad flag as one line, ``<prog>: error: ...`` (no usage block), exit 2.
 
     Flags declared with ``type=float`` get :func:`finite_float` and an integer ``--seed`` gets :func:`seed`,
-    in every command and in sub-commands (their parsers are of this class too)."""
+    in every command and in sub-commands (their parsers are of this class too). A value starting with "-" is a
+    value if it reads as a negative number, -inf and -nan included (NEGATIVE_NUMBER)."""
 
     def __init__(self, tool: str, **kwargs):
         kwargs.setdefault("prog", f"python -m {tool}")
         super().__init__(**kwargs)
         self.name = tool
+        self._negative_number_matcher = NEGATIVE_NUMBER  # argparse's test of "a negative number, not an option"
 
     def add_argument(self, *names, **kwargs):
         if kwargs.get("type") is float:
