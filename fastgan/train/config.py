@@ -65,8 +65,8 @@ class TrainConfig:
     sync_bn: bool = False  # BatchNorm statistics over all processes' batches (off: per process, as the reference code)
     dist_timeout: int = 300  # seconds a collective waits for the other processes before the job fails
     # --- outputs ---
-    out: str = ""  # "" = runs/<model>
-    resume: str = ""  # "" (start fresh, refusing to overwrite a run) | auto | path to a checkpoint
+    out: str = ""  # the run directory (default: runs/<model>)
+    resume: str = ""  # auto (the newest checkpoint in --out) | RUN_DIR | RUN_DIR/checkpoint-N.pt (default: a new run)
     init_from: str = ""  # a new run from a checkpoint's weights (file or run directory); fresh optimisers and schedule
     init_nets: str = ""  # with --init-from: the networks it takes, e.g. G_A,G_B ("" = all)
     sample_every: int = 500  # iterations between sample grids (0 = only at the end)

@@ -17,11 +17,11 @@ REFERENCE_FLAGS = {
     "--crop_size": "--image-size (the side of the random crop)",
     "--continue_train": "--resume auto (continues the run in --out where it stopped: same data, optimisers and "
                         "schedule); to start a new run from saved weights, on other data too: --init-from CHECKPOINT",
-    "--epoch_count": "--resume auto continues at the checkpoint's own iteration; --init-from CHECKPOINT starts a "
-                     "new schedule at epoch 0 (set its length with --epochs and --epochs-decay)",
+    "--epoch_count": "--resume auto, which continues at the checkpoint's own iteration, or --init-from CHECKPOINT, "
+                     "which starts a new schedule at epoch 0 (set its length with --epochs and --epochs-decay)",
     "--gpu_ids": "--device cuda:N (or --device cpu for -1); several GPUs: torchrun --nproc-per-node N -m "
                  "fastgan.train ...",
-    "--netG": "the model fixes its generator: cyclegan's ResNet (--n-blocks 9 = resnet_9blocks, 6 = "
+    "--netG": "the generator its model fixes: cyclegan's ResNet (--n-blocks 9 = resnet_9blocks, 6 = "
               "resnet_6blocks), pix2pix's U-Net (--unet-depth 8 = unet_256, 7 = unet_128)",
     "--no_flip": "--no-flip",
     "--n_epochs": "--epochs",
@@ -33,11 +33,11 @@ REFERENCE_FLAGS = {
     "--save_latest_freq": "--save-every (in iterations)",
     "--save_epoch_freq": "--save-every (in iterations)",
     "--display_freq": "--sample-every (in iterations); the run's report.html shows the grids",
-    "--display_id": "nothing: fastgan writes report.html in --out instead of using visdom",
+    "--display_id": "none: report.html in --out shows the run instead of visdom",
     "--num_threads": "--workers",
     "--results_dir": "python -m fastgan.translate RUN_DIR INPUT --out DIR",
-    "--input_nc": "nothing: the channels come from the data",
-    "--output_nc": "nothing: the channels come from the data",
+    "--input_nc": "none: the channels come from the data",
+    "--output_nc": "none: the channels come from the data",
 }
 
 # The reference's --model values -> fastgan's sub-command.

@@ -23,9 +23,9 @@ def error_line(capsys, *argv) -> str:
     ("--load_size", "--load-size"),
     ("--crop_size", "--image-size"),
     ("--continue_train", "--resume auto"),
-    ("--epoch_count", "--init-from CHECKPOINT"),
+    ("--epoch_count", "--resume auto, which continues at the checkpoint's own iteration, or --init-from CHECKPOINT"),
     ("--gpu_ids", "--device cuda:N"),
-    ("--netG", "--n-blocks 9 = resnet_9blocks"),
+    ("--netG", "the generator its model fixes: cyclegan's ResNet (--n-blocks 9 = resnet_9blocks"),
     ("--no_flip", "--no-flip"),
 ])
 def test_each_reference_flag_names_fastgans(capsys, flag, names):
@@ -60,6 +60,12 @@ def help_of(capsys, model: str) -> str:
     with pytest.raises(SystemExit):
         main([model, "--help"])
     return " ".join(capsys.readouterr().out.split())
+
+
+def test_out_and_resume_help_say_their_defaults_and_a_run_directory(capsys):
+    text = help_of(capsys, "dcgan")
+    assert "--out OUT the run directory (default: runs/<model>)" in text and '"" = runs' not in text
+    assert "auto (the newest checkpoint in --out) | RUN_DIR | RUN_DIR/checkpoint-N.pt (default: a new run)" in text
 
 
 def test_data_help_says_what_a_folder_holds(capsys):
