@@ -71,6 +71,24 @@ def _check_act(cls: str, act: str) -> None:
         raise ValueError(f"{cls}: act={act!r} is not one of {_ACTS}")
 
 
+def _norm_state(module: nn.Module, num_features: int, affine: bool, track_running_stats: bool, device,
+                dtype) -> None:
+    """Registers a norm layer's parameters and buffers under torch's names, as nn.BatchNorm2d and
+    nn.InstanceNorm2d do (``weight``/``bias`` when affine; ``running_mean``/``running_var``/
+    ``num_batches_tracked`` when tracking), so state_dicts load both ways."""
+    factory = dict(device=device, dtype=dtype)
+    if affine:
+        module.weight = nn.Parameter(torch.ones(num_features, **factory))
+        module.bias = nn.Parameter(torch.zeros(num_features, **factory))
+    else:
+        module.register_parameter("weight", None)
+        module.register_parameter("bias", None)
+    if track_running_stats:
+        module.register_buffer("running_mean", torch.zeros(num_features, **factory))
+        module.register_buffer("running_var", torch.ones(num_features, **factory))
+        module.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+
+
 class _NormFollows:
     """Mixin for a convolution whose output may be declared to feed only an InstanceNorm (``norm_follows``).
 
@@ -353,12 +371,7 @@ class InstanceNormAct(_FastLayer, nn.Module):
         self.num_features, self.act, self.negative_slope, self.eps = num_features, act, negative_slope, eps
         self.affine, self.contiguous_output = affine, contiguous_output
         self.impl = impl
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_features, device=device, dtype=dtype))
-            self.bias = nn.Parameter(torch.zeros(num_features, device=device, dtype=dtype))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _norm_state(self, num_features, affine, False, device, dtype)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         if torch.jit.is_scripting():
@@ -408,18 +421,8 @@ class BatchNorm2dAct(_FastLayer, nn.Module):
         self.num_features, self.act, self.negative_slope, self.eps = num_features, act, negative_slope, eps
         self.momentum, self.affine, self.track_running_stats = momentum, affine, track_running_stats
         self.impl = impl
-        factory = dict(device=device, dtype=dtype)
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_features, **factory))
-            self.bias = nn.Parameter(torch.zeros(num_features, **factory))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-            self.register_buffer("running_var", torch.ones(num_features, **factory))
-            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
-        else:
+        _norm_state(self, num_features, affine, track_running_stats, device, dtype)
+        if not track_running_stats:  # as nn.BatchNorm2d: the attributes exist, as None
             self.register_buffer("running_mean", None)
             self.register_buffer("running_var", None)
             self.register_buffer("num_batches_tracked", None)
@@ -564,16 +567,7 @@ class InstanceNormTrackedAct(_FastLayer, nn.Module):
         self.num_features, self.act, self.negative_slope, self.eps = num_features, act, negative_slope, eps
         self.momentum, self.affine, self.track_running_stats = momentum, affine, True
         self.impl = impl
-        factory = dict(device=device, dtype=dtype)
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_features, **factory))
-            self.bias = nn.Parameter(torch.zeros(num_features, **factory))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-        self.register_buffer("running_var", torch.ones(num_features, **factory))
-        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+        _norm_state(self, num_features, affine, True, device, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() not in (3, 4):
