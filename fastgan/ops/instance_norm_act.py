@@ -7,6 +7,8 @@ The Triton path views x as [N, C, S] (S = H*W) with strides, so NCHW (stride_s =
 block) row is cut into SPLIT pieces so that a small N*C still fills the GPU; every reduction is
 deterministic (per-piece fp32 partials, summed in a fixed order by the pass that consumes them, no
 atomics): two launches per direction, and none for the weight and bias gradients of a non-affine norm.
+With enough rows to fill the GPU by themselves (_ONE_LAUNCH_MIN_ROWS), one launch per direction instead:
+one program per (sample, channel) row runs both passes over its row (the second read served from L2).
 
 Forward, two passes over x:
   stats:     per piece, sums of d = x - x[n, c, 0] and of d^2 (the shift keeps E[d^2] - E[d]^2 from
@@ -46,6 +48,14 @@ _ACT_CODE = {"none": 0, "relu": 1, "leaky_relu": 2}
 # the size of a bf16 activation at the CycleGAN shapes while 32 pieces x channel blocks still give 32-256
 # programs at batch 1.
 _MAX_SPLIT = 32
+_ROW_BLOCK_S = 2048  # elements per tile of the one-launch kernels: one fp32 accumulator pair of 16 per thread
+# From this many (sample, channel) rows on, each direction is one launch of one program per row, looping over
+# the row twice (statistics, then the output), instead of the split path's two launches: the rows alone fill
+# the GPU (132 = the SMs of an H100 SXM, one program each), and the second read of a row comes from L2 (an
+# H100's 50 MB hold a row of 64K bf16 elements for each of thousands of programs in flight). Fewer rows keep
+# the split path, whose pieces are what fills the GPU at batch 1 with few channels. Tests monkeypatch it to
+# run every shape through both paths.
+_ONE_LAUNCH_MIN_ROWS = 132
 
 
 # 1. Reference ------------------------------------------------------------------------------------
@@ -247,18 +257,124 @@ def _instance_norm_act_bwd_kernel(
         tl.store(DX + idx, dx.to(DX.dtype.element_ty), mask=mask)
 
 
+# The one-launch path: a (C, N) grid, program (c, n) owning row x[n, c, :] and looping over it twice in
+# [1, BLOCK_S] tiles, TILES (constexpr, as above) of them per pass.
+@kernel
+def _instance_norm_act_row_fwd_kernel(
+    X,  # input, [N, C, S] with strides (stride_n, stride_c, stride_s)
+    R,  # residual, like X (unused unless HAS_RESIDUAL)
+    Y,  # output, like X
+    W,  # weight, [C] (unused unless HAS_AFFINE)
+    B,  # bias, [C] (unused unless HAS_AFFINE)
+    MEAN,  # fp32 out, [N, C]
+    RSTD,  # fp32 out, [N, C]
+    C, S, stride_n, stride_c, stride_s, eps, negative_slope,
+    BLOCK_S: tl.constexpr, TILES: tl.constexpr,
+    HAS_AFFINE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACT: tl.constexpr,
+):
+    pid_c, n = tl.program_id(0), tl.program_id(1)
+    c = pid_c + tl.arange(0, 1)  # [1]: this program's channel, as a block for the shared tile code
+    offset = n.to(tl.int64) * stride_n + c * stride_c  # [1] offset of x[n, c, 0]
+    shift = tl.load(X + offset).to(tl.float32)
+    # Pass 1: sums of d = x - x[n, c, 0] and of d^2, as the split path's stats pass computes them.
+    acc = tl.full([1, BLOCK_S], 0.0, tl.float32)
+    acc_sq = tl.full([1, BLOCK_S], 0.0, tl.float32)
+    for s0 in range(0, TILES * BLOCK_S, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S)
+        mask = (s < S)[None, :]
+        x = tl.load(X + offset[:, None] + s[None, :].to(tl.int64) * stride_s, mask=mask, other=0.0).to(tl.float32)
+        d = tl.where(mask, x - shift[:, None], 0.0)
+        acc += d
+        acc_sq += d * d
+    mean_d = tl.reduce(acc, 1, _add) / S
+    var = tl.maximum(tl.reduce(acc_sq, 1, _add) / S - mean_d * mean_d, 0.0)
+    mean = shift + mean_d
+    rstd = 1.0 / tl.sqrt(var + eps)
+    tl.store(MEAN + n * C + c, mean)
+    tl.store(RSTD + n * C + c, rstd)
+    # Pass 2: y = act(xhat * w + b) + residual.
+    scale = rstd
+    if HAS_AFFINE:
+        w = tl.load(W + c).to(tl.float32)
+        scale = rstd * w
+        shift_out = tl.load(B + c).to(tl.float32) - mean * scale
+    else:
+        shift_out = -mean * scale
+    for s0 in range(0, TILES * BLOCK_S, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S)
+        mask = (s < S)[None, :]
+        idx = offset[:, None] + s[None, :].to(tl.int64) * stride_s
+        z = tl.load(X + idx, mask=mask, other=0.0).to(tl.float32) * scale[:, None] + shift_out[:, None]
+        if ACT == 1:
+            z = tl.maximum(z, 0.0)
+        elif ACT == 2:
+            z = tl.where(z > 0, z, z * negative_slope)
+        if HAS_RESIDUAL:
+            z += tl.load(R + idx, mask=mask, other=0.0).to(tl.float32)
+        tl.store(Y + idx, z.to(Y.dtype.element_ty), mask=mask)
+
+
+@kernel
+def _instance_norm_act_row_bwd_kernel(
+    X,  # input, [N, C, S] with strides (stride_n, stride_c, stride_s)
+    DY,  # output gradient, like X
+    DX,  # input gradient out, like X
+    W,  # weight, [C] (unused unless HAS_AFFINE)
+    B,  # bias, [C] (unused unless HAS_AFFINE)
+    MEAN,  # fp32, [N, C]
+    RSTD,  # fp32, [N, C]
+    PARTS,  # fp32 out, [2, N, C, 1]: per row, sums of g and of g * xhat (unused unless HAS_AFFINE)
+    C, S, stride_n, stride_c, stride_s, NC, negative_slope,
+    BLOCK_S: tl.constexpr, TILES: tl.constexpr, HAS_AFFINE: tl.constexpr, ACT: tl.constexpr,
+):
+    pid_c, n = tl.program_id(0), tl.program_id(1)
+    c = pid_c + tl.arange(0, 1)
+    c_mask = c < C  # all true: the shared tile code takes a mask
+    offset = n.to(tl.int64) * stride_n + c * stride_c
+    mean, rstd, w, b = norm_act_channel(W, B, MEAN, RSTD, n * C, c, c_mask, 1, HAS_AFFINE)
+    # Pass 1: the row sums of g and g * xhat.
+    acc_g = tl.full([1, BLOCK_S], 0.0, tl.float32)
+    acc_gx = tl.full([1, BLOCK_S], 0.0, tl.float32)
+    for s0 in range(0, TILES * BLOCK_S, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S)
+        mask = c_mask[:, None] & (s < S)[None, :]
+        idx = offset[:, None] + s[None, :].to(tl.int64) * stride_s
+        xhat, g = norm_act_bwd_tile(X, DY, idx, mask, mean, rstd, w, b, negative_slope, ACT)
+        acc_g += g
+        acc_gx += g * xhat
+    sum_g = tl.reduce(acc_g, 1, _add)
+    sum_gx = tl.reduce(acc_gx, 1, _add)
+    if HAS_AFFINE:
+        tl.store(PARTS + n * C + c, sum_g)
+        tl.store(PARTS + NC + n * C + c, sum_gx)
+    # Pass 2: dx.
+    mean_dxhat = w * sum_g / S
+    mean_dxhat_xhat = w * sum_gx / S
+    for s0 in range(0, TILES * BLOCK_S, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S)
+        mask = c_mask[:, None] & (s < S)[None, :]
+        idx = offset[:, None] + s[None, :].to(tl.int64) * stride_s
+        xhat, g = norm_act_bwd_tile(X, DY, idx, mask, mean, rstd, w, b, negative_slope, ACT)
+        dx = rstd[:, None] * (g * w[:, None] - mean_dxhat[:, None] - xhat * mean_dxhat_xhat[:, None])
+        tl.store(DX + idx, dx.to(DX.dtype.element_ty), mask=mask)
+
+
 # 3. Launchers ------------------------------------------------------------------------------------
 _OP = "instance_norm_act"
 
 
 def _plan(x):
-    """Shape, strides, tile and split of x for the kernels."""
+    """Shape, strides, tile and split of x for the kernels; plan["rows"] for the one-launch path."""
     n, c, s, stride_n, stride_c, stride_s = _triton_util.channels_view(_OP, "x", x)
+    args = (c, s, stride_n, stride_c, stride_s)
+    if n * c >= _ONE_LAUNCH_MIN_ROWS:
+        block_s = min(_triton_util.next_pow2(s), _ROW_BLOCK_S)
+        return dict(rows=True, grid=(c, n), n=n, c=c, args=args,
+                    blocks=dict(BLOCK_S=block_s, TILES=_triton_util.next_pow2(-(-s // block_s))))
     block_c, block_s = _triton_util.tile(c, s, stride_c)
     c_blocks = -(-c // block_c)
     split, tiles = _triton_util.split(n, c_blocks, s, block_s, _MAX_SPLIT)
-    args = (c, s, stride_n, stride_c, stride_s)
-    return dict(grid=(split, c_blocks, n), n=n, c=c, split=split, args=args,
+    return dict(rows=False, grid=(split, c_blocks, n), n=n, c=c, split=split, args=args,
                 blocks=dict(BLOCK_C=block_c, BLOCK_S=block_s, TILES=tiles),
                 sums=dict(BLOCK_SPLIT=_triton_util.next_pow2(split)))
 
@@ -266,11 +382,20 @@ def _plan(x):
 def _instance_norm_act_fwd(x, weight, bias, residual, act, negative_slope, eps):
     """Returns y (x's layout and dtype) and the fp32 [N, C] mean and rstd that backward needs."""
     plan = _plan(x)
-    n, c, split = plan["n"], plan["c"], plan["split"]
-    parts = _triton_util.empty((2, n, c, split), torch.float32, x.device)
+    n, c = plan["n"], plan["c"]
     mean = _triton_util.empty((n, c), torch.float32, x.device)
     rstd = _triton_util.empty((n, c), torch.float32, x.device)
     y = _triton_util.empty_like(x)
+    if plan["rows"]:
+        with _triton_util.device_guard(x):
+            _instance_norm_act_row_fwd_kernel[plan["grid"]](
+                x, x if residual is None else residual, y,
+                x if weight is None else weight, x if bias is None else bias,
+                mean, rstd, *plan["args"], eps, negative_slope, **plan["blocks"],
+                HAS_AFFINE=weight is not None, HAS_RESIDUAL=residual is not None, ACT=_ACT_CODE[act])
+        return y, mean, rstd
+    split = plan["split"]
+    parts = _triton_util.empty((2, n, c, split), torch.float32, x.device)
     with _triton_util.device_guard(x):
         _instance_norm_act_stats_kernel[plan["grid"]](x, parts, *plan["args"], split, n * c, **plan["blocks"])
         _instance_norm_act_fwd_kernel[plan["grid"]](
@@ -285,22 +410,35 @@ def _instance_norm_act_bwd(dy, x, weight, bias, mean, rstd, act, negative_slope)
     """Returns dx (x's layout and dtype) and fp32 [C] dweight, dbias; without weight and bias, two empty
     tensors: no launch computes the gradients of parameters that do not exist."""
     plan = _plan(x)
-    n, c, split = plan["n"], plan["c"], plan["split"]
+    n, c = plan["n"], plan["c"]
     dy = _triton_util.same_layout(dy, x)
-    parts = _triton_util.empty((2, n, c, split), torch.float32, x.device)
     dx = _triton_util.empty_like(x)
     options = dict(**plan["blocks"], HAS_AFFINE=weight is not None, ACT=_ACT_CODE[act])
     w, b = (x, x) if weight is None else (weight, bias)
-    with _triton_util.device_guard(x):
-        _instance_norm_act_bwd_stats_kernel[plan["grid"]](x, dy, w, b, mean, rstd, parts, *plan["args"],
-                                                          split, n * c, negative_slope, **options)
-        _instance_norm_act_bwd_kernel[plan["grid"]](x, dy, dx, w, b, mean, rstd, parts, *plan["args"], split,
-                                                    n * c, negative_slope, **options, **plan["sums"])
+    if plan["rows"]:  # one partial sum per row, and only for the weight and bias gradients
+        parts = _triton_util.empty((2, n, c, 1) if weight is not None else (0,), torch.float32, x.device)
+        with _triton_util.device_guard(x):
+            _instance_norm_act_row_bwd_kernel[plan["grid"]](x, dy, dx, w, b, mean, rstd, parts, *plan["args"],
+                                                            n * c, negative_slope, **options)
+    else:
+        parts = _split_bwd(x, dy, dx, w, b, mean, rstd, negative_slope, plan, options)
     if weight is None:
         return dx, parts.new_empty((0,)), parts.new_empty((0,))
     # Sums over pieces and samples in a fixed order: deterministic, unlike atomics; two tensors, as a custom
     # op's outputs may not alias.
     return dx, parts[1].sum(dim=(0, 2)), parts[0].sum(dim=(0, 2))
+
+
+def _split_bwd(x, dy, dx, w, b, mean, rstd, negative_slope, plan, options):
+    """The split path's backward into dx; returns the per-piece sums of g and g * xhat, [2, N, C, SPLIT]."""
+    n, c, split = plan["n"], plan["c"], plan["split"]
+    parts = _triton_util.empty((2, n, c, split), torch.float32, x.device)
+    with _triton_util.device_guard(x):
+        _instance_norm_act_bwd_stats_kernel[plan["grid"]](x, dy, w, b, mean, rstd, parts, *plan["args"],
+                                                          split, n * c, negative_slope, **options)
+        _instance_norm_act_bwd_kernel[plan["grid"]](x, dy, dx, w, b, mean, rstd, parts, *plan["args"], split,
+                                                    n * c, negative_slope, **options, **plan["sums"])
+    return parts
 
 
 # 4. Autograd (torch.library custom ops, so torch.compile and CUDA graphs see opaque kernels) ------

@@ -204,9 +204,10 @@ def _batch_norm_act_cases():
 
 
 # Public op -> (its option cases, the shapes they run at): a real GAN shape and an odd one (37x53, C=3)
-# whose sizes are not multiples of 16.
+# whose sizes are not multiples of 16. instance_norm_act has one more, with enough rows (N * C) for its
+# one-launch kernels (instance_norm_act._ONE_LAUNCH_MIN_ROWS), so their affine variants are compiled too.
 PUBLIC_CASES = {
-    "instance_norm_act": (_instance_norm_act_cases, ((1, 64, 256, 256), (2, 3, 37, 53))),
+    "instance_norm_act": (_instance_norm_act_cases, ((1, 64, 256, 256), (2, 3, 37, 53), (1, 256, 64, 64))),
     "leaky_relu": (_leaky_relu_cases, ((128, 64, 32, 32), (2, 3, 37, 53))),
     "batch_norm_act": (_batch_norm_act_cases, ((128, 128, 16, 16), (2, 3, 37, 53))),
     "tanh": (_tanh_cases, ((128, 3, 64, 64), (2, 3, 37, 53))),

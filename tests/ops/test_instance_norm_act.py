@@ -74,24 +74,33 @@ def _check_against_reference(shape, dtype, device, channels_last, affine, act, r
         assert err <= tol, f"{name}: max error {err:.3g} > {tol:.3g}"
 
 
+@pytest.fixture(params=["split", "rows"])
+def norm_path(request, monkeypatch):
+    """Runs a test through the split path (two launches per direction) and through the one-launch path (one
+    program per row), whatever its shape's number of rows."""
+    module = importlib.import_module("fastgan.ops.instance_norm_act")
+    monkeypatch.setattr(module, "_ONE_LAUNCH_MIN_ROWS", 2**62 if request.param == "split" else 1)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("affine", [False, True], ids=["plain", "affine"])
 @pytest.mark.parametrize("act", ["relu", "leaky_relu", "none"])
 @pytest.mark.parametrize("residual", [False, True], ids=["", "residual"])
-def test_matches_reference_small(triton_cpu, dtype, channels_last, affine, act, residual):
+def test_matches_reference_small(triton_cpu, norm_path, dtype, channels_last, affine, act, residual):
     _check_against_reference((2, 3, 5, 7), dtype, "cpu", channels_last, affine, act, residual)
 
 
 @pytest.mark.parametrize("shape", [
     (1, 4, 9, 11),  # odd sizes, one sample
     (2, 3, 37, 53),  # odd sizes from the issue
-    (1, 2, 48, 48),  # 2304 > one 2048 tile: rows split over two programs, the second partial
+    (1, 2, 48, 48),  # 2304 > one 2048 tile: split over two programs, or two tiles per pass of one program
     (1, 70, 3, 4),  # channels beyond one channels_last block of 64
 ])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-def test_matches_reference_odd_shapes(triton_cpu, shape, dtype, channels_last):
+def test_matches_reference_odd_shapes(triton_cpu, norm_path, shape, dtype, channels_last):
     _check_against_reference(shape, dtype, "cpu", channels_last, True, "relu", True)
 
 
@@ -102,7 +111,7 @@ def test_matches_reference_odd_shapes(triton_cpu, shape, dtype, channels_last):
     (1, 256, 64, 64), (4, 256, 64, 64),  # residual blocks
     (4, 128, 64, 64), (4, 512, 31, 31),  # PatchGAN-like
     (2, 3, 37, 53),  # odd
-])
+])  # rows (N * C) on both sides of _ONE_LAUNCH_MIN_ROWS: both paths
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("act,affine,residual", [("relu", False, False), ("none", True, True),
@@ -138,7 +147,7 @@ def test_split_covers_each_row_once(n, c_blocks, s, block_s, max_split):
     assert (split - 1) * tiles * block_s < s <= split * tiles * block_s  # no empty piece, nothing left out
 
 
-def test_mixed_layouts_and_dtypes(triton_cpu):
+def test_mixed_layouts_and_dtypes(triton_cpu, norm_path):
     """A residual in another layout and an NCHW dy for a channels_last x still give the reference."""
     x = torch.randn(2, 3, 6, 5).contiguous(memory_format=torch.channels_last).requires_grad_(True)
     r = torch.randn(2, 3, 6, 5, dtype=torch.float64)
@@ -151,7 +160,7 @@ def test_mixed_layouts_and_dtypes(triton_cpu):
     torch.testing.assert_close(dx, dx_ref.float(), atol=1e-5, rtol=1e-5)
 
 
-def test_deterministic(triton_cpu):
+def test_deterministic(triton_cpu, norm_path):
     tensors, dy = _inputs((2, 3, 48, 48), torch.float32, "cpu", True, True, False)
 
     def grads():
@@ -280,6 +289,17 @@ def test_kernels_compile_for_h100(sm90_ptx, unit_stride, tiles):
         "bwd": sm90_ptx(module._instance_norm_act_bwd_kernel, dict(block, BLOCK_SPLIT=32, HAS_AFFINE=True, ACT=1),
                              unit_stride),
     }
+    row = dict(BLOCK_S=2048, TILES=tiles)
+    rows = {  # the one-launch kernels: one channel per program, so 128-bit accesses only in NCHW
+        "row_fwd": sm90_ptx(module._instance_norm_act_row_fwd_kernel,
+                            dict(row, HAS_AFFINE=True, HAS_RESIDUAL=True, ACT=2), unit_stride),
+        "row_bwd": sm90_ptx(module._instance_norm_act_row_bwd_kernel, dict(row, HAS_AFFINE=True, ACT=1),
+                            unit_stride),
+    }
+    if unit_stride == "stride_s":
+        for name, code in rows.items():
+            assert "ld.global.v4" in code, name
+        assert "st.global.v4" in rows["row_fwd"] and "st.global.v4" in rows["row_bwd"]
     # 128-bit loads and stores along the contiguous dim (channels for NHWC), as a copy kernel would issue;
     # the stats kernels store only per-channel partial sums.
     for name, code in ptx.items():
@@ -287,10 +307,12 @@ def test_kernels_compile_for_h100(sm90_ptx, unit_stride, tiles):
     assert "st.global.v4" in ptx["fwd"] and "st.global.v4" in ptx["bwd"]
 
 
+@pytest.mark.parametrize("rows", [64, 256], ids=["split", "one_launch"])
 @pytest.mark.parametrize("affine", [False, True], ids=["plain", "affine"])
-def test_launches_per_direction(affine):
-    """Two kernels forward and two backward, the pieces' partial sums summed by the pass that reads them (no
-    separate sum launch); a non-affine norm computes no weight or bias gradient at all."""
+def test_launches_per_direction(affine, rows):
+    """Below _ONE_LAUNCH_MIN_ROWS rows, two kernels forward and two backward, the pieces' partial sums summed by
+    the pass that reads them (no separate sum launch); from it on, one kernel per direction. A non-affine norm
+    computes no weight or bias gradient at all."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from fastgan.testing.specialisations import record_launches
@@ -308,16 +330,17 @@ def test_launches_per_direction(affine):
             return func(*args, **(kwargs or {}))
 
     module = importlib.import_module("fastgan.ops.instance_norm_act")
-    x = torch.empty(1, 64, 32, 32).contiguous(memory_format=torch.channels_last)
-    w, b = (torch.ones(64), torch.zeros(64)) if affine else (None, None)
-    stats = torch.zeros(1, 64)
+    assert (rows >= module._ONE_LAUNCH_MIN_ROWS) == (rows == 256)
+    x = torch.empty(1, rows, 32, 32).contiguous(memory_format=torch.channels_last)
+    w, b = (torch.ones(rows), torch.zeros(rows)) if affine else (None, None)
+    stats = torch.zeros(1, rows)
     runs = {"forward": lambda: module._instance_norm_act_fwd(x, w, b, None, "relu", 0.2, 1e-5),
             "backward": lambda: module._instance_norm_act_bwd(x, x, w, b, stats, stats, "relu", 0.2)}
     for direction, run in runs.items():
         launches = []
         with record_launches(launches), AtenLaunches() as aten:
             run()
-        assert len(launches) == 2, direction
+        assert len(launches) == (2 if rows == 64 else 1), direction
         # The weight and bias gradients of an affine norm: one fixed-order sum each.
         assert aten.ops == (["aten.sum.dim_IntList"] * 2 if affine and direction == "backward" else []), direction
 
