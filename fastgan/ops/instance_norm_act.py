@@ -7,8 +7,9 @@ The Triton path views x as [N, C, S] (S = H*W) with strides, so NCHW (stride_s =
 block) row is cut into SPLIT pieces so that a small N*C still fills the GPU; every reduction is
 deterministic (per-piece fp32 partials, summed in a fixed order by the pass that consumes them, no
 atomics): two launches per direction, and none for the weight and bias gradients of a non-affine norm.
-With enough rows to fill the GPU by themselves (_ONE_LAUNCH_MIN_ROWS), one launch per direction instead:
-one program per (sample, channel) row runs both passes over its row (the second read served from L2).
+With enough rows to fill the GPU by themselves (_ONE_LAUNCH_MIN_ROWS), and rows contiguous in memory (NCHW;
+see _ONE_LAUNCH_STRIDED for channels_last), one launch per direction instead: one program per (sample,
+channel) row runs both passes over its row (the second read served from L2).
 
 Forward, two passes over x:
   stats:     per piece, sums of d = x - x[n, c, 0] and of d^2 (the shift keeps E[d^2] - E[d]^2 from
@@ -56,6 +57,13 @@ _ROW_BLOCK_S = 2048  # elements per tile of the one-launch kernels: one fp32 acc
 # the split path, whose pieces are what fills the GPU at batch 1 with few channels. Tests monkeypatch it to
 # run every shape through both paths.
 _ONE_LAUNCH_MIN_ROWS = 132
+# ...and only where a row is contiguous (NCHW, stride_s == 1). In channels_last a row is one channel read at a
+# stride of C elements: each warp load touches 32 different 32-byte sectors for 64 useful bytes, so the
+# neighbouring programs of a sector's other channels fetch it again from L2, about 16x the tensor's bytes
+# per pass at bf16. The ledger counts DRAM bytes once and cannot see that; the split path reads channels_last
+# in [channel block, spatial] tiles that load whole sectors. Unmeasured on a GPU: bench/gpu-check can time
+# both with this switch, and the tests run the strided one-launch kernels through it too.
+_ONE_LAUNCH_STRIDED = False
 
 
 # 1. Reference ------------------------------------------------------------------------------------
@@ -367,7 +375,7 @@ def _plan(x):
     """Shape, strides, tile and split of x for the kernels; plan["rows"] for the one-launch path."""
     n, c, s, stride_n, stride_c, stride_s = _triton_util.channels_view(_OP, "x", x)
     args = (c, s, stride_n, stride_c, stride_s)
-    if n * c >= _ONE_LAUNCH_MIN_ROWS:
+    if n * c >= _ONE_LAUNCH_MIN_ROWS and (stride_s == 1 or _ONE_LAUNCH_STRIDED):
         block_s = min(_triton_util.next_pow2(s), _ROW_BLOCK_S)
         return dict(rows=True, grid=(c, n), n=n, c=c, args=args,
                     blocks=dict(BLOCK_S=block_s, TILES=_triton_util.next_pow2(-(-s // block_s))))

@@ -80,6 +80,7 @@ def norm_path(request, monkeypatch):
     program per row), whatever its shape's number of rows."""
     module = importlib.import_module("fastgan.ops.instance_norm_act")
     monkeypatch.setattr(module, "_ONE_LAUNCH_MIN_ROWS", 2**62 if request.param == "split" else 1)
+    monkeypatch.setattr(module, "_ONE_LAUNCH_STRIDED", request.param != "split")  # channels_last rows too
     return request.param
 
 
@@ -308,10 +309,12 @@ def test_kernels_compile_for_h100(sm90_ptx, unit_stride, tiles):
 
 
 @pytest.mark.parametrize("rows", [64, 256], ids=["split", "one_launch"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("affine", [False, True], ids=["plain", "affine"])
-def test_launches_per_direction(affine, rows):
+def test_launches_per_direction(affine, channels_last, rows):
     """Below _ONE_LAUNCH_MIN_ROWS rows, two kernels forward and two backward, the pieces' partial sums summed by
-    the pass that reads them (no separate sum launch); from it on, one kernel per direction. A non-affine norm
+    the pass that reads them (no separate sum launch); from it on, one kernel per direction where rows are
+    contiguous (NCHW; channels_last stays on the split path, see _ONE_LAUNCH_STRIDED). A non-affine norm
     computes no weight or bias gradient at all."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -331,7 +334,8 @@ def test_launches_per_direction(affine, rows):
 
     module = importlib.import_module("fastgan.ops.instance_norm_act")
     assert (rows >= module._ONE_LAUNCH_MIN_ROWS) == (rows == 256)
-    x = torch.empty(1, rows, 32, 32).contiguous(memory_format=torch.channels_last)
+    x = torch.empty(1, rows, 32, 32)
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
     w, b = (torch.ones(rows), torch.zeros(rows)) if affine else (None, None)
     stats = torch.zeros(1, rows)
     runs = {"forward": lambda: module._instance_norm_act_fwd(x, w, b, None, "relu", 0.2, 1e-5),
@@ -340,7 +344,7 @@ def test_launches_per_direction(affine, rows):
         launches = []
         with record_launches(launches), AtenLaunches() as aten:
             run()
-        assert len(launches) == (2 if rows == 64 else 1), direction
+        assert len(launches) == (1 if rows == 256 and not channels_last else 2), direction
         # The weight and bias gradients of an affine norm: one fixed-order sum each.
         assert aten.ops == (["aten.sum.dim_IntList"] * 2 if affine and direction == "backward" else []), direction
 
