@@ -951,9 +951,9 @@ GUARDS = {  # measured at a45a3f2
     "DCGAN 64² bs128": {"launches": 444, "non_convolution_bytes": 1380873908},
 }
 
-# Why the CycleGAN budget test is expected to fail until issue 20's diet is complete (figures at 1193cde).
-BUDGET_GAP = ("CycleGAN 256² bs1 --amp: 1061 launches (budget 1,000) and 5852 MB of "
-              "non-convolution traffic (budget half of 7962 MB) at 1193cde; issue 20 §2 cuts them")
+# Why the CycleGAN budget test is expected to fail until issue 20's diet is complete (figures at dd0cd5d).
+BUDGET_GAP = ("CycleGAN 256² bs1 --amp: 1241 launches (budget 1,000) and 6746 MB of "
+              "non-convolution traffic (budget half of 7962 MB) at dd0cd5d; issue 20 §2 cuts them")
 
 
 def markdown_table(workloads=WORKLOADS, gpu: str = "h100-sxm") -> str:
