@@ -135,6 +135,45 @@ def norm_act_bwd_tile(
     return xhat, g
 
 
+@device_function
+def norm_act_affine(
+    W,  # weight, [C] (unused unless HAS_AFFINE)
+    B,  # bias, [C] (unused unless HAS_AFFINE)
+    c, c_mask,  # channels of this program and which of them exist
+    mean, rstd,  # fp32 [BLOCK_C]
+    HAS_AFFINE: tl.constexpr,
+):
+    """scale and shift with xhat * w + b = x * scale + shift, fp32 [BLOCK_C] each."""
+    scale = rstd
+    if HAS_AFFINE:
+        scale = rstd * tl.load(W + c, mask=c_mask, other=0.0).to(tl.float32)
+        shift = tl.load(B + c, mask=c_mask, other=0.0).to(tl.float32) - mean * scale
+    else:
+        shift = -mean * scale
+    return scale, shift
+
+
+@device_function
+def norm_act_fwd_tile(
+    X,  # input, [N, C, S] with strides (stride_n, stride_c, stride_s)
+    R,  # residual, like X (unused unless HAS_RESIDUAL)
+    Y,  # output, like X
+    idx, mask,  # [BLOCK_C, BLOCK_S] offsets of the tile into X, R and Y, and which of them are in bounds
+    scale, shift,  # fp32 [BLOCK_C], from norm_act_affine
+    negative_slope,
+    HAS_RESIDUAL: tl.constexpr, ACT: tl.constexpr,  # ACT: 0 none, 1 relu, 2 leaky_relu
+):
+    """Stores y = act(x * scale + shift) (+ residual) of one tile in Y's dtype."""
+    z = tl.load(X + idx, mask=mask, other=0.0).to(tl.float32) * scale[:, None] + shift[:, None]
+    if ACT == 1:
+        z = tl.maximum(z, 0.0)
+    elif ACT == 2:
+        z = tl.where(z > 0, z, z * negative_slope)
+    if HAS_RESIDUAL:
+        z += tl.load(R + idx, mask=mask, other=0.0).to(tl.float32)
+    tl.store(Y + idx, z.to(Y.dtype.element_ty), mask=mask)
+
+
 # Bodies of the per-channel bias + activation kernels (leaky_relu, tanh), whose backward works from the saved
 # output y; ACT: 1 leaky_relu, 2 tanh.
 @device_function

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _dispatch, _triton_util
-from ._triton_util import kernel, norm_act_bwd_tile, norm_act_channel
+from ._triton_util import kernel, norm_act_affine, norm_act_bwd_tile, norm_act_channel, norm_act_fwd_tile
 
 try:
     import triton.language as tl
@@ -178,26 +178,13 @@ def _instance_norm_act_fwd_kernel(
     if pid_split == 0:
         tl.store(MEAN + n * C + c, mean, mask=c_mask)
         tl.store(RSTD + n * C + c, rstd, mask=c_mask)
-    scale = rstd
-    if HAS_AFFINE:
-        w = tl.load(W + c, mask=c_mask, other=0.0).to(tl.float32)
-        scale = rstd * w
-        shift_out = tl.load(B + c, mask=c_mask, other=0.0).to(tl.float32) - mean * scale
-    else:
-        shift_out = -mean * scale
+    scale, shift_out = norm_act_affine(W, B, c, c_mask, mean, rstd, HAS_AFFINE)
     start = pid_split * (TILES * BLOCK_S)
     for s0 in range(0, TILES * BLOCK_S, BLOCK_S):
         s = start + s0 + tl.arange(0, BLOCK_S)
         mask = c_mask[:, None] & (s < S)[None, :]
         idx = offset[:, None] + s[None, :] * stride_s
-        z = tl.load(X + idx, mask=mask, other=0.0).to(tl.float32) * scale[:, None] + shift_out[:, None]
-        if ACT == 1:
-            z = tl.maximum(z, 0.0)
-        elif ACT == 2:
-            z = tl.where(z > 0, z, z * negative_slope)
-        if HAS_RESIDUAL:
-            z += tl.load(R + idx, mask=mask, other=0.0).to(tl.float32)
-        tl.store(Y + idx, z.to(Y.dtype.element_ty), mask=mask)
+        norm_act_fwd_tile(X, R, Y, idx, mask, scale, shift_out, negative_slope, HAS_RESIDUAL, ACT)
 
 
 @kernel
@@ -301,25 +288,12 @@ def _instance_norm_act_row_fwd_kernel(
     tl.store(MEAN + n * C + c, mean)
     tl.store(RSTD + n * C + c, rstd)
     # Pass 2: y = act(xhat * w + b) + residual.
-    scale = rstd
-    if HAS_AFFINE:
-        w = tl.load(W + c).to(tl.float32)
-        scale = rstd * w
-        shift_out = tl.load(B + c).to(tl.float32) - mean * scale
-    else:
-        shift_out = -mean * scale
+    scale, shift_out = norm_act_affine(W, B, c, c < C, mean, rstd, HAS_AFFINE)
     for s0 in range(0, TILES * BLOCK_S, BLOCK_S):
         s = s0 + tl.arange(0, BLOCK_S)
         mask = (s < S)[None, :]
         idx = offset[:, None] + s[None, :].to(tl.int64) * stride_s
-        z = tl.load(X + idx, mask=mask, other=0.0).to(tl.float32) * scale[:, None] + shift_out[:, None]
-        if ACT == 1:
-            z = tl.maximum(z, 0.0)
-        elif ACT == 2:
-            z = tl.where(z > 0, z, z * negative_slope)
-        if HAS_RESIDUAL:
-            z += tl.load(R + idx, mask=mask, other=0.0).to(tl.float32)
-        tl.store(Y + idx, z.to(Y.dtype.element_ty), mask=mask)
+        norm_act_fwd_tile(X, R, Y, idx, mask, scale, shift_out, negative_slope, HAS_RESIDUAL, ACT)
 
 
 @kernel
