@@ -109,6 +109,9 @@ class _NormFollows:
 
     norm_follows = False  # set per instance by the constructors
 
+    def extra_repr(self):
+        return f"{super().extra_repr()}, impl={self.impl}{', norm_follows=True' if self.norm_follows else ''}"
+
     def _live_bias(self) -> torch.Tensor | None:
         """The bias the fast path adds: None when the following norm cancels it."""
         return None if self.norm_follows and self.impl != "ref" else self.bias
@@ -167,9 +170,6 @@ class ReflectPadConv2d(_NormFollows, _FastLayer, nn.Conv2d):
         return ops.reflect_pad_conv2d(x, self.weight, self._live_bias(), self.padding[0], self.stride[0],
                                       impl=self.impl)
 
-    def extra_repr(self):
-        return f"{super().extra_repr()}, impl={self.impl}{', norm_follows=True' if self.norm_follows else ''}"
-
 
 class Conv2d(_NormFollows, _FastLayer, nn.Conv2d):
     """``nn.Conv2d`` (any geometry and padding_mode, same parameters and attributes) that can leave out a bias
@@ -191,9 +191,6 @@ class Conv2d(_NormFollows, _FastLayer, nn.Conv2d):
     @torch.jit.unused
     def _fast_forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.weight, self._live_bias())
-
-    def extra_repr(self):
-        return f"{super().extra_repr()}, impl={self.impl}{', norm_follows=True' if self.norm_follows else ''}"
 
 
 class ConvTranspose2d(_NormFollows, _FastLayer, nn.ConvTranspose2d):
@@ -221,9 +218,6 @@ class ConvTranspose2d(_NormFollows, _FastLayer, nn.ConvTranspose2d):
     def _fast_forward(self, x: torch.Tensor, output_padding: list[int]) -> torch.Tensor:
         return F.conv_transpose2d(x, self.weight, self._live_bias(), self.stride, self.padding, output_padding,
                                   self.groups, self.dilation)
-
-    def extra_repr(self):
-        return f"{super().extra_repr()}, impl={self.impl}{', norm_follows=True' if self.norm_follows else ''}"
 
 
 class Conv2dLeakyReLU(_FastLayer, nn.Conv2d):
