@@ -176,17 +176,24 @@ def _check_existing_file(path: Path, flag: str, own_type: OwnType, what: str, ov
                         "--overwrite to replace it")
 
 
+def _check_placement(path: str | os.PathLike, flag: str, inputs: Iterable, kind: str) -> Path:
+    """The rules every output path follows, file or folder: not empty, not in a system folder, not a run's
+    file, not the command's input. Returns it as a Path."""
+    if str(path) == "":
+        raise UserError(f"{flag} '': an empty path; name {kind}")
+    path = Path(path)
+    _check_not_system(path, flag)
+    _check_not_run_file(path, flag)
+    _check_not_input(path, inputs, flag)
+    return path
+
+
 def check_output_file(path: str | os.PathLike, *, own_type: OwnType, what: str, inputs: Iterable = (),
                       overwrite: bool = False, flag: str = "--out") -> Path:
     """Refuses (UserError naming ``flag``) a file output that the rules of this module forbid; returns it as
     a Path. ``what`` names the command's output type in the message ("an image"); ``inputs``: the paths the
     command reads (a checkpoint, a run directory, an image folder). Nothing is created."""
-    if str(path) == "":
-        raise UserError(f"{flag} '': an empty path; name a file")
-    path = Path(path)
-    _check_not_system(path, flag)
-    _check_not_run_file(path, flag)
-    _check_not_input(path, inputs, flag)
+    path = _check_placement(path, flag, inputs, "a file")
     _check_existing_file(path, flag, own_type, what, overwrite)
     folder = _check_parents(path, flag)
     if folder != path.parent:
@@ -199,12 +206,7 @@ def check_output_dir(path: str | os.PathLike, *, inputs: Iterable = (), flag: st
     """Refuses (UserError naming ``flag``) a folder output the rules forbid: empty, an existing non-folder, a
     path under a file, a run's file name, the command's input, or a place nothing can be written. The folder
     is not created here (the caller creates it when it writes the first file)."""
-    if str(path) == "":
-        raise UserError(f"{flag} '': an empty path; name a directory")
-    path = Path(path)
-    _check_not_system(path, flag)
-    _check_not_run_file(path, flag)
-    _check_not_input(path, inputs, flag)
+    path = _check_placement(path, flag, inputs, "a directory")
     if (path.exists() or path.is_symlink()) and not path.is_dir():
         raise UserError(f"{flag} {_shown(path)}: exists and is not a directory")
     folder = path if path.is_dir() else _check_parents(path, flag)
