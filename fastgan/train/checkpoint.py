@@ -1,6 +1,6 @@
 """Checkpoints: what the whole training state is, and how a task is saved into and restored from one. The
 file side (atomic writes, the SHA-256 beside each file, reading and its checks, pruning) belongs to the run
-directory's owner, fastgan.rundir; its names are re-exported here for the callers that know them from here.
+directory's owner, fastgan.rundir; the names its callers use most are re-exported here.
 
 Under torchrun rank 0 writes the checkpoint; what differs between ranks (each rank's RNG state and its own
 training state, e.g. CycleGAN's image pools) is gathered to it and saved as ``ranks``, one entry per rank,
@@ -15,29 +15,22 @@ import torch
 
 from ..errors import UserError
 from ..rundir import (
-    CHECKSUM,
-    DAMAGED,
     FORMAT_VERSION,
     LATEST,
     DamagedCheckpoint,
     RunDir,
-    checkpoint_name,
     checksum_path,
     existing_checkpoints,
     latest_checkpoint,
     read_checkpoint,
-    resume_candidates,
-    set_aside,
-    verify_checksum,
 )
 from .distributed import Distributed, ReplicasDiffer, parameter_digest
 from .steps import Task
 from .stops import Diverged, first_nonfinite
 
-__all__ = ["CHECKSUM", "DAMAGED", "FORMAT_VERSION", "LATEST", "DamagedCheckpoint", "checkpoint_name", "checksum_path",
-           "existing_checkpoints", "gather_rank_states", "latest_checkpoint", "load_checkpoint", "load_for_inference",
-           "load_rank_state", "load_task_state", "resume_candidates", "rng_state", "save_checkpoint", "set_aside",
-           "set_rng_state", "task_state", "verify_checksum"]
+__all__ = ["FORMAT_VERSION", "LATEST", "DamagedCheckpoint", "checksum_path", "existing_checkpoints",
+           "gather_rank_states", "latest_checkpoint", "load_checkpoint", "load_for_inference", "load_rank_state",
+           "load_task_state", "rng_state", "save_checkpoint", "set_rng_state", "task_state"]
 
 
 def rng_state(device: torch.device) -> dict:
