@@ -17,6 +17,7 @@ Torch-free at import; only the estimates of networks import torch.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import re
@@ -292,7 +293,9 @@ def _trace_step(cfg, model) -> float:
     buffers = sum(b.numel() * b.element_size() for m in (*nets.values(), *state.values()) for b in m.buffers())
     batch = _meta_batch(model.data_kind, cfg.batch_size, cfg.image_size)
     activations = 0
-    for phase in model.phases(cfg, nets, state, info):
+    shapes_only = copy.copy(cfg)
+    shapes_only.impl = "ref"  # the losses' path (the models pass cfg.impl to fastgan.ops.mean_loss)
+    for phase in model.phases(shapes_only, nets, state, info):
         activations = max(activations, forward_bytes(lambda loss=phase.loss: loss(batch)))
     # Batches in flight (two domains, prefetched) and each loader worker's image before its crop.
     side = max(cfg.image_size, getattr(cfg, "load_size", None) or 0)

@@ -19,9 +19,9 @@ from typing import Any, ClassVar
 
 import torch
 import torch.distributed
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import ops
 from ..errors import UserError
 from ..grid_labels import GridLabels
 from ..image_files import GRID_COLUMNS, PREPROCESS
@@ -48,17 +48,20 @@ class Phase:
 Sampler = Callable[[dict], tuple[Tensor, int]]
 
 
-def adversarial_loss(kind: str) -> Callable[[Tensor, bool], Tensor]:
-    """(logits, target_is_real) -> fp32 scalar: "vanilla" = BCE with logits, "lsgan" = MSE to 1/0."""
-    criteria = {"vanilla": F.binary_cross_entropy_with_logits, "lsgan": F.mse_loss}
+def adversarial_loss(kind: str, impl: str = "auto") -> Callable[..., Tensor]:
+    """(logits, target_is_real, weight=1.0) -> fp32 scalar: "vanilla" = BCE with logits, "lsgan" = MSE to 1/0,
+    times ``weight`` (a constant folded into the loss's kernels).
+
+    ``impl`` (the trainer's --impl) picks fastgan.ops.mean_loss's path: its one-launch Triton kernels on a GPU
+    under "auto", or today's ``criterion(logits.float(), ones_like/zeros_like)`` (CPU tensors, "ref").
+    """
+    criteria = {"vanilla": "bce_with_logits", "lsgan": "mse"}
     if kind not in criteria:
         raise UserError(f"--gan-loss {kind!r}: use lsgan or vanilla")
     criterion = criteria[kind]
 
-    def loss(logits: Tensor, real: bool) -> Tensor:
-        logits = logits.float()
-        target = torch.ones_like(logits) if real else torch.zeros_like(logits)
-        return criterion(logits, target)
+    def loss(logits: Tensor, real: bool, weight: float = 1.0) -> Tensor:
+        return ops.mean_loss(logits, 1.0 if real else 0.0, criterion, weight=weight, impl=impl)
 
     return loss
 
@@ -128,18 +131,12 @@ class GanModel:
         return self.size_multiple
 
 
-def l1_loss(output: Tensor, target: Tensor) -> Tensor:
-    """``F.l1_loss(output.float(), target.float())``, whose gradient keeps ``output``'s memory layout.
-
-    F.l1_loss's backward expands the loss gradient into a fresh NCHW tensor, so a channels_last network got
-    an NCHW gradient and a layout copy in its output layer's backward. The NHWC view of a channels_last
-    output is reduced over the same memory in the same order (the same value, bit for bit), and its
-    gradient comes back channels_last.
+def l1_loss(output: Tensor, target: Tensor, weight: float = 1.0, impl: str = "auto") -> Tensor:
+    """``F.l1_loss(output.float(), target.float()) * weight`` (no multiply when ``weight`` is 1), whose gradient
+    keeps ``output``'s memory layout: fastgan.ops.mean_loss, one launch each way on the Triton path (``impl``,
+    the trainer's --impl), the NHWC view of a channels_last output on the reference path (see mean_loss_ref).
     """
-    output, target = output.float(), target.float()
-    if output.dim() == 4 and output.is_contiguous(memory_format=torch.channels_last) and not output.is_contiguous():
-        output, target = output.permute(0, 2, 3, 1), target.permute(0, 2, 3, 1)
-    return F.l1_loss(output, target)
+    return ops.mean_loss(output, target, "l1", weight=weight, impl=impl)
 
 
 def apply_batched(net: nn.Module, inputs: list[Tensor], batched: bool) -> list[Tensor]:
@@ -179,7 +176,7 @@ def global_batch_rows(draw: Callable[[int], Tensor], batch_size: int) -> Tensor:
 def noise_gan_phases(cfg, G: nn.Module, D: nn.Module, num_classes: int = 0) -> list[Phase]:
     """D then G phases of a noise-to-image GAN (conditional when num_classes > 0): D on real vs G(z)
     detached, G with the non-saturating loss, fresh noise (and labels) in each phase."""
-    loss_fn = adversarial_loss(cfg.gan_loss)
+    loss_fn = adversarial_loss(cfg.gan_loss, cfg.impl)
     conditional = num_classes > 0
 
     def generate(batch_size: int, device):

@@ -195,7 +195,7 @@ class Model(base.GanModel):
 
     def phases(self, cfg, nets: dict, state: dict, info: dict) -> list[base.Phase]:
         G, D = nets["G"], nets["D"]
-        gan = base.adversarial_loss(cfg.gan_loss)
+        gan = base.adversarial_loss(cfg.gan_loss, cfg.impl)
         source_key, target_key = _keys(cfg.direction)
         kept: dict[str, torch.Tensor] = {}  # the D phase's G(source), with its graph, for the G phase
 
@@ -213,7 +213,7 @@ class Model(base.GanModel):
             source, target = batch[source_key], batch[target_key]
             fake = kept.pop("fake")
             losses = {"gan": gan(D(torch.cat([source, fake], 1)), True),
-                      "l1": base.l1_loss(fake, target) * cfg.lambda_l1}
+                      "l1": base.l1_loss(fake, target, cfg.lambda_l1, cfg.impl)}
             return {"total": losses["gan"] + losses["l1"]} | losses
 
         return [base.Phase("D", "D", cfg.d_steps, d_loss, ["D"]),

@@ -5,6 +5,7 @@ from ._dispatch import IMPLS, available, last_impl
 from .batch_norm_act import batch_norm_act, batch_norm_act_ref
 from .instance_norm_act import instance_norm_act, instance_norm_act_ref
 from .leaky_relu import leaky_relu, leaky_relu_ref
+from .mean_loss import mean_loss, mean_loss_ref
 from .reflect_pad_conv2d import reflect_pad_conv2d, reflect_pad_conv2d_ref
 from .tanh import tanh, tanh_ref
 
@@ -19,6 +20,8 @@ __all__ = [
     "instance_norm_act_ref",
     "leaky_relu",
     "leaky_relu_ref",
+    "mean_loss",
+    "mean_loss_ref",
     "reflect_pad_conv2d",
     "reflect_pad_conv2d_ref",
     "tanh",

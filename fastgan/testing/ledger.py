@@ -431,7 +431,8 @@ _REDUCTIONS = {"sum", "mean", "amax", "var_mean", "var", "sum_to_size"}
 _LOSS_NODES = ("AbsBackward", "SgnBackward", "MseLossBackward", "BinaryCrossEntropyWithLogitsBackward",
                "L1LossBackward", "MeanBackward")
 _OP_CATEGORY = {"fastgan.instance_norm_act": "norm+activation", "fastgan.batch_norm_act": "norm+activation",
-                "fastgan.leaky_relu": "norm+activation", "fastgan.tanh": "norm+activation"}
+                "fastgan.leaky_relu": "norm+activation", "fastgan.tanh": "norm+activation",
+                "fastgan.mean_loss": "losses and pool"}
 
 
 _NORM_LAYERS = ("BatchNorm", "InstanceNorm", "GlobalBatchNorm", "ReLU", "LeakyReLU", "Tanh")

@@ -189,6 +189,16 @@ def _tanh_cases():
         yield f"bias={bias}", case
 
 
+def _mean_loss_cases():
+    module = importlib.import_module("fastgan.ops.mean_loss")
+    for kind in module.KINDS:
+        for target in ("label", "tensor", "tensor with grad"):
+            def case(x, kind=kind, target=target):
+                t = 1.0 if target == "label" else torch.zeros_like(x, requires_grad=target == "tensor with grad")
+                return module.mean_loss(x, t, kind, weight=0.5, impl="triton")
+            yield f"kind={kind} target={target}", case
+
+
 def _batch_norm_act_cases():
     ops = importlib.import_module("fastgan.ops")
     for act in ("relu", "leaky_relu", "none"):
@@ -211,6 +221,7 @@ PUBLIC_CASES = {
     "leaky_relu": (_leaky_relu_cases, ((128, 64, 32, 32), (2, 3, 37, 53))),
     "batch_norm_act": (_batch_norm_act_cases, ((128, 128, 16, 16), (2, 3, 37, 53))),
     "tanh": (_tanh_cases, ((128, 3, 64, 64), (2, 3, 37, 53))),
+    "mean_loss": (_mean_loss_cases, ((1, 1, 30, 30), (1, 3, 256, 256), (2, 3, 37, 53))),  # logits, an image, odd
 }
 
 
