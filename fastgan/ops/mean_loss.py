@@ -201,7 +201,7 @@ def _mean_loss_fwd(x, y, kind, target, weight):
     return out
 
 
-def _mean_loss_bwd(g, x, y, kind, target, weight, need_dy):
+def _mean_loss_bwd(x, y, g, kind, target, weight, need_dy):
     """Returns dx (x's layout and dtype) and dy (y's, or empty unless ``need_dy``)."""
     dx = _triton_util.empty_like(x)
     dy = _triton_util.empty_like(y) if need_dy else x.new_empty((0,))
@@ -225,13 +225,13 @@ def _(x, y, kind, target, weight):
 
 
 @torch.library.custom_op("fastgan::mean_loss_bwd", mutates_args=())
-def _bwd_op(g: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None, kind: str, target: float, weight: float,
+def _bwd_op(x: torch.Tensor, y: torch.Tensor | None, g: torch.Tensor, kind: str, target: float, weight: float,
             need_dy: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    return _mean_loss_bwd(g, x, y, kind, target, weight, need_dy)
+    return _mean_loss_bwd(x, y, g, kind, target, weight, need_dy)
 
 
 @_bwd_op.register_fake
-def _(g, x, y, kind, target, weight, need_dy):
+def _(x, y, g, kind, target, weight, need_dy):
     return torch.empty_like(x), torch.empty_like(y) if need_dy else x.new_empty((0,))
 
 
@@ -244,7 +244,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, g):
     x, y = ctx.saved_tensors
     need_dy = y is not None and ctx.needs_input_grad[1]
-    dx, dy = _bwd_op(g, x, y, ctx.kind, ctx.target, ctx.weight, need_dy)
+    dx, dy = _bwd_op(x, y, g, ctx.kind, ctx.target, ctx.weight, need_dy)
     return dx, dy if need_dy else None, None, None, None
 
 
