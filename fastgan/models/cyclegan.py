@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import nn as fnn
+from .. import ops
 from ..errors import UserError
 from . import ArchitectureError, base, register
 
@@ -150,20 +151,22 @@ class ImagePool(nn.Module):
     once full, with probability 1/2 a uniformly chosen stored image is returned and replaced by the
     new one, otherwise the new image is returned. The pool is buffers (``images``, and ``count``, the
     number filled, a 0-dim int64 tensor), so it follows ``.to(device)`` and is saved in state_dict.
-    Every choice is a device tensor drawn from the torch RNG and applied with where/index_copy: no
-    Python random, no host sync, so a CUDA graph can capture it. Returned images carry no autograd
-    history (D trains on them) and keep the input's dtype and memory layout.
+    Every choice is a device tensor drawn from the torch RNG (``torch.rand(N)`` then ``torch.randint``) and
+    applied by fastgan.ops.image_pool (one Triton launch per batch on a GPU; where/index_copy_ on the
+    reference path): no Python random, no host sync, so a CUDA graph can capture it. Returned images carry
+    no autograd history (D trains on them) and keep the input's dtype and memory layout.
 
     Args:
         pool_size: images kept; 0 disables the pool (inputs are returned as they are).
         image_shape: (C, H, W) of one image.
+        impl: fastgan.ops.image_pool's implementation (the trainer's --impl).
     """
 
-    def __init__(self, pool_size: int, image_shape):
+    def __init__(self, pool_size: int, image_shape, impl: str = "auto"):
         super().__init__()
         if pool_size < 0:
             raise ArchitectureError(f"ImagePool: pool_size={pool_size} must be >= 0")
-        self.pool_size, self.image_shape = pool_size, tuple(image_shape)
+        self.pool_size, self.image_shape, self.impl = pool_size, tuple(image_shape), impl
         self.register_buffer("images", torch.zeros(pool_size, *self.image_shape))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
 
@@ -176,19 +179,9 @@ class ImagePool(nn.Module):
                              f"{self.image_shape}")
         batch = images.shape[0]
         device = self.images.device
-        swap = torch.rand(batch, device=device) < 0.5
-        slot = torch.randint(self.pool_size, (batch,), device=device)
-        out = torch.empty_like(images)
-        for i in range(batch):  # sequential: an image stored here may be drawn by a later one in the batch
-            new = images[i : i + 1].to(self.images.dtype)
-            filling = self.count < self.pool_size
-            index = torch.where(filling, self.count, slot[i]).view(1)
-            stored = self.images.index_select(0, index)
-            take_stored = ~filling & swap[i]
-            out[i : i + 1] = torch.where(take_stored, stored, new)
-            self.images.index_copy_(0, index, torch.where(filling | swap[i], new, stored))
-            self.count += filling
-        return out
+        draws = torch.rand(batch, device=device)
+        slots = torch.randint(self.pool_size, (batch,), device=device)
+        return ops.image_pool(images, self.images, self.count, draws, slots, impl=self.impl)
 
 
 @register
@@ -244,7 +237,7 @@ class Model(base.GanModel):
 
     def build_state(self, cfg, info: dict) -> dict[str, nn.Module]:
         shape = (info["channels"], cfg.image_size, cfg.image_size)
-        return {name: ImagePool(cfg.pool_size, shape) for name in ("pool_A", "pool_B")}
+        return {name: ImagePool(cfg.pool_size, shape, cfg.impl) for name in ("pool_A", "pool_B")}
 
     def phases(self, cfg, nets: dict, state: dict, info: dict) -> list[base.Phase]:
         G_A, G_B, D_A, D_B = nets["G_A"], nets["G_B"], nets["D_A"], nets["D_B"]

@@ -3,6 +3,7 @@
 from ._casts import autocast
 from ._dispatch import IMPLS, available, last_impl
 from .batch_norm_act import batch_norm_act, batch_norm_act_ref
+from .image_pool import image_pool, image_pool_ref
 from .instance_norm_act import instance_norm_act, instance_norm_act_ref
 from .leaky_relu import leaky_relu, leaky_relu_ref
 from .mean_loss import mean_loss, mean_loss_ref
@@ -15,6 +16,8 @@ __all__ = [
     "available",
     "batch_norm_act",
     "batch_norm_act_ref",
+    "image_pool",
+    "image_pool_ref",
     "last_impl",
     "instance_norm_act",
     "instance_norm_act_ref",

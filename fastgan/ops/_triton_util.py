@@ -280,6 +280,28 @@ def launch_bias_act_bwd(op: str, bwd_kernel, dy: torch.Tensor, y: torch.Tensor, 
     return dx, pdb.sum(dim=(0, 2)) if has_bias else pdb
 
 
+_TICKETS: dict[torch.device, torch.Tensor] = {}
+
+
+def ticket_counter(x: torch.Tensor) -> torch.Tensor:
+    """An int32 [1] counter on x's device for kernels whose last program to finish does a final step (it
+    takes a ticket with an atomic add and the one holding the last resets the counter to 0): zeroed once, at
+    the device's first call (warm-up, before a CUDA graph captures a step), and left at 0 by every launch, so
+    no launch zeroes it. Kernels that use it must not run concurrently on two streams of one device. A fake
+    tensor (the step ledger's replay of a captured step) gets an unzeroed stand-in: the zeroing belongs to the
+    warm-up, not to the step."""
+    from torch._subclasses.fake_tensor import FakeTensor
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    if isinstance(x, FakeTensor) or x.device.type == "meta":
+        return torch.empty(1, dtype=torch.int32, device=x.device)
+    tickets = _TICKETS.get(x.device)
+    if tickets is None:
+        with _disable_current_modes():  # not part of the call that happens to come first (nor of its trace)
+            tickets = _TICKETS[x.device] = torch.zeros(1, dtype=torch.int32, device=x.device)
+    return tickets
+
+
 def device_guard(x: torch.Tensor):
     """Makes x's GPU current so Triton launches on that device's current stream."""
     return torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()

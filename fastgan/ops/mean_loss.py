@@ -21,9 +21,8 @@ few ulps where 1 + e rounds; triton.language has no log1p that the interpreter a
 Forward is deterministic in one launch: every program stores the fp32 sum of its slice, then takes a ticket
 (an atomic add on a per-device counter, acq_rel, so the slices' stores are visible to whoever draws the last
 ticket); the program with the last ticket sums the partials in a fixed order, writes the loss and resets the
-counter to 0 for the next launch. The counter is zeroed once, at a device's first call (warm-up, before a
-CUDA graph captures the step), so a graph replays no zeroing launch; launches on one device must not overlap
-on two streams (they share the counter). Backward reads g on the device (no host sync) and writes dx in x's
+counter to 0 for the next launch (_triton_util.ticket_counter: zeroed once per device, so a CUDA graph
+replays no zeroing launch). Backward reads g on the device (no host sync) and writes dx in x's
 memory layout (the kernels see x as flat storage: any dense layout, channels_last included).
 """
 
@@ -163,25 +162,6 @@ def _mean_loss_bwd_kernel(
 
 
 # 3. Launchers ------------------------------------------------------------------------------------
-_TICKETS: dict[torch.device, torch.Tensor] = {}
-
-
-def _tickets(x: torch.Tensor) -> torch.Tensor:
-    """The forward's ticket counter of x's device: zeroed once, at the device's first call, and left at 0 by
-    every launch. A fake tensor (the step ledger's replay of a captured step) gets an unzeroed stand-in: the
-    zeroing belongs to the warm-up, not to the step."""
-    from torch._subclasses.fake_tensor import FakeTensor
-    from torch.utils._python_dispatch import _disable_current_modes
-
-    if isinstance(x, FakeTensor) or x.device.type == "meta":
-        return torch.empty(1, dtype=torch.int32, device=x.device)
-    tickets = _TICKETS.get(x.device)
-    if tickets is None:
-        with _disable_current_modes():  # not part of the call that happens to come first (nor of its trace)
-            tickets = _TICKETS[x.device] = torch.zeros(1, dtype=torch.int32, device=x.device)
-    return tickets
-
-
 def _target_args(x, y, target):
     return (x if y is None else y), float(target)
 
@@ -195,9 +175,10 @@ def _mean_loss_fwd(x, y, kind, target, weight):
     out = _triton_util.empty((), torch.float32, x.device)
     y_arg, target = _target_args(x, y, target)
     with _triton_util.device_guard(x):
-        _mean_loss_fwd_kernel[(programs,)](x, y_arg, parts, _tickets(x), out, numel, target, float(weight),
-                                           BLOCK=_BLOCK, TILES=tiles, BLOCK_P=_triton_util.next_pow2(programs),
-                                           KIND=_KIND_CODE[kind], HAS_TARGET=y is not None)
+        _mean_loss_fwd_kernel[(programs,)](x, y_arg, parts, _triton_util.ticket_counter(x), out, numel, target,
+                                           float(weight), BLOCK=_BLOCK, TILES=tiles,
+                                           BLOCK_P=_triton_util.next_pow2(programs), KIND=_KIND_CODE[kind],
+                                           HAS_TARGET=y is not None)
     return out
 
 
