@@ -432,7 +432,7 @@ _LOSS_NODES = ("AbsBackward", "SgnBackward", "MseLossBackward", "BinaryCrossEntr
                "L1LossBackward", "MeanBackward")
 _OP_CATEGORY = {"fastgan.instance_norm_act": "norm+activation", "fastgan.batch_norm_act": "norm+activation",
                 "fastgan.leaky_relu": "norm+activation", "fastgan.tanh": "norm+activation",
-                "fastgan.mean_loss": "losses and pool"}
+                "fastgan.mean_loss": "losses and pool", "fastgan.image_pool": "losses and pool"}
 
 
 _NORM_LAYERS = ("BatchNorm", "InstanceNorm", "GlobalBatchNorm", "ReLU", "LeakyReLU", "Tanh")
@@ -794,8 +794,9 @@ def iteration_kernels(setup) -> tuple[list[Kernel], list[str]]:
                     trace.phase, trace.stage = phase.name, "forward"
                     losses = run_phase(task, phase, static, autocast)
                     trace.stage = "losses"
-                    for value in losses.values():  # GraphedTrainStep._capture: the fp32 loss accumulators
-                        torch.empty((), dtype=torch.float32, device="cuda").add_(value.detach())
+                    # GraphedTrainStep._capture: the fp32 loss accumulators, one _foreach_add_ per phase
+                    torch._foreach_add_([torch.empty((), dtype=torch.float32, device="cuda") for _ in losses],
+                                        [value.detach() for value in losses.values()])
             set_trainable(task, None)
             trace.phase, trace.stage = "", "schedule"
             with warnings.catch_warnings():

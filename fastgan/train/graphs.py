@@ -272,8 +272,9 @@ class GraphedTrainStep:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
                 losses = run_phase(task, phase, self.static_batch, self._autocast)
-                for name, value in losses.items():
-                    self.accum[f"{phase.name}/{name}"].add_(value.detach())
+                # One multi-tensor launch for all of the phase's losses instead of one add_ each (the same fp32 adds).
+                torch._foreach_add_([self.accum[f"{phase.name}/{name}"] for name in losses],
+                                    [value.detach() for value in losses.values()])
             graphs.append(graph)
         set_trainable(task, None)
         return graphs
