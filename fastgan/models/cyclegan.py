@@ -266,7 +266,7 @@ class Model(base.GanModel):
                 losses["idt_A"] = base.l1_loss(out_A[1], real_B, lambda_idt, cfg.impl)
                 losses["idt_B"] = base.l1_loss(out_B[1], real_A, lambda_idt, cfg.impl)
             kept["fake_A"], kept["fake_B"] = fake_A.detach(), fake_B.detach()
-            return {"total": sum(losses.values())} | losses
+            return {"total": ops.loss_sum(losses.values(), impl=cfg.impl)} | losses  # one launch for five adds
 
         def d_loss(batch):
             fake_A, fake_B = state["pool_A"](kept["fake_A"]), state["pool_B"](kept["fake_B"])

@@ -6,6 +6,7 @@ from .batch_norm_act import batch_norm_act, batch_norm_act_ref
 from .image_pool import image_pool, image_pool_ref
 from .instance_norm_act import instance_norm_act, instance_norm_act_ref
 from .leaky_relu import leaky_relu, leaky_relu_ref
+from .loss_sum import loss_sum, loss_sum_ref
 from .mean_loss import mean_loss, mean_loss_ref
 from .reflect_pad_conv2d import reflect_pad_conv2d, reflect_pad_conv2d_ref
 from .tanh import tanh, tanh_ref
@@ -23,6 +24,8 @@ __all__ = [
     "instance_norm_act_ref",
     "leaky_relu",
     "leaky_relu_ref",
+    "loss_sum",
+    "loss_sum_ref",
     "mean_loss",
     "mean_loss_ref",
     "reflect_pad_conv2d",

@@ -432,7 +432,8 @@ _LOSS_NODES = ("AbsBackward", "SgnBackward", "MseLossBackward", "BinaryCrossEntr
                "L1LossBackward", "MeanBackward")
 _OP_CATEGORY = {"fastgan.instance_norm_act": "norm+activation", "fastgan.batch_norm_act": "norm+activation",
                 "fastgan.leaky_relu": "norm+activation", "fastgan.tanh": "norm+activation",
-                "fastgan.mean_loss": "losses and pool", "fastgan.image_pool": "losses and pool"}
+                "fastgan.mean_loss": "losses and pool", "fastgan.image_pool": "losses and pool",
+                "fastgan.loss_sum": "losses and pool"}
 
 
 _NORM_LAYERS = ("BatchNorm", "InstanceNorm", "GlobalBatchNorm", "ReLU", "LeakyReLU", "Tanh")
