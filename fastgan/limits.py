@@ -284,17 +284,17 @@ def _trace_step(cfg, model) -> float:
     from .nn import set_impl
 
     info = {"channels": ESTIMATE_CHANNELS, "num_classes": ESTIMATE_CLASSES, "num_images": cfg.batch_size}
+    shapes_only = copy.copy(cfg)
+    shapes_only.impl = "ref"  # the losses' and image pools' path (models pass cfg.impl to fastgan.ops)
     with torch.device("meta"):
         nets = model.build_nets(cfg, info)
-        state = model.build_state(cfg, info)
+        state = model.build_state(shapes_only, info)
     for net in nets.values():
         set_impl(net, "ref")  # shapes only: no fast path runs on meta tensors
     parameters = sum(p.numel() for net in nets.values() for p in net.parameters())
     buffers = sum(b.numel() * b.element_size() for m in (*nets.values(), *state.values()) for b in m.buffers())
     batch = _meta_batch(model.data_kind, cfg.batch_size, cfg.image_size)
     activations = 0
-    shapes_only = copy.copy(cfg)
-    shapes_only.impl = "ref"  # the losses' path (the models pass cfg.impl to fastgan.ops.mean_loss)
     for phase in model.phases(shapes_only, nets, state, info):
         activations = max(activations, forward_bytes(lambda loss=phase.loss: loss(batch)))
     # Batches in flight (two domains, prefetched) and each loader worker's image before its crop.
