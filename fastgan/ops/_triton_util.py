@@ -174,6 +174,76 @@ def norm_act_fwd_tile(
     tl.store(Y + idx, z.to(Y.dtype.element_ty), mask=mask)
 
 
+# Deterministic cross-program sums without a second launch (batch_norm_act): each program stores its partial
+# sums, then takes a ticket from an atomic counter; the last program of a group of GROUP programs sums the
+# group's partials, and the last group to finish sums the groups' sums. Each sum runs in a fixed order over
+# fixed slots, so the bits do not depend on which program comes last, and the counters are atomics on
+# integers only (the values never are). The last taker resets its counter, so the counters are zero between
+# launches (no zeroing launch, CUDA graph replays included) and the sequential interpreter works too.
+@device_function
+def _sum_slots(
+    PARTS,  # fp32, [2, C, R]: two sums per channel in R slots
+    c, c_mask,  # [BLOCK_C] channels and which of them exist
+    C, R, first, count,  # row length R; the slots [first, first + count) are summed
+    BLOCK_C: tl.constexpr, BLOCK_G: tl.constexpr,
+):
+    """The sums of slots [first, first + count) of both halves of PARTS, fp32 [BLOCK_C] each, in a fixed order."""
+    acc = tl.full([BLOCK_C, BLOCK_G], 0.0, tl.float32)
+    acc_2 = tl.full([BLOCK_C, BLOCK_G], 0.0, tl.float32)
+    j = 0
+    while j < count:  # not range(): Triton 3.6's interpreter takes no runtime bound there
+        slot = j + tl.arange(0, BLOCK_G)
+        mask = c_mask[:, None] & (slot < count)[None, :]
+        idx = c[:, None] * R + first + slot[None, :]
+        # .cg: from L2, where other programs' stores are; never a stale line in this SM's L1
+        acc += tl.load(PARTS + idx, mask=mask, other=0.0, cache_modifier=".cg")
+        acc_2 += tl.load(PARTS + C * R + idx, mask=mask, other=0.0, cache_modifier=".cg")
+        j += BLOCK_G
+    return tl.reduce(acc, 1, _add), tl.reduce(acc_2, 1, _add)
+
+
+@device_function
+def _take_ticket(
+    TICKET,  # int32 scalar pointer: zero before the first of ``takers`` programs takes a ticket
+    takers,
+):
+    """True in the last of ``takers`` programs to call this on TICKET (which it resets to zero for the next
+    launch); its loads after this see every store the others made before their call."""
+    tl.debug_barrier()  # this program's stores are all issued before its release below
+    ticket = tl.atomic_add(TICKET, 1, sem="acq_rel", scope="gpu")
+    last = ticket == takers - 1
+    tl.store(TICKET, 0, mask=last)
+    return last
+
+
+@device_function
+def sum_over_programs(
+    PARTS,  # fp32, [2, C, P + GROUPS]: each program's two partial sums in slot pid, then each group's sums
+    TICKETS,  # int32, [channel blocks, GROUPS + 1], zero between launches (see tickets())
+    pid, pid_c, c, c_mask,  # this program's slot, its channel block, the block's channels and which exist
+    C, P, GROUP, GROUPS,  # P programs per channel block, in GROUPS groups of GROUP (the last may be shorter)
+    BLOCK_C: tl.constexpr, BLOCK_G: tl.constexpr,
+):
+    """Called by each of the P programs of a channel block once it has stored its partial sums in PARTS; returns
+    (last, sum, sum_2): last is True in one program per channel block, the last to finish, which gets the sums
+    over all P slots of both halves (fp32 [BLOCK_C]; zero in the other programs)."""
+    R = P + GROUPS
+    group = pid // GROUP
+    first = group * GROUP
+    tickets = TICKETS + pid_c * (GROUPS + 1)
+    total = tl.full([BLOCK_C], 0.0, tl.float32)
+    total_2 = tl.full([BLOCK_C], 0.0, tl.float32)
+    last = _take_ticket(tickets + group, tl.minimum(GROUP, P - first))
+    if last:  # the last program of its group: the group's sums, then a ticket among the groups
+        part, part_2 = _sum_slots(PARTS, c, c_mask, C, R, first, tl.minimum(GROUP, P - first), BLOCK_C, BLOCK_G)
+        tl.store(PARTS + c * R + P + group, part, mask=c_mask)
+        tl.store(PARTS + C * R + c * R + P + group, part_2, mask=c_mask)
+        last = _take_ticket(tickets + GROUPS, GROUPS)
+        if last:
+            total, total_2 = _sum_slots(PARTS, c, c_mask, C, R, P, GROUPS, BLOCK_C, BLOCK_G)
+    return last, total, total_2
+
+
 # Bodies of the per-channel bias + activation kernels (leaky_relu, tanh), whose backward works from the saved
 # output y; ACT: 1 leaky_relu, 2 tanh.
 @device_function
@@ -365,6 +435,29 @@ def empty_like(x: torch.Tensor, dtype=None) -> torch.Tensor:
 def empty(shape, dtype, device) -> torch.Tensor:
     """Allocation for kernel scratch and statistics (tests replace it with a NaN-filled one)."""
     return torch.empty(shape, dtype=dtype, device=device)
+
+
+_TICKETS: dict[torch.device, list[torch.Tensor]] = {}  # per device: the counters now lent, then older ones
+
+
+def tickets(device: torch.device, count: int, like: torch.Tensor) -> torch.Tensor:
+    """``count`` int32 ticket counters on ``device`` for sum_over_programs, zero between launches.
+
+    Allocated and zeroed once per device (a set-up cost, outside any step: no dispatch mode records it) and
+    reused by every launch after it, since the kernels leave them zero. Launches on one device must therefore
+    not overlap: fastgan runs these kernels on one stream per device, as a training step and its CUDA graph do.
+    A larger set replaces the lent one; the old one is kept alive, as a captured graph may still point at it.
+    ``like`` is a tensor of the launch: a fake one (the step ledger's replay) gets an uninitialised stand-in.
+    """
+    if torch._subclasses.fake_tensor.is_fake(like):
+        return torch.empty(count, dtype=torch.int32, device=device)
+    held = _TICKETS.setdefault(device, [])
+    if not held or held[0].numel() < count:
+        from torch.utils._python_dispatch import _disable_current_modes
+
+        with _disable_current_modes():
+            held.insert(0, torch.zeros(max(count, 4096), dtype=torch.int32, device=device))
+    return held[0]
 
 
 def next_pow2(n: int) -> int:

@@ -7,23 +7,25 @@ normalise x and the running statistics (if given) are updated in place with ``mo
 variance; with ``training=False`` the running statistics normalise x. The Triton path views x as [N, C, S]
 (S = H*W) with strides, so NCHW (stride_s = 1) and channels_last (stride_c = 1) share the kernels and the
 output keeps x's layout, as nn.BatchNorm2d's does. Every reduction is deterministic: per-program fp32
-partials, then torch's fixed-order sum, no atomics. The reductions loop with ``while`` over a kernel
-argument: Triton 3.6's interpreter cannot take a runtime bound in ``range()``.
+partials summed in a fixed order by the last program to finish (_triton_util.sum_over_programs: atomic
+tickets on integers, never on the values). The loops run with ``while`` over kernel arguments: Triton 3.6's
+interpreter cannot take a runtime bound in ``range()``.
 
-Forward with batch statistics, M = N*S values per channel:
-  stats (one pass): per program (sample n, piece of S, channel block), sums of d = x - x[0, c, 0] and d^2
-             (the shift keeps E[d^2] - E[d]^2 from cancelling when |mean| >> std); summed into [2, C]
-  finalise ([C], torch): mean = shift + sum(d) / M, var = sum(d^2) / M - (sum(d) / M)^2, rstd = 1/sqrt(var + eps)
-             running_mean = (1 - momentum) * running_mean + momentum * mean
-             running_var  = (1 - momentum) * running_var  + momentum * var * M / (M - 1)
-  normalise (one pass): xhat = (x - mean) * rstd, z = xhat * w + b, y = act(z)
-With running statistics mean = running_mean, rstd = 1/sqrt(running_var + eps): only the normalise pass.
+Forward with batch statistics, M = N*S values per channel, two launches:
+  stats: per program (a run of [BLOCK_C, BLOCK_S] tiles over (n, s), channel block), sums of
+         d = x - x[0, c, 0] and d^2 (the shift keeps E[d^2] - E[d]^2 from cancelling when |mean| >> std);
+         the last program of each channel block sums them and finishes:
+           mean = shift + sum(d) / M, var = sum(d^2) / M - (sum(d) / M)^2 (biased)
+           running_mean = (1 - momentum) * running_mean + momentum * mean
+           running_var  = (1 - momentum) * running_var  + momentum * var * M / (M - 1)
+  normalise: rstd = 1/sqrt(var + eps), xhat = (x - mean) * rstd, z = xhat * w + b, y = act(z)
+With running statistics mean = running_mean, var = running_var: only the normalise pass.
 Backward, with g = dy * act'(z):
   dweight = sum_{n,s} g * xhat        dbias = sum_{n,s} g
   batch statistics:   dx = rstd * w * (g - sum_{n,s}(g) / M - xhat * sum_{n,s}(g * xhat) / M)
   running statistics: dx = rstd * w * g
-  one pass for the per-program sums of g and g * xhat (which also writes dx with running statistics),
-  and with batch statistics one more for dx.
+  one pass for the sums of g and g * xhat (their last program writes dweight and dbias; with running
+  statistics the pass also writes dx), and with batch statistics one more for dx.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _dispatch, _triton_util
-from ._triton_util import kernel, norm_act_bwd_tile, norm_act_channel
+from ._triton_util import kernel, norm_act_bwd_tile
 
 try:
     import triton.language as tl
@@ -47,7 +49,6 @@ except ImportError:  # the reference path still works; _triton_util.check says w
 _OP = "batch_norm_act"
 _ACTS = ("relu", "leaky_relu", "none")
 _ACT_CODE = {"none": 0, "relu": 1, "leaky_relu": 2}
-_MAX_SPLIT = 64
 
 
 # 1. Reference ------------------------------------------------------------------------------------
@@ -88,33 +89,79 @@ def _check_args(x, running_mean, running_var, weight, bias, training, act):
 
 
 # 2. Triton kernels -------------------------------------------------------------------------------
+# The two reduction kernels run on a (P, channel blocks) grid: program (p, cb) covers channels
+# cb * BLOCK_C + [0, BLOCK_C) and the work items [p * PER_PROGRAM, (p + 1) * PER_PROGRAM) of the N * CHUNKS
+# [BLOCK_C, BLOCK_S] tiles, item i being tile i % CHUNKS of sample i // CHUNKS; so a program covers a piece of
+# one sample's row when N is small, several samples when N is large. The pointwise kernels run on an
+# (S blocks, channel blocks, N) grid, one tile per program.
+@_triton_util.device_function
+def _channel(
+    W,  # weight, [C] (unused unless HAS_AFFINE)
+    B,  # bias, [C] (unused unless HAS_AFFINE)
+    MEAN,  # [C]: the batch mean (fp32) or the running mean (its dtype)
+    VAR,  # [C]: the biased batch variance (fp32) or the running variance (its dtype)
+    c, c_mask, eps,
+    BLOCK_C: tl.constexpr, HAS_AFFINE: tl.constexpr,
+):
+    """mean, rstd = 1 / sqrt(var + eps), weight and bias of channels c (weight 1 and bias 0 if not affine),
+    fp32 [BLOCK_C] each."""
+    mean = tl.load(MEAN + c, mask=c_mask, other=0.0).to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.load(VAR + c, mask=c_mask, other=0.0).to(tl.float32) + eps)
+    w = tl.full([BLOCK_C], 1.0, tl.float32)
+    b = tl.full([BLOCK_C], 0.0, tl.float32)
+    if HAS_AFFINE:
+        w = tl.load(W + c, mask=c_mask, other=0.0).to(tl.float32)
+        b = tl.load(B + c, mask=c_mask, other=0.0).to(tl.float32)
+    return mean, rstd, w, b
+
+
 @kernel
 def _batch_norm_act_stats_kernel(
     X,  # input, [N, C, S] with strides (stride_n, stride_c, stride_s)
-    PARTS,  # fp32 out, [2, C, P] with P = N * SPLIT: per program, sums of x - x[0, c, 0] and of its square
-    C, S, stride_n, stride_c, stride_s, split_len, SPLIT, P,
-    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+    PARTS,  # fp32 scratch, [2, C, P + GROUPS]: per program sums of x - x[0, c, 0] and of its square, then per group
+    TICKETS,  # int32, [channel blocks, GROUPS + 1]: zero between launches (_triton_util.sum_over_programs)
+    MEAN,  # fp32 out, [C]: the batch mean
+    VAR,  # fp32 out, [C]: the biased batch variance
+    RUNNING_MEAN,  # [C], updated in place (unused unless HAS_RUNNING)
+    RUNNING_VAR,  # [C], updated in place with the unbiased variance (unused unless HAS_RUNNING)
+    C, S, stride_n, stride_c, stride_s, CHUNKS, ITEMS, PER_PROGRAM, P, GROUP, GROUPS, M, momentum,
+    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_G: tl.constexpr, HAS_RUNNING: tl.constexpr,
 ):
-    pid, pid_c = tl.program_id(0), tl.program_id(1)  # pid = n * SPLIT + piece
-    n, piece = pid // SPLIT, pid % SPLIT
+    pid, pid_c = tl.program_id(0), tl.program_id(1)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
     shift = tl.load(X + c * stride_c, mask=c_mask, other=0.0).to(tl.float32)  # x[0, c, 0]
-    row = X + n.to(tl.int64) * stride_n + c * stride_c  # [BLOCK_C] pointers to x[n, c, 0]
-    first = piece * split_len
     acc = tl.full([BLOCK_C, BLOCK_S], 0.0, tl.float32)
     acc_sq = tl.full([BLOCK_C, BLOCK_S], 0.0, tl.float32)
-    i = 0
-    while i < split_len:  # not range(): Triton 3.6's interpreter takes no runtime bound there
-        s = first + i + tl.arange(0, BLOCK_S)
+    item = pid * PER_PROGRAM
+    end = tl.minimum(item + PER_PROGRAM, ITEMS)
+    while item < end:
+        n = item // CHUNKS
+        s = (item - n * CHUNKS) * BLOCK_S + tl.arange(0, BLOCK_S)
         mask = c_mask[:, None] & (s < S)[None, :]
-        x = tl.load(row[:, None] + s[None, :] * stride_s, mask=mask, other=0.0).to(tl.float32)
-        d = tl.where(mask, x - shift[:, None], 0.0)
+        idx = n.to(tl.int64) * stride_n + c[:, None] * stride_c + s[None, :] * stride_s
+        d = tl.where(mask, tl.load(X + idx, mask=mask, other=0.0).to(tl.float32) - shift[:, None], 0.0)
         acc += d
         acc_sq += d * d
-        i += BLOCK_S
-    tl.store(PARTS + c * P + pid, tl.reduce(acc, 1, _add), mask=c_mask)
-    tl.store(PARTS + C * P + c * P + pid, tl.reduce(acc_sq, 1, _add), mask=c_mask)
+        item += 1
+    R = P + GROUPS
+    tl.store(PARTS + c * R + pid, tl.reduce(acc, 1, _add), mask=c_mask)
+    tl.store(PARTS + C * R + c * R + pid, tl.reduce(acc_sq, 1, _add), mask=c_mask)
+    last, sum_d, sum_d2 = _triton_util.sum_over_programs(PARTS, TICKETS, pid, pid_c, c, c_mask, C, P, GROUP, GROUPS,
+                                                         BLOCK_C, BLOCK_G)
+    if last:  # one program per channel block: the statistics and the running-statistics update
+        mean_d = sum_d / M
+        var = tl.maximum(sum_d2 / M - mean_d * mean_d, 0.0)
+        mean = shift + mean_d
+        tl.store(MEAN + c, mean, mask=c_mask)
+        tl.store(VAR + c, var, mask=c_mask)
+        if HAS_RUNNING:  # ATen's update, in fp32: (1 - momentum) * running + momentum * batch
+            running_mean = tl.load(RUNNING_MEAN + c, mask=c_mask, other=0.0).to(tl.float32)
+            running_var = tl.load(RUNNING_VAR + c, mask=c_mask, other=0.0).to(tl.float32)
+            running_mean = (1.0 - momentum) * running_mean + momentum * mean
+            running_var = (1.0 - momentum) * running_var + momentum * (var * (M / (M - 1.0)))
+            tl.store(RUNNING_MEAN + c, running_mean.to(RUNNING_MEAN.dtype.element_ty), mask=c_mask)
+            tl.store(RUNNING_VAR + c, running_var.to(RUNNING_VAR.dtype.element_ty), mask=c_mask)
 
 
 @kernel
@@ -123,9 +170,9 @@ def _batch_norm_act_fwd_kernel(
     Y,  # output, like X
     W,  # weight, [C] (unused unless HAS_AFFINE)
     B,  # bias, [C] (unused unless HAS_AFFINE)
-    MEAN,  # fp32, [C]: the batch or running mean
-    RSTD,  # fp32, [C]: 1 / sqrt(var + eps)
-    C, S, stride_n, stride_c, stride_s, negative_slope,
+    MEAN,  # [C]: the batch mean (fp32) or the running mean
+    VAR,  # [C]: the biased batch variance (fp32) or the running variance
+    C, S, stride_n, stride_c, stride_s, eps, negative_slope,
     BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, HAS_AFFINE: tl.constexpr, ACT: tl.constexpr,
 ):
     pid_s, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -134,13 +181,10 @@ def _batch_norm_act_fwd_kernel(
     s = pid_s.to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)
     mask = c_mask[:, None] & (s < S)[None, :]
     idx = n.to(tl.int64) * stride_n + c[:, None] * stride_c + s[None, :] * stride_s
-    mean = tl.load(MEAN + c, mask=c_mask, other=0.0)
-    rstd = tl.load(RSTD + c, mask=c_mask, other=0.0)
+    mean, rstd, w, b = _channel(W, B, MEAN, VAR, c, c_mask, eps, BLOCK_C, HAS_AFFINE)
+    # (x - mean) * rstd rather than x * scale + shift: no cancellation when |mean| >> std
     z = (tl.load(X + idx, mask=mask, other=0.0).to(tl.float32) - mean[:, None]) * rstd[:, None]
-    if HAS_AFFINE:
-        w = tl.load(W + c, mask=c_mask, other=0.0).to(tl.float32)
-        b = tl.load(B + c, mask=c_mask, other=0.0).to(tl.float32)
-        z = z * w[:, None] + b[:, None]
+    z = z * w[:, None] + b[:, None]
     if ACT == 1:
         z = tl.maximum(z, 0.0)
     elif ACT == 2:
@@ -155,35 +199,43 @@ def _batch_norm_act_bwd_stats_kernel(
     DX,  # input gradient out, like X (written only if WRITE_DX: running statistics, dx = rstd * w * g)
     W,  # weight, [C] (unused unless HAS_AFFINE)
     B,  # bias, [C] (unused unless HAS_AFFINE)
-    MEAN,  # fp32, [C]
-    RSTD,  # fp32, [C]
-    PARTS,  # fp32 out, [2, C, P] with P = N * SPLIT: per program, sums of g and of g * xhat
-    C, S, stride_n, stride_c, stride_s, split_len, SPLIT, P, negative_slope,
-    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, HAS_AFFINE: tl.constexpr, ACT: tl.constexpr,
-    WRITE_DX: tl.constexpr,
+    MEAN,  # [C]: as in the forward
+    VAR,  # [C]: as in the forward
+    PARTS,  # fp32 scratch, [2, C, P + GROUPS]: per program sums of g and of g * xhat, then per group
+    TICKETS,  # int32, [channel blocks, GROUPS + 1]: zero between launches (_triton_util.sum_over_programs)
+    DW,  # fp32 out, [C]: sum over (n, s) of g * xhat, the weight gradient
+    DB,  # fp32 out, [C]: sum over (n, s) of g, the bias gradient
+    C, S, stride_n, stride_c, stride_s, CHUNKS, ITEMS, PER_PROGRAM, P, GROUP, GROUPS, eps, negative_slope,
+    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_G: tl.constexpr, HAS_AFFINE: tl.constexpr,
+    ACT: tl.constexpr, WRITE_DX: tl.constexpr,
 ):
     pid, pid_c = tl.program_id(0), tl.program_id(1)
-    n, piece = pid // SPLIT, pid % SPLIT
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
-    offset = n.to(tl.int64) * stride_n + c * stride_c
-    mean, rstd, w, b = norm_act_channel(W, B, MEAN, RSTD, 0, c, c_mask, BLOCK_C, HAS_AFFINE)
-    first = piece * split_len
+    mean, rstd, w, b = _channel(W, B, MEAN, VAR, c, c_mask, eps, BLOCK_C, HAS_AFFINE)
     acc_g = tl.full([BLOCK_C, BLOCK_S], 0.0, tl.float32)
     acc_gx = tl.full([BLOCK_C, BLOCK_S], 0.0, tl.float32)
-    i = 0
-    while i < split_len:
-        s = first + i + tl.arange(0, BLOCK_S)
+    item = pid * PER_PROGRAM
+    end = tl.minimum(item + PER_PROGRAM, ITEMS)
+    while item < end:
+        n = item // CHUNKS
+        s = (item - n * CHUNKS) * BLOCK_S + tl.arange(0, BLOCK_S)
         mask = c_mask[:, None] & (s < S)[None, :]
-        idx = offset[:, None] + s[None, :] * stride_s
+        idx = n.to(tl.int64) * stride_n + c[:, None] * stride_c + s[None, :] * stride_s
         xhat, g = norm_act_bwd_tile(X, DY, idx, mask, mean, rstd, w, b, negative_slope, ACT)
         if WRITE_DX:
             tl.store(DX + idx, (g * (rstd * w)[:, None]).to(DX.dtype.element_ty), mask=mask)
         acc_g += g
         acc_gx += g * xhat
-        i += BLOCK_S
-    tl.store(PARTS + c * P + pid, tl.reduce(acc_g, 1, _add), mask=c_mask)
-    tl.store(PARTS + C * P + c * P + pid, tl.reduce(acc_gx, 1, _add), mask=c_mask)
+        item += 1
+    R = P + GROUPS
+    tl.store(PARTS + c * R + pid, tl.reduce(acc_g, 1, _add), mask=c_mask)
+    tl.store(PARTS + C * R + c * R + pid, tl.reduce(acc_gx, 1, _add), mask=c_mask)
+    last, sum_g, sum_gx = _triton_util.sum_over_programs(PARTS, TICKETS, pid, pid_c, c, c_mask, C, P, GROUP, GROUPS,
+                                                         BLOCK_C, BLOCK_G)
+    if last:
+        tl.store(DW + c, sum_gx, mask=c_mask)
+        tl.store(DB + c, sum_g, mask=c_mask)
 
 
 @kernel
@@ -193,10 +245,11 @@ def _batch_norm_act_bwd_kernel(
     DX,  # input gradient out, like X
     W,  # weight, [C] (unused unless HAS_AFFINE)
     B,  # bias, [C] (unused unless HAS_AFFINE)
-    MEAN,  # fp32, [C]
-    RSTD,  # fp32, [C]
-    SUMS,  # fp32, [2, C]: sums over (n, s) of g and of g * xhat, from the backward stats pass
-    C, S, stride_n, stride_c, stride_s, M, negative_slope,
+    MEAN,  # fp32, [C]: the batch mean
+    VAR,  # fp32, [C]: the biased batch variance
+    DW,  # fp32, [C]: sum over (n, s) of g * xhat, from the backward stats pass
+    DB,  # fp32, [C]: sum over (n, s) of g, from the backward stats pass
+    C, S, stride_n, stride_c, stride_s, M, eps, negative_slope,
     BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, HAS_AFFINE: tl.constexpr, ACT: tl.constexpr,
 ):
     pid_s, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -205,121 +258,145 @@ def _batch_norm_act_bwd_kernel(
     s = pid_s.to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)
     mask = c_mask[:, None] & (s < S)[None, :]
     idx = n.to(tl.int64) * stride_n + c[:, None] * stride_c + s[None, :] * stride_s
-    mean, rstd, w, b = norm_act_channel(W, B, MEAN, RSTD, 0, c, c_mask, BLOCK_C, HAS_AFFINE)
-    mean_g = tl.load(SUMS + c, mask=c_mask, other=0.0) / M
-    mean_gx = tl.load(SUMS + C + c, mask=c_mask, other=0.0) / M
+    mean, rstd, w, b = _channel(W, B, MEAN, VAR, c, c_mask, eps, BLOCK_C, HAS_AFFINE)
+    mean_g = tl.load(DB + c, mask=c_mask, other=0.0) / M
+    mean_gx = tl.load(DW + c, mask=c_mask, other=0.0) / M
     xhat, g = norm_act_bwd_tile(X, DY, idx, mask, mean, rstd, w, b, negative_slope, ACT)
     dx = (rstd * w)[:, None] * (g - mean_g[:, None] - xhat * mean_gx[:, None])
     tl.store(DX + idx, dx.to(DX.dtype.element_ty), mask=mask)
 
 
 # 3. Launchers ------------------------------------------------------------------------------------
-def _pieces(n, c_blocks, s, block_s, target_programs=1024):
-    """Cuts each (sample, channel block) row of ``s`` elements into ``split`` pieces of ``split_len`` (a
-    multiple of block_s), enough programs to fill the GPU when N * C is small. Returns (split, split_len)."""
-    chunks = -(-s // block_s)
-    want = max(1, min(-(-target_programs // max(n * c_blocks, 1)), chunks, _MAX_SPLIT))
-    per = -(-chunks // want)
-    return -(-chunks // per), per * block_s
+_TARGET_PROGRAMS = 1024  # reduction programs per launch: enough to fill a GPU when N * C is small
+_GROUP = 32  # programs per group of sum_over_programs
+_MAX_PROGRAMS = _GROUP * _GROUP  # per channel block: the last program then sums at most 32 groups' sums
 
 
 def _plan(x):
-    """Shape, strides, tiles and grids of x for the kernels."""
+    """Shape, strides, tiles, grids and reduction layout of x for the kernels."""
     n, c, s, stride_n, stride_c, stride_s = _triton_util.channels_view(_OP, "x", x)
     block_c, block_s = _triton_util.tile(c, s, stride_c)
     c_blocks = -(-c // block_c)
-    split, split_len = _pieces(n, c_blocks, s, block_s)
-    return dict(n=n, c=c, s=s, strides=(stride_n, stride_c, stride_s), split=split, split_len=split_len,
-                reduce_grid=(n * split, c_blocks), pointwise_grid=(-(-s // block_s), c_blocks, n),
-                blocks=dict(BLOCK_C=block_c, BLOCK_S=block_s))
+    chunks = -(-s // block_s)
+    items = n * chunks
+    want = max(1, min(-(-_TARGET_PROGRAMS // c_blocks), items, _MAX_PROGRAMS))
+    per = -(-items // want)
+    programs = -(-items // per)
+    group = min(_GROUP, programs)
+    groups = -(-programs // group)
+    block_g = min(_triton_util.next_pow2(group), max(2048 // block_c, 1))
+    return dict(n=n, c=c, s=s, strides=(stride_n, stride_c, stride_s), programs=programs, groups=groups,
+                tickets=c_blocks * (groups + 1), reduce=(chunks, items, per, programs, group, groups),
+                reduce_grid=(programs, c_blocks), pointwise_grid=(-(-s // block_s), c_blocks, n),
+                blocks=dict(BLOCK_C=block_c, BLOCK_S=block_s), block_g=block_g)
 
 
-def _batch_norm_act_fwd(x, weight, bias, running_mean, running_var, training, act, negative_slope, eps):
-    """Returns y (x's layout and dtype) and the fp32 [C] mean, rstd and biased variance that normalised x."""
+def _reduce_buffers(plan, x):
+    """The partial sums' scratch and the ticket counters of one reduction launch."""
+    parts = _triton_util.empty((2, plan["c"], plan["programs"] + plan["groups"]), torch.float32, x.device)
+    return parts, _triton_util.tickets(x.device, plan["tickets"], x)
+
+
+def _batch_norm_act_stats(x, running_mean, running_var, momentum):
+    """Returns the fp32 [C] batch mean and biased variance of x; updates the running statistics in place."""
     plan = _plan(x)
-    c, p = plan["c"], plan["n"] * plan["split"]
-    if training:
-        parts = _triton_util.empty((2, c, p), torch.float32, x.device)
-        with _triton_util.device_guard(x):
-            _batch_norm_act_stats_kernel[plan["reduce_grid"]](x, parts, c, plan["s"], *plan["strides"],
-                                                              plan["split_len"], plan["split"], p, **plan["blocks"])
-        count = plan["n"] * plan["s"]
-        sums = parts.sum(dim=-1) / count  # [2, C], a fixed-order sum over the programs
-        shift = x[0, :, 0, 0].float()  # the kernel's shift, x[0, c, 0]
-        mean = shift + sums[0]
-        var = (sums[1] - sums[0].square()).clamp_min(0.0)
-    else:
-        mean = running_mean.to(torch.float32, copy=True)
-        var = running_var.to(torch.float32, copy=True)
-    rstd = (var + eps).rsqrt()
+    c = plan["c"]
+    parts, tickets = _reduce_buffers(plan, x)
+    mean = _triton_util.empty((c,), torch.float32, x.device)
+    var = _triton_util.empty((c,), torch.float32, x.device)
+    has_running = running_mean is not None
+    with _triton_util.device_guard(x):
+        _batch_norm_act_stats_kernel[plan["reduce_grid"]](
+            x, parts, tickets, mean, var, running_mean if has_running else x, running_var if has_running else x,
+            c, plan["s"], *plan["strides"], *plan["reduce"], plan["n"] * plan["s"], momentum, **plan["blocks"],
+            BLOCK_G=plan["block_g"], HAS_RUNNING=has_running)
+    return mean, var
+
+
+def _batch_norm_act_fwd(x, weight, bias, mean, var, eps, act, negative_slope):
+    """Returns y (x's layout and dtype) normalised with mean and var (batch or running statistics)."""
+    plan = _plan(x)
     y = _triton_util.empty_like(x)
     with _triton_util.device_guard(x):
         _batch_norm_act_fwd_kernel[plan["pointwise_grid"]](
-            x, y, x if weight is None else weight, x if bias is None else bias, mean, rstd, c, plan["s"],
-            *plan["strides"], negative_slope, **plan["blocks"], HAS_AFFINE=weight is not None, ACT=_ACT_CODE[act])
-    return y, mean, rstd, var
+            x, y, x if weight is None else weight, x if bias is None else bias, mean, var, plan["c"], plan["s"],
+            *plan["strides"], eps, negative_slope, **plan["blocks"], HAS_AFFINE=weight is not None,
+            ACT=_ACT_CODE[act])
+    return y
 
 
-def _batch_norm_act_bwd(dy, x, weight, bias, mean, rstd, training, act, negative_slope):
+def _batch_norm_act_bwd(dy, x, weight, bias, mean, var, eps, training, act, negative_slope):
     """Returns dx (x's layout and dtype) and fp32 [C] dweight, dbias (for weight 1, bias 0 if not affine)."""
     plan = _plan(x)
-    c, p = plan["c"], plan["n"] * plan["split"]
+    c = plan["c"]
     dy = _triton_util.same_layout(dy, x)
-    parts = _triton_util.empty((2, c, p), torch.float32, x.device)
+    parts, tickets = _reduce_buffers(plan, x)
     dx = _triton_util.empty_like(x)
+    dweight = _triton_util.empty((c,), torch.float32, x.device)
+    dbias = _triton_util.empty((c,), torch.float32, x.device)
     w, b = (x, x) if weight is None else (weight, bias)
     options = dict(**plan["blocks"], HAS_AFFINE=weight is not None, ACT=_ACT_CODE[act])
     with _triton_util.device_guard(x):
         _batch_norm_act_bwd_stats_kernel[plan["reduce_grid"]](
-            x, dy, dx, w, b, mean, rstd, parts, c, plan["s"], *plan["strides"], plan["split_len"], plan["split"],
-            p, negative_slope, **options, WRITE_DX=not training)
-        sums = parts.sum(dim=-1)  # [2, C], a fixed-order sum over the programs
+            x, dy, dx, w, b, mean, var, parts, tickets, dweight, dbias, c, plan["s"], *plan["strides"],
+            *plan["reduce"], eps, negative_slope, **options, BLOCK_G=plan["block_g"], WRITE_DX=not training)
         if training:
             _batch_norm_act_bwd_kernel[plan["pointwise_grid"]](
-                x, dy, dx, w, b, mean, rstd, sums, c, plan["s"], *plan["strides"], plan["n"] * plan["s"],
-                negative_slope, **options)
-    # Two tensors, as a custom op's outputs may not alias.
-    return dx, sums[1].clone(), sums[0].clone()
+                x, dy, dx, w, b, mean, var, dweight, dbias, c, plan["s"], *plan["strides"], plan["n"] * plan["s"],
+                eps, negative_slope, **options)
+    return dx, dweight, dbias
 
 
 # 4. Autograd (torch.library custom ops, so torch.compile and CUDA graphs see opaque kernels) ------
+# The statistics pass is its own op: it updates the running statistics in place, and an op that mutates an
+# input cannot carry an autograd formula. It runs without autograd; _fwd_op's backward with training=True
+# differentiates through the batch statistics.
+@torch.library.custom_op("fastgan::batch_norm_act_stats", mutates_args=("running_mean", "running_var"))
+def _stats_op(x: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+              momentum: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return _batch_norm_act_stats(x, running_mean, running_var, momentum)
+
+
+@_stats_op.register_fake
+def _(x, running_mean, running_var, momentum):
+    mean = x.new_empty((x.shape[1],), dtype=torch.float32)
+    return mean, torch.empty_like(mean)
+
+
 @torch.library.custom_op("fastgan::batch_norm_act_fwd", mutates_args=())
-def _fwd_op(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-            running_mean: torch.Tensor | None, running_var: torch.Tensor | None, training: bool, act: str,
-            negative_slope: float, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _batch_norm_act_fwd(x, weight, bias, running_mean, running_var, training, act, negative_slope, eps)
+def _fwd_op(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, mean: torch.Tensor,
+            var: torch.Tensor, eps: float, training: bool, act: str, negative_slope: float) -> torch.Tensor:
+    return _batch_norm_act_fwd(x, weight, bias, mean, var, eps, act, negative_slope)
 
 
 @_fwd_op.register_fake
-def _(x, weight, bias, running_mean, running_var, training, act, negative_slope, eps):
-    stats = x.new_empty((x.shape[1],), dtype=torch.float32)
-    return torch.empty_like(x), stats, torch.empty_like(stats), torch.empty_like(stats)
+def _(x, weight, bias, mean, var, eps, training, act, negative_slope):
+    return torch.empty_like(x)
 
 
 @torch.library.custom_op("fastgan::batch_norm_act_bwd", mutates_args=())
 def _bwd_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-            mean: torch.Tensor, rstd: torch.Tensor, training: bool, act: str,
+            mean: torch.Tensor, var: torch.Tensor, eps: float, training: bool, act: str,
             negative_slope: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _batch_norm_act_bwd(dy, x, weight, bias, mean, rstd, training, act, negative_slope)
+    return _batch_norm_act_bwd(dy, x, weight, bias, mean, var, eps, training, act, negative_slope)
 
 
 @_bwd_op.register_fake
-def _(dy, x, weight, bias, mean, rstd, training, act, negative_slope):
+def _(dy, x, weight, bias, mean, var, eps, training, act, negative_slope):
     grad = x.new_empty((x.shape[1],), dtype=torch.float32)
     return torch.empty_like(x), grad, torch.empty_like(grad)
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, _, _, training, act, negative_slope, _ = inputs
-    _, mean, rstd, var = output
-    ctx.mark_non_differentiable(mean, rstd, var)
-    ctx.save_for_backward(x, weight, bias, mean, rstd)
-    ctx.training, ctx.act, ctx.negative_slope = training, act, negative_slope
+    x, weight, bias, mean, var, eps, training, act, negative_slope = inputs
+    ctx.save_for_backward(x, weight, bias, mean, var)
+    ctx.eps, ctx.training, ctx.act, ctx.negative_slope = eps, training, act, negative_slope
 
 
-def _backward(ctx, dy, _dmean, _drstd, _dvar):
-    x, weight, bias, mean, rstd = ctx.saved_tensors
-    dx, dweight, dbias = _bwd_op(dy, x, weight, bias, mean, rstd, ctx.training, ctx.act, ctx.negative_slope)
+def _backward(ctx, dy):
+    x, weight, bias, mean, var = ctx.saved_tensors
+    dx, dweight, dbias = _bwd_op(dy, x, weight, bias, mean, var, ctx.eps, ctx.training, ctx.act,
+                                 ctx.negative_slope)
     if weight is None:
         dweight = dbias = None
     else:
@@ -363,12 +440,11 @@ def batch_norm_act(x, running_mean, running_var, weight=None, bias=None, trainin
                     ("running_var", running_var)):
         if t is not None and t.device != x.device:
             raise ValueError(f"batch_norm_act: {name} is on {t.device} but x is on {x.device}")
-    y, mean, _, var = _fwd_op(x, weight, bias, running_mean, running_var, bool(training), act,
-                              float(negative_slope), float(eps))
-    if training and running_mean is not None:
-        count = x.numel() // x.shape[1]
-        with torch.no_grad():  # F.batch_norm's update, with the unbiased batch variance: 2 launches, not 4
-            unbiased = var * (count / (count - 1))
-            torch._foreach_lerp_([running_mean, running_var],
-                                 [mean.to(running_mean.dtype), unbiased.to(running_var.dtype)], momentum)
+    if training:
+        # Without autograd: _fwd_op's backward (training=True) differentiates through the batch statistics.
+        with torch.no_grad():
+            mean, var = _stats_op(x, running_mean, running_var, 0.0 if running_mean is None else float(momentum))
+    else:
+        mean, var = running_mean, running_var
+    y = _fwd_op(x, weight, bias, mean, var, float(eps), bool(training), act, float(negative_slope))
     return y

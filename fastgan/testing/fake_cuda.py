@@ -291,14 +291,15 @@ class OpTrace:
     def dtype_changes(self, dtype: torch.dtype, backward: bool = False) -> list[str]:
         """Ops that turn a ``dtype`` activation (a floating tensor of 3 or more dims) into an activation of
         another dtype, inside the networks (forward; losses are fp32 on purpose) or anywhere in backward,
-        and fastgan ops whose output dtype is not their input's."""
+        and fastgan ops whose output activation's dtype is not their input's."""
         bad = []
         for c in self.launches(backward):
             if (not backward and not c.layer) or c.layer.startswith("ToCopyBackward"):
                 continue  # a cast's backward mirrors a forward cast, which the forward check judged
             takes = any(i.dtype == dtype and len(i.shape) >= 3 for i in c.inputs)
             wrong = [o for o in c.outputs if o.dtype.is_floating_point and len(o.shape) >= 3 and o.dtype != dtype]
-            if c.namespace == "fastgan" and c.inputs and c.outputs and c.outputs[0].dtype != c.inputs[0].dtype:
+            if c.namespace == "fastgan" and c.inputs and c.outputs and c.outputs[0].dtype != c.inputs[0].dtype \
+                    and len(c.outputs[0].shape) >= 3:  # an activation (not batch_norm_act_stats' fp32 statistics)
                 wrong.append(c.outputs[0])
             elif not takes:
                 wrong = []

@@ -198,7 +198,8 @@ def test_triton_op_launches_match_a_real_run(monkeypatch, case, layout):
     pytest.importorskip("triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     ran = _real_run(case, layout)
-    assert {e[1].split(".")[1].rsplit("_", 1)[1] for e in ran} == {"fwd", "bwd"}
+    # forward and backward (batch_norm_act's forward also has its statistics pass, batch_norm_act_stats)
+    assert {e[1].split(".")[1].rsplit("_", 1)[1] for e in ran} - {"stats"} == {"fwd", "bwd"}
     for _, op, inner, (args, kwargs) in ran:
         real = _launches(inner)
         assert any(name != "aten" for name in real), op

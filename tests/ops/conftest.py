@@ -3,8 +3,9 @@ import inspect
 import pytest
 
 _ACTIVATIONS = ("X", "R", "Y", "DY", "DX")  # pointer arguments in the activation dtype
-_PARAMETERS = ("W", "B")  # weight and bias (norms) or bias (leaky_relu, tanh)
-_FP32 = ("PARTS", "SUMS", "MEAN", "RSTD", "PDB")  # statistics and partial sums
+_PARAMETERS = ("W", "B", "RUNNING_MEAN", "RUNNING_VAR")  # weight and bias (norms) or bias (leaky_relu, tanh)
+_FP32 = ("PARTS", "SUMS", "MEAN", "RSTD", "VAR", "PDB", "DW", "DB")  # statistics, partial sums, their sums
+_INT32 = ("TICKETS",)  # counters of _triton_util.sum_over_programs
 
 
 @pytest.fixture
@@ -14,7 +15,7 @@ def sm90_ptx():
 
     ``unit_stride`` names the stride argument that is 1 (``stride_c`` for NHWC, ``stride_s`` for NCHW), as
     Triton specialises it at a real launch; integer and pointer arguments carry the divisibility by 16 it
-    infers there; ``eps`` and ``negative_slope`` are fp32 scalars.
+    infers there; ``eps``, ``negative_slope`` and ``momentum`` are fp32 scalars.
     """
     pytest.importorskip("triton")
     from triton import compile as triton_compile
@@ -27,7 +28,7 @@ def sm90_ptx():
         for name in inspect.signature(k.fn).parameters:
             if name in constexprs or name == unit_stride:
                 signature[name] = "constexpr"
-            elif name in ("eps", "negative_slope"):
+            elif name in ("eps", "negative_slope", "momentum"):
                 signature[name] = "fp32"
             elif name in _ACTIVATIONS:
                 signature[name] = "*" + dtype
@@ -35,6 +36,8 @@ def sm90_ptx():
                 signature[name] = "*" + parameter_dtype
             elif name in _FP32:
                 signature[name] = "*fp32"
+            elif name in _INT32:
+                signature[name] = "*i32"
             else:
                 signature[name] = "i32"
         index = {name: (i,) for i, name in enumerate(signature)}

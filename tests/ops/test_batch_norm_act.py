@@ -6,6 +6,7 @@ and are skipped without a GPU.
 """
 
 import importlib
+import re
 
 import pytest
 import torch
@@ -135,6 +136,63 @@ def test_variants(triton_cpu, affine, track, momentum):
 @pytest.mark.parametrize("act,training", [("relu", True), ("leaky_relu", True), ("leaky_relu", False)])
 def test_matches_reference_cuda(shape, dtype, channels_last, act, training, poisoned_buffers):
     _check_against_reference(shape, dtype, "cuda", channels_last, True, act, training)
+
+
+@pytest.mark.parametrize("group", [1, 2, 3])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_reduction_tree(triton_cpu, monkeypatch, group, channels_last, training):
+    """Small tiles and groups, so that the partial sums go through several groups of uneven size and a program
+    covers tiles of two samples: the last-program sums still match the reference, and every ticket counter is
+    back to zero after the forward and the backward."""
+    monkeypatch.setattr(_MODULE._triton_util, "tile", lambda c, s, stride_c: (2, 4))
+    monkeypatch.setattr(_MODULE, "_GROUP", group)
+    monkeypatch.setattr(_MODULE, "_MAX_PROGRAMS", 3 * group + 1)
+    plan = _MODULE._plan(torch.empty(3, 5, 4, 7))
+    assert plan["groups"] > 1 or group == 1
+    assert plan["reduce"][2] > 1  # tiles per program
+    _check_against_reference((3, 5, 4, 7), torch.float32, "cpu", channels_last, True, "leaky_relu", training)
+    assert not _MODULE._triton_util.tickets(torch.device("cpu"), 1, torch.empty(0)).any()
+
+
+def _op_launches(fn):
+    """The Triton launches of fastgan's custom ops, each op's own launches in order, and the number of ATen calls
+    that launch a kernel, made while ``fn`` runs (its kernels really run, through the interpreter)."""
+    from fastgan.testing import ledger
+
+    calls = ledger._Calls(costs=False)
+    with ledger._recording(calls, run_triton=True):
+        fn()
+    ops_ = [(e[1], [name.removeprefix("triton ") for kind, name, *_ in e[2] if kind == "kernel"],
+             sum(k == "aten" for k, *_ in e[2]))
+            for e in calls.entries if e[0] == "op"]
+    return ops_, sum(e[0] == "aten" for e in calls.entries)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("track", [True, False])
+def test_two_launches_per_direction(monkeypatch, affine, track):
+    """Batch statistics: the forward is the statistics pass (running-statistics update included) and the
+    normalise pass, the backward its reduction pass and the dx pass; running statistics: one pass each way.
+    No other kernel runs: no ATen op inside the ops or around them. (Unpoisoned buffers: a NaN fill would
+    count as an ATen kernel.)"""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x = torch.randn(3, 5, 6, 7).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w, b = (torch.randn(5, requires_grad=True), torch.randn(5, requires_grad=True)) if affine else (None, None)
+    stats = (torch.zeros(5), torch.ones(5)) if track else (None, None)
+    dy = torch.randn_like(x)
+    for training in (True, False) if track else (True,):
+        for t in (x, w, b):
+            if t is not None:
+                t.grad = None  # no accumulation into the last run's gradients
+        ops_, aten = _op_launches(
+            lambda training=training: batch_norm_act(x, *stats, w, b, training, impl="triton").backward(dy))
+        forward = [("fastgan.batch_norm_act_stats.default", ["_batch_norm_act_stats_kernel"], 0)] if training else []
+        assert ops_ == forward + [
+            ("fastgan.batch_norm_act_fwd.default", ["_batch_norm_act_fwd_kernel"], 0),
+            ("fastgan.batch_norm_act_bwd.default",
+             ["_batch_norm_act_bwd_stats_kernel"] + (["_batch_norm_act_bwd_kernel"] if training else []), 0)]
+        assert aten == 0
 
 
 def test_mixed_layout_gradient(triton_cpu):
@@ -282,10 +340,14 @@ def test_cuda_graph_capture():
 @pytest.mark.parametrize("unit_stride", ["stride_c", "stride_s"], ids=["nhwc", "nchw"])
 def test_kernels_compile_for_h100(sm90_ptx, unit_stride):
     block = dict(BLOCK_C=64, BLOCK_S=32) if unit_stride == "stride_c" else dict(BLOCK_C=1, BLOCK_S=2048)
-    sm90_ptx(_MODULE._batch_norm_act_stats_kernel, block, unit_stride)
+    for has_running in (False, True):
+        ptx = sm90_ptx(_MODULE._batch_norm_act_stats_kernel, dict(block, BLOCK_G=32, HAS_RUNNING=has_running),
+                       unit_stride)
+        # the tickets: integer atomics that order the partial sums' stores before the last program's loads
+        assert re.search(r"atom\.global\.(gpu\.acq_rel|acq_rel\.gpu)\.add", ptx) and "ld.global.cg" in ptx
     for write_dx in (False, True):
         sm90_ptx(_MODULE._batch_norm_act_bwd_stats_kernel,
-                      dict(block, HAS_AFFINE=True, ACT=2, WRITE_DX=write_dx), unit_stride)
+                 dict(block, BLOCK_G=32, HAS_AFFINE=True, ACT=2, WRITE_DX=write_dx), unit_stride)
     sm90_ptx(_MODULE._batch_norm_act_bwd_kernel, dict(block, HAS_AFFINE=True, ACT=1), unit_stride)
     ptx = sm90_ptx(_MODULE._batch_norm_act_fwd_kernel, dict(block, HAS_AFFINE=True, ACT=1), unit_stride)
     # 128-bit loads and stores along the contiguous dim (channels for NHWC), as a copy kernel would issue.
