@@ -424,29 +424,34 @@ class BatchNorm2dAct(_FastLayer, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"expected 4D input (got {x.dim()}D input)")  # nn.BatchNorm2d's message
-        # nn.BatchNorm2d's bookkeeping, line for line, so momentum=None and num_batches_tracked behave alike.
+        # nn.BatchNorm2d's bookkeeping, so momentum=None and num_batches_tracked behave alike; the op adds one to
+        # num_batches_tracked (``count``) itself, in its statistics pass rather than in a launch of its own.
         exponential_average_factor = 0.0 if self.momentum is None else self.momentum
+        count: torch.Tensor | None = None
         if self.training and self.track_running_stats:
             if self.num_batches_tracked is not None:
-                self.num_batches_tracked.add_(1)
+                count = self.num_batches_tracked
                 if self.momentum is None:  # sync: a cumulative average needs the count on the host
-                    exponential_average_factor = 1.0 / float(self.num_batches_tracked)
+                    exponential_average_factor = 1.0 / (float(self.num_batches_tracked) + 1.0)
                 else:
                     exponential_average_factor = self.momentum
         bn_training = self.training or (self.running_mean is None and self.running_var is None)
         running_mean = self.running_mean if not self.training or self.track_running_stats else None
         running_var = self.running_var if not self.training or self.track_running_stats else None
         if torch.jit.is_scripting():
+            if count is not None:
+                count.add_(1)
             y = F.batch_norm(x, running_mean, running_var, self.weight, self.bias, bn_training,
                              exponential_average_factor, self.eps)
             return _act(y, self.act, self.negative_slope)
-        return self._fast_forward(x, running_mean, running_var, bn_training, exponential_average_factor)
+        return self._fast_forward(x, running_mean, running_var, bn_training, exponential_average_factor, count)
 
     @torch.jit.unused
     def _fast_forward(self, x: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
-                      training: bool, momentum: float) -> torch.Tensor:
+                      training: bool, momentum: float, count: torch.Tensor | None) -> torch.Tensor:
         return ops.batch_norm_act(x, running_mean, running_var, self.weight, self.bias, training, momentum,
-                                  self.eps, act=self.act, negative_slope=self.negative_slope, impl=self.impl)
+                                  self.eps, act=self.act, negative_slope=self.negative_slope,
+                                  num_batches_tracked=count, impl=self.impl)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):

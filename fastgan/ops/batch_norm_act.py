@@ -53,9 +53,12 @@ _ACT_CODE = {"none": 0, "relu": 1, "leaky_relu": 2}
 
 # 1. Reference ------------------------------------------------------------------------------------
 def batch_norm_act_ref(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
-                       eps=1e-5, *, act="relu", negative_slope=0.2):
+                       eps=1e-5, *, act="relu", negative_slope=0.2, num_batches_tracked=None):
     """Plain PyTorch reference: F.batch_norm (which updates the running statistics when training) then the
-    activation, computed in fp32 (fp64 for fp64 x), output in x's dtype."""
+    activation, computed in fp32 (fp64 for fp64 x), output in x's dtype; when training, num_batches_tracked
+    (if given) is incremented first, as nn.BatchNorm2d's forward does."""
+    if training and num_batches_tracked is not None:
+        num_batches_tracked.add_(1)
     compute = torch.promote_types(x.dtype, torch.float32)
     y = F.batch_norm(x.to(compute), running_mean, running_var,
                      None if weight is None else weight.to(compute), None if bias is None else bias.to(compute),
@@ -67,7 +70,7 @@ def batch_norm_act_ref(x, running_mean, running_var, weight=None, bias=None, tra
     return y.to(x.dtype)
 
 
-def _check_args(x, running_mean, running_var, weight, bias, training, act):
+def _check_args(x, running_mean, running_var, weight, bias, training, act, num_batches_tracked=None):
     if x.dim() != 4:
         raise ValueError(f"batch_norm_act: x must be 4-D [N, C, H, W], got shape {tuple(x.shape)}")
     if act not in _ACTS:
@@ -83,6 +86,10 @@ def _check_args(x, running_mean, running_var, weight, bias, training, act):
                     ("running_var", running_var)):
         if t is not None and tuple(t.shape) != (x.shape[1],):
             raise ValueError(f"batch_norm_act: {name} must have shape ({x.shape[1]},), got {tuple(t.shape)}")
+    if num_batches_tracked is not None and (num_batches_tracked.numel() != 1
+                                            or num_batches_tracked.dtype.is_floating_point):
+        raise ValueError("batch_norm_act: num_batches_tracked must be a one-element integer tensor, got "
+                         f"{num_batches_tracked.dtype} of shape {tuple(num_batches_tracked.shape)}")
     if training and x.numel() // max(x.shape[1], 1) < 2:
         # F.batch_norm's own message (a ValueError there too)
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
@@ -124,8 +131,10 @@ def _batch_norm_act_stats_kernel(
     VAR,  # fp32 out, [C]: the biased batch variance
     RUNNING_MEAN,  # [C], updated in place (unused unless HAS_RUNNING)
     RUNNING_VAR,  # [C], updated in place with the unbiased variance (unused unless HAS_RUNNING)
+    NUM_BATCHES,  # integer, one element: incremented by one (unused unless HAS_COUNT)
     C, S, stride_n, stride_c, stride_s, CHUNKS, ITEMS, PER_PROGRAM, P, GROUP, GROUPS, M, momentum,
     BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_G: tl.constexpr, HAS_RUNNING: tl.constexpr,
+    HAS_COUNT: tl.constexpr,
 ):
     pid, pid_c = tl.program_id(0), tl.program_id(1)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -162,6 +171,8 @@ def _batch_norm_act_stats_kernel(
             running_var = (1.0 - momentum) * running_var + momentum * (var * (M / (M - 1.0)))
             tl.store(RUNNING_MEAN + c, running_mean.to(RUNNING_MEAN.dtype.element_ty), mask=c_mask)
             tl.store(RUNNING_VAR + c, running_var.to(RUNNING_VAR.dtype.element_ty), mask=c_mask)
+        if HAS_COUNT:  # nn.BatchNorm2d's num_batches_tracked += 1, by the first channel block's last program
+            tl.store(NUM_BATCHES, tl.load(NUM_BATCHES) + 1, mask=pid_c == 0)
 
 
 @kernel
@@ -297,8 +308,9 @@ def _reduce_buffers(plan, x):
     return parts, _triton_util.tickets(x.device, plan["tickets"], x)
 
 
-def _batch_norm_act_stats(x, running_mean, running_var, momentum):
-    """Returns the fp32 [C] batch mean and biased variance of x; updates the running statistics in place."""
+def _batch_norm_act_stats(x, running_mean, running_var, num_batches_tracked, momentum):
+    """Returns the fp32 [C] batch mean and biased variance of x; updates the running statistics in place and
+    adds one to num_batches_tracked (each if given)."""
     plan = _plan(x)
     c = plan["c"]
     parts, tickets = _reduce_buffers(plan, x)
@@ -308,8 +320,9 @@ def _batch_norm_act_stats(x, running_mean, running_var, momentum):
     with _triton_util.device_guard(x):
         _batch_norm_act_stats_kernel[plan["reduce_grid"]](
             x, parts, tickets, mean, var, running_mean if has_running else x, running_var if has_running else x,
-            c, plan["s"], *plan["strides"], *plan["reduce"], plan["n"] * plan["s"], momentum, **plan["blocks"],
-            BLOCK_G=plan["block_g"], HAS_RUNNING=has_running)
+            x if num_batches_tracked is None else num_batches_tracked, c, plan["s"], *plan["strides"],
+            *plan["reduce"], plan["n"] * plan["s"], momentum, **plan["blocks"], BLOCK_G=plan["block_g"],
+            HAS_RUNNING=has_running, HAS_COUNT=num_batches_tracked is not None)
     return mean, var
 
 
@@ -351,14 +364,15 @@ def _batch_norm_act_bwd(dy, x, weight, bias, mean, var, eps, training, act, nega
 # The statistics pass is its own op: it updates the running statistics in place, and an op that mutates an
 # input cannot carry an autograd formula. It runs without autograd; _fwd_op's backward with training=True
 # differentiates through the batch statistics.
-@torch.library.custom_op("fastgan::batch_norm_act_stats", mutates_args=("running_mean", "running_var"))
+@torch.library.custom_op("fastgan::batch_norm_act_stats",
+                         mutates_args=("running_mean", "running_var", "num_batches_tracked"))
 def _stats_op(x: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
-              momentum: float) -> tuple[torch.Tensor, torch.Tensor]:
-    return _batch_norm_act_stats(x, running_mean, running_var, momentum)
+              num_batches_tracked: torch.Tensor | None, momentum: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return _batch_norm_act_stats(x, running_mean, running_var, num_batches_tracked, momentum)
 
 
 @_stats_op.register_fake
-def _(x, running_mean, running_var, momentum):
+def _(x, running_mean, running_var, num_batches_tracked, momentum):
     mean = x.new_empty((x.shape[1],), dtype=torch.float32)
     return mean, torch.empty_like(mean)
 
@@ -410,7 +424,7 @@ _dispatch.register(_OP, "triton", _triton_util.check)
 
 # 5. Public function ------------------------------------------------------------------------------
 def batch_norm_act(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5,
-                   *, act="relu", negative_slope=0.2, impl="auto"):
+                   *, act="relu", negative_slope=0.2, num_batches_tracked=None, impl="auto"):
     """Batch normalisation fused with an activation: F.batch_norm's arguments and semantics, then ``act``.
 
     Args:
@@ -423,27 +437,30 @@ def batch_norm_act(x, running_mean, running_var, weight=None, bias=None, trainin
         eps: added to the variance.
         act: "relu", "leaky_relu" or "none".
         negative_slope: slope of leaky_relu for negative inputs.
+        num_batches_tracked: optional one-element integer tensor (nn.BatchNorm2d's buffer), incremented by one
+            in place when ``training``; the Triton path does it in its statistics pass, without a launch of its own.
         impl: "auto", "ref", "fast" or "triton" (see fastgan.ops._dispatch).
     Returns:
         y, same shape, dtype and memory layout as x.
     """
-    _check_args(x, running_mean, running_var, weight, bias, training, act)
+    _check_args(x, running_mean, running_var, weight, bias, training, act, num_batches_tracked)
     if _dispatch.resolve(_OP, impl, x.device) != "triton":
         return batch_norm_act_ref(x, running_mean, running_var, weight, bias, training, momentum, eps, act=act,
-                                  negative_slope=negative_slope)
+                                  negative_slope=negative_slope, num_batches_tracked=num_batches_tracked)
     _triton_util.check_dtype(_OP, "x", x)
     _triton_util.channels_view(_OP, "x", x)
     if x.numel() >= 2**31:
         raise ValueError(f"batch_norm_act: x has {x.numel()} elements; the Triton path takes fewer than 2**31 "
                          "(use impl='ref')")
     for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
-                    ("running_var", running_var)):
+                    ("running_var", running_var), ("num_batches_tracked", num_batches_tracked)):
         if t is not None and t.device != x.device:
             raise ValueError(f"batch_norm_act: {name} is on {t.device} but x is on {x.device}")
     if training:
         # Without autograd: _fwd_op's backward (training=True) differentiates through the batch statistics.
         with torch.no_grad():
-            mean, var = _stats_op(x, running_mean, running_var, 0.0 if running_mean is None else float(momentum))
+            mean, var = _stats_op(x, running_mean, running_var, num_batches_tracked,
+                                  0.0 if running_mean is None else float(momentum))
     else:
         mean, var = running_mean, running_var
     y = _fwd_op(x, weight, bias, mean, var, float(eps), bool(training), act, float(negative_slope))

@@ -203,14 +203,17 @@ def _batch_norm_act_cases():
     ops = importlib.import_module("fastgan.ops")
     for act in ("relu", "leaky_relu", "none"):
         for affine in (False, True):
-            for training in (True, False):
-                def case(x, act=act, affine=affine, training=training):
+            # training with running statistics (and num_batches_tracked), training without, eval
+            for training, track in ((True, True), (True, False), (False, True)):
+                def case(x, act=act, affine=affine, training=training, track=track):
                     c = x.shape[1]
                     w = torch.ones(c, requires_grad=True) if affine else None
                     b = torch.zeros(c, requires_grad=True) if affine else None
-                    stats = (torch.zeros(c), torch.ones(c))
-                    return ops.batch_norm_act(x, *stats, w, b, training=training, act=act, impl="triton")
-                yield f"act={act} affine={affine} training={training}", case
+                    stats = (torch.zeros(c), torch.ones(c)) if track else (None, None)
+                    count = torch.zeros((), dtype=torch.long) if track else None
+                    return ops.batch_norm_act(x, *stats, w, b, training=training, act=act,
+                                              num_batches_tracked=count, impl="triton")
+                yield f"act={act} affine={affine} training={training} track={track}", case
 
 
 # Public op -> (its option cases, the shapes they run at): a real GAN shape and an odd one (37x53, C=3)

@@ -6,6 +6,7 @@ _ACTIVATIONS = ("X", "R", "Y", "DY", "DX")  # pointer arguments in the activatio
 _PARAMETERS = ("W", "B", "RUNNING_MEAN", "RUNNING_VAR")  # weight and bias (norms) or bias (leaky_relu, tanh)
 _FP32 = ("PARTS", "SUMS", "MEAN", "RSTD", "VAR", "PDB", "DW", "DB")  # statistics, partial sums, their sums
 _INT32 = ("TICKETS",)  # counters of _triton_util.sum_over_programs
+_INT64 = ("NUM_BATCHES",)  # nn.BatchNorm2d's num_batches_tracked
 
 
 @pytest.fixture
@@ -38,6 +39,8 @@ def sm90_ptx():
                 signature[name] = "*fp32"
             elif name in _INT32:
                 signature[name] = "*i32"
+            elif name in _INT64:
+                signature[name] = "*i64"
             else:
                 signature[name] = "i32"
         index = {name: (i,) for i, name in enumerate(signature)}

@@ -57,13 +57,15 @@ def _check_against_reference(shape, dtype, device, channels_last, affine, act, t
     tensors, running, dy = _inputs(shape, dtype, device, channels_last, affine)
     fast_stats = [t.clone() for t in running] if track else [None, None]
     ref_stats = [t.double() for t in running] if track else [None, None]
+    counts = [torch.tensor(7, device=device), torch.tensor(7)] if track else [None, None]  # num_batches_tracked
 
     def fast(x, w, b):
         return batch_norm_act(x, *fast_stats, w, b, training, momentum, 1e-5, act=act, negative_slope=slope,
-                              impl="triton")
+                              num_batches_tracked=counts[0], impl="triton")
 
     def ref(x, w, b):
-        return batch_norm_act_ref(x, *ref_stats, w, b, training, momentum, 1e-5, act=act, negative_slope=slope)
+        return batch_norm_act_ref(x, *ref_stats, w, b, training, momentum, 1e-5, act=act, negative_slope=slope,
+                                  num_batches_tracked=counts[1])
 
     y, grads = _run(fast, tensors, dy)
     assert ops.last_impl("batch_norm_act") == "triton"
@@ -87,6 +89,7 @@ def _check_against_reference(shape, dtype, device, channels_last, affine, act, t
         for name, got, want, before in zip(["running_mean", "running_var"], fast_stats, ref_stats, running):
             torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5, msg=name)
             assert torch.equal(got, before) != training, name
+        assert counts[0].item() == counts[1].item() == 7 + training
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -341,8 +344,8 @@ def test_cuda_graph_capture():
 def test_kernels_compile_for_h100(sm90_ptx, unit_stride):
     block = dict(BLOCK_C=64, BLOCK_S=32) if unit_stride == "stride_c" else dict(BLOCK_C=1, BLOCK_S=2048)
     for has_running in (False, True):
-        ptx = sm90_ptx(_MODULE._batch_norm_act_stats_kernel, dict(block, BLOCK_G=32, HAS_RUNNING=has_running),
-                       unit_stride)
+        ptx = sm90_ptx(_MODULE._batch_norm_act_stats_kernel,
+                       dict(block, BLOCK_G=32, HAS_RUNNING=has_running, HAS_COUNT=has_running), unit_stride)
         # the tickets: integer atomics that order the partial sums' stores before the last program's loads
         assert re.search(r"atom\.global\.(gpu\.acq_rel|acq_rel\.gpu)\.add", ptx) and "ld.global.cg" in ptx
     for write_dx in (False, True):
