@@ -219,7 +219,7 @@ def _take_ticket(
 @device_function
 def sum_over_programs(
     PARTS,  # fp32, [2, C, P + GROUPS]: each program's two partial sums in slot pid, then each group's sums
-    TICKETS,  # int32, [channel blocks, GROUPS + 1], zero between launches (see tickets())
+    TICKETS,  # int32, [channel blocks, GROUPS + 1], zero between launches (see ticket_counter())
     pid, pid_c, c, c_mask,  # this program's slot, its channel block, the block's channels and which exist
     C, P, GROUP, GROUPS,  # P programs per channel block, in GROUPS groups of GROUP (the last may be shorter)
     BLOCK_C: tl.constexpr, BLOCK_G: tl.constexpr,
@@ -350,25 +350,29 @@ def launch_bias_act_bwd(op: str, bwd_kernel, dy: torch.Tensor, y: torch.Tensor, 
     return dx, pdb.sum(dim=(0, 2)) if has_bias else pdb
 
 
-_TICKETS: dict[torch.device, torch.Tensor] = {}
+_TICKETS: dict[torch.device, torch.Tensor] = {}  # per device: the counters lent to every launch
+_RETIRED: list[torch.Tensor] = []  # counters replaced by a larger set, kept: a captured CUDA graph may use them
 
 
-def ticket_counter(x: torch.Tensor) -> torch.Tensor:
-    """An int32 [1] counter on x's device for kernels whose last program to finish does a final step (it
-    takes a ticket with an atomic add and the one holding the last resets the counter to 0): zeroed once, at
-    the device's first call (warm-up, before a CUDA graph captures a step), and left at 0 by every launch, so
-    no launch zeroes it. Kernels that use it must not run concurrently on two streams of one device. A fake
-    tensor (the step ledger's replay of a captured step) gets an unzeroed stand-in: the zeroing belongs to the
-    warm-up, not to the step."""
+def ticket_counter(x: torch.Tensor, count: int = 1) -> torch.Tensor:
+    """At least ``count`` int32 counters on x's device for kernels whose last program to finish does a final step
+    (it takes a ticket with an atomic add and the one holding the last resets the counter to 0; see
+    sum_over_programs): zeroed once, at the device's first call (warm-up, before a CUDA graph captures a step),
+    and left at 0 by every launch, so no launch zeroes them. Kernels that use them must not run concurrently on
+    two streams of one device. A call wanting more counters than the device has gets a new, larger zeroed set
+    (the old one is kept alive for graphs captured with it). A fake tensor (the step ledger's replay of a
+    captured step) gets an unzeroed stand-in: the zeroing belongs to the warm-up, not to the step."""
     from torch._subclasses.fake_tensor import FakeTensor
     from torch.utils._python_dispatch import _disable_current_modes
 
     if isinstance(x, FakeTensor) or x.device.type == "meta":
-        return torch.empty(1, dtype=torch.int32, device=x.device)
+        return torch.empty(count, dtype=torch.int32, device=x.device)
     tickets = _TICKETS.get(x.device)
-    if tickets is None:
+    if tickets is None or tickets.numel() < count:
+        if tickets is not None:
+            _RETIRED.append(tickets)
         with _disable_current_modes():  # not part of the call that happens to come first (nor of its trace)
-            tickets = _TICKETS[x.device] = torch.zeros(1, dtype=torch.int32, device=x.device)
+            tickets = _TICKETS[x.device] = torch.zeros(count, dtype=torch.int32, device=x.device)
     return tickets
 
 
@@ -435,29 +439,6 @@ def empty_like(x: torch.Tensor, dtype=None) -> torch.Tensor:
 def empty(shape, dtype, device) -> torch.Tensor:
     """Allocation for kernel scratch and statistics (tests replace it with a NaN-filled one)."""
     return torch.empty(shape, dtype=dtype, device=device)
-
-
-_TICKETS: dict[torch.device, list[torch.Tensor]] = {}  # per device: the counters now lent, then older ones
-
-
-def tickets(device: torch.device, count: int, like: torch.Tensor) -> torch.Tensor:
-    """``count`` int32 ticket counters on ``device`` for sum_over_programs, zero between launches.
-
-    Allocated and zeroed once per device (a set-up cost, outside any step: no dispatch mode records it) and
-    reused by every launch after it, since the kernels leave them zero. Launches on one device must therefore
-    not overlap: fastgan runs these kernels on one stream per device, as a training step and its CUDA graph do.
-    A larger set replaces the lent one; the old one is kept alive, as a captured graph may still point at it.
-    ``like`` is a tensor of the launch: a fake one (the step ledger's replay) gets an uninitialised stand-in.
-    """
-    if torch._subclasses.fake_tensor.is_fake(like):
-        return torch.empty(count, dtype=torch.int32, device=device)
-    held = _TICKETS.setdefault(device, [])
-    if not held or held[0].numel() < count:
-        from torch.utils._python_dispatch import _disable_current_modes
-
-        with _disable_current_modes():
-            held.insert(0, torch.zeros(max(count, 4096), dtype=torch.int32, device=device))
-    return held[0]
 
 
 def next_pow2(n: int) -> int:

@@ -305,7 +305,7 @@ def _plan(x):
 def _reduce_buffers(plan, x):
     """The partial sums' scratch and the ticket counters of one reduction launch."""
     parts = _triton_util.empty((2, plan["c"], plan["programs"] + plan["groups"]), torch.float32, x.device)
-    return parts, _triton_util.tickets(x.device, plan["tickets"], x)
+    return parts, _triton_util.ticket_counter(x, plan["tickets"])
 
 
 def _batch_norm_act_stats(x, running_mean, running_var, num_batches_tracked, momentum):

@@ -33,7 +33,7 @@ def test_matches_reference_bit_for_bit(triton_cpu, monkeypatch, fmt, dtype):
         assert torch.equal(out, expected), step
         assert out.dtype == images.dtype and out.stride() == images.stride()
         assert torch.equal(pool, ref_pool) and torch.equal(count, ref_count), step
-        assert _triton_util._TICKETS[torch.device("cpu")].item() == 0
+        assert not _triton_util._TICKETS[torch.device("cpu")].any()  # batch_norm_act may have grown it
     assert count == 4 and (pool != 0).all()  # filled, and every slot was written
 
 

@@ -95,7 +95,7 @@ def test_many_programs_and_tiles(triton_cpu, monkeypatch):
             torch.testing.assert_close(loss.double(), ref, rtol=2e-6, atol=1e-7)
             for g, g_ref in zip(grads, ref_grads):
                 torch.testing.assert_close(g.double(), g_ref, rtol=1e-5, atol=1e-8)
-            assert _triton_util._TICKETS[torch.device("cpu")].item() == 0
+            assert not _triton_util._TICKETS[torch.device("cpu")].any()  # batch_norm_act may have grown it
 
 
 def test_weight_is_folded_and_repeatable(triton_cpu):
