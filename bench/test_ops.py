@@ -1,8 +1,9 @@
-"""instance_norm_act, leaky_relu and tanh: reference vs Triton, forward and forward+backward.
+"""instance_norm_act, leaky_relu, tanh and mean_loss: reference vs Triton, forward and forward+backward.
 
 Run with `pytest bench --benchmark-only -k ops`. On CUDA: the CycleGAN generator shapes (instance norm),
 PatchGAN discriminator shapes (LeakyReLU with the conv bias) and generator output shapes (tanh with the conv
-bias, alone and as the whole output layer against torch's conv + nn.Tanh), bf16 and fp32, NHWC and NCHW. On
+bias, alone and as the whole output layer against torch's conv + nn.Tanh), the GAN losses (a PatchGAN's
+logits, CycleGAN's L1 on images), bf16 and fp32, NHWC and NCHW. On
 CPU: small shapes, reference only (the Triton interpreter is a correctness tool, not a speed one).
 
 extra_info per case: impl (the implementation that really ran), ms (CUDA-event median), GB/s counted
@@ -23,7 +24,16 @@ from conftest import synchronize
 
 from fastgan import nn as fnn
 from fastgan import ops
-from fastgan.ops import instance_norm_act, instance_norm_act_ref, leaky_relu, leaky_relu_ref, tanh, tanh_ref
+from fastgan.ops import (
+    instance_norm_act,
+    instance_norm_act_ref,
+    leaky_relu,
+    leaky_relu_ref,
+    mean_loss,
+    mean_loss_ref,
+    tanh,
+    tanh_ref,
+)
 
 _CUDA = torch.cuda.is_available()
 
@@ -40,6 +50,10 @@ TANH_SHAPES = [
     (128, 3, 64, 64),  # DCGAN 64x64 generator output, batch 128
     (1, 3, 256, 256), (4, 3, 256, 256),  # CycleGAN / pix2pix generator output
 ] if _CUDA else [(2, 3, 32, 32)]
+LOSS_CASES = [  # (kind, shape)
+    ("mse", (1, 1, 30, 30)), ("bce_with_logits", (1, 1, 30, 30)),  # a 70x70 PatchGAN's logits at 256^2
+    ("l1", (1, 3, 256, 256)), ("l1", (4, 3, 256, 256)),  # CycleGAN's cycle and identity losses
+] if _CUDA else [("mse", (1, 1, 30, 30)), ("l1", (1, 3, 32, 32))]
 IMPLS = ["ref", "triton"] if _CUDA else ["ref"]
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -211,3 +225,32 @@ def test_ops_copy_bandwidth(benchmark, record, bench_device):
 
     benchmark.pedantic(call, rounds=10, warmup_rounds=2, iterations=1)
     record(op="copy", impl="torch", bytes=2 * n, gbps=round(_copy_gbps(bench_device.type), 1))
+
+
+@pytest.mark.parametrize("kind, shape", LOSS_CASES, ids=lambda c: c if isinstance(c, str) else "x".join(map(str, c)))
+@pytest.mark.parametrize("passes", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_mean_loss(benchmark, record, bench_device, kind, shape, passes, impl):
+    """A loss as the models compute it under --amp: bf16 NHWC network output, an fp32 target image (L1) or a
+    label, fp32 result, lambda folded in (L1); against the reference's cast, target, loss and multiply."""
+    x = torch.randn(shape, device=bench_device, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(passes == "fwd+bwd")
+    target = torch.randn(shape, device=bench_device).contiguous(memory_format=torch.channels_last) \
+        if kind == "l1" else 1.0
+    weight = 10.0 if kind == "l1" else 1.0
+    one = torch.ones((), device=bench_device)
+
+    def fused():
+        return mean_loss(x, target, kind, weight=weight, impl=impl)
+
+    def reference():
+        return mean_loss_ref(x, target, kind, weight=weight)
+
+    target_bytes = target.numel() * target.element_size() if kind == "l1" else 0
+    if passes == "fwd":
+        run, baseline, nbytes = fused, {"ref": reference}, x.numel() * x.element_size() + target_bytes
+    else:
+        run, baseline = _grad_fn(fused, [x], one), {"ref": _grad_fn(reference, [x], one)}
+        nbytes = 3 * x.numel() * x.element_size() + 2 * target_bytes  # x (+ target); then x (+ target), dx
+    _timed_case(benchmark, record, bench_device, "mean_loss", impl, run, baseline, nbytes, shape=list(shape),
+                layout="nhwc", dtype="bf16", passes=passes, kind=kind)
