@@ -83,3 +83,20 @@ def test_bad_input_is_one_clear_error(triton_cpu):
         image_pool(images.double(), pool, count, draws, slots, impl="triton")
     with pytest.raises(ValueError, match="not contiguous"):
         image_pool(images, pool.transpose(2, 3).contiguous().transpose(2, 3), count, draws, slots, impl="triton")
+
+
+@pytest.mark.cuda
+def test_cuda_pool_matches_the_reference_bit_for_bit():
+    """On a GPU, where the programs really run concurrently (the last one writes the count): ImagePool on the
+    Triton path and on the reference path over fills, swaps and batches larger than the pool."""
+    pools = {impl: ImagePool(5, (3, 64, 64), impl=impl).cuda() for impl in ("triton", "ref")}
+    outputs = {}
+    for impl, pool in pools.items():
+        torch.manual_seed(3)
+        gen = torch.Generator(device="cuda").manual_seed(9)
+        outputs[impl] = [pool(torch.randn(1 + k % 7, 3, 64, 64, device="cuda", generator=gen).bfloat16()
+                              .to(memory_format=torch.channels_last)) for k in range(30)]
+    for a, b in zip(outputs["triton"], outputs["ref"], strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(pools["triton"].images, pools["ref"].images)
+    assert torch.equal(pools["triton"].count, pools["ref"].count)

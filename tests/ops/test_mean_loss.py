@@ -140,3 +140,38 @@ def test_cpu_auto_is_the_reference_and_bad_input_raises(triton_cpu):
         mean_loss(x.double(), 1.0, "mse", impl="triton")
     with pytest.raises(ValueError, match="dense"):
         mean_loss(torch.randn(4, 6)[:, ::2], 1.0, "mse", impl="triton")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_last_program_sum_is_deterministic_syncless_and_replays_in_a_graph(kind):
+    """On a GPU, where programs really run concurrently: 384 programs (a batch of 4 CycleGAN images) whose last
+    one to finish sums the partials, the same value every call, close to float64; no host sync forward or
+    backward; and a CUDA graph replay computes what an eager call does on new data."""
+    shape = (4, 3, 256, 256)
+    x = torch.randn(shape, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    target = torch.randn_like(x, dtype=torch.float32) if kind == "l1" else 1.0
+    first = mean_loss(x, target, kind, weight=10.0, impl="triton")
+    for _ in range(50):
+        assert torch.equal(mean_loss(x, target, kind, weight=10.0, impl="triton"), first)
+    ref, _ = _loss_and_grads("float64", x, target, kind, 10.0)
+    torch.testing.assert_close(first.double(), ref, rtol=2e-5, atol=1e-6)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        mean_loss(x, target, kind, weight=10.0, impl="triton").backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        mean_loss(x, target, kind, impl="triton")  # warm-up outside capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = mean_loss(x, target, kind, impl="triton")
+    for _ in range(3):
+        with torch.no_grad():
+            x.copy_(torch.randn_like(x))
+        graph.replay()
+        assert torch.equal(captured, mean_loss(x, target, kind, impl="triton"))
