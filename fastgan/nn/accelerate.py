@@ -72,9 +72,9 @@ Fusions deliberately not done:
   them means writing our own convolution and giving up cuDNN's tuned kernels to save one write and one read
   of the upsampled map.
 - BatchNorm1d + ReLU/LeakyReLU (MLP GANs), Linear + Tanh, LeakyReLU(inplace) + Conv2d (U-Net down blocks):
-  by the step ledger's count a fused layer issues more kernels (batch_norm_act finishes its statistics in
-  small ATen ops, which MLP-sized tensors cannot amortise) or the same kernels and bytes; see
-  docs/kernels-and-accelerate.md.
+  by the step ledger's count a fused layer issued more kernels (BatchNorm1d: judged when batch_norm_act still
+  finished its statistics in small ATen ops; it now runs two kernels each way, so that verdict is open again)
+  or the same kernels and bytes; see docs/kernels-and-accelerate.md.
 """
 
 from __future__ import annotations
