@@ -9,8 +9,8 @@ Where the launches come from (nothing is typed by hand):
   strides and dtypes (bf16 activations also as fp16 and fp32, the --amp-dtype and full-precision runs)
   through the op's own launcher, whose ``kernel[grid](...)`` launches are recorded instead of run;
 - the public ops: :data:`PUBLIC_CASES` calls each public op with every combination of its
-  code-changing options (act, affine, residual, bias) in both layouts and three dtypes, forward and
-  backward, through the same recorder.
+  code-changing options (act, affine, residual, bias; a loss's kind and target) in both layouts and three
+  dtypes, forward and backward, through the same recorder.
 Each recorded launch becomes a specialisation the way Triton's JIT makes one at a real launch (its
 binder: argument types, divisibility by 16, constexprs); identical ones are compiled once per target.
 
