@@ -340,6 +340,60 @@ def test_cuda_graph_capture():
     torch.testing.assert_close([rm, rv], want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_cuda_last_program_sums(channels_last):
+    """On a GPU, where programs really run concurrently: DCGAN's 64-channel 32x32 maps at batch 128 (in NHWC
+    1,024 programs per channel block, 32 groups of 32): outputs, gradients, running statistics and the count
+    bit-identical over repeated calls, no host sync, every ticket counter back at zero; a CUDA graph of the
+    forward and backward replays what an eager call computes on new data, bit for bit."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = (torch.randn(128, 64, 32, 32, device="cuda") * 2 + 3).to(torch.bfloat16).contiguous(memory_format=fmt)
+    w = torch.randn(64, device="cuda", requires_grad=True)
+    b = torch.randn(64, device="cuda", requires_grad=True)
+    dy = torch.randn_like(x)
+
+    def run(x, stats, count):
+        x = x.detach().requires_grad_()
+        y = batch_norm_act(x, *stats, w, b, True, num_batches_tracked=count, act="leaky_relu", impl="triton")
+        return [y, *torch.autograd.grad(y, [x, w, b], dy)]
+
+    def fresh():
+        return [torch.zeros(64, device="cuda"), torch.ones(64, device="cuda")], torch.zeros((), device="cuda",
+                                                                                              dtype=torch.long)
+
+    stats, count = fresh()
+    first = run(x, stats, count) + [*stats, count]
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(20):
+            stats, count = fresh()
+            again = run(x, stats, count) + [*stats, count]
+            assert all(torch.equal(a, b) for a, b in zip(again, first))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert first[-1].item() == 1
+    assert not _MODULE._triton_util._TICKETS[x.device].any()
+
+    stats, count = fresh()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        run(x, stats, count)  # warm-up outside capture
+    torch.cuda.current_stream().wait_stream(stream)
+    static_x = x.clone()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = run(static_x, stats, count)
+    for _ in range(3):
+        static_x.copy_(torch.randn_like(static_x))
+        eager_stats, eager_count = [t.clone() for t in stats], count.clone()
+        graph.replay()
+        want = run(static_x, eager_stats, eager_count)
+        assert all(torch.equal(a, b) for a, b in zip(captured + [*stats, count], want + [*eager_stats, eager_count]))
+    assert not _MODULE._triton_util._TICKETS[x.device].any()
+
+
 @pytest.mark.parametrize("unit_stride", ["stride_c", "stride_s"], ids=["nhwc", "nchw"])
 def test_kernels_compile_for_h100(sm90_ptx, unit_stride):
     block = dict(BLOCK_C=64, BLOCK_S=32) if unit_stride == "stride_c" else dict(BLOCK_C=1, BLOCK_S=2048)
