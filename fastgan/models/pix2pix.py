@@ -5,8 +5,8 @@ aligned pairs with the GAN loss plus lambda_L1 times the L1 distance to the targ
 Layouts and parameter counts follow the authors' pytorch-CycleGAN-and-pix2pix (models/networks.py
 UnetGenerator, UnetSkipConnectionBlock, NLayerDiscriminator): with BatchNorm and ngf = ndf = 64, unet_256
 has 54,413,955 parameters (the reference prints "54.414 M") and the PatchGAN on 6 channels 2,768,705
-("2.769 M"). LeakyReLU and InstanceNorm + activation are fastgan.nn layers, so their fast paths reach the
-networks; BatchNorm stays nn.BatchNorm2d.
+("2.769 M"). LeakyReLU and the generator's norm + activation are fastgan.nn layers, so their fast paths
+reach the networks; the discriminator's BatchNorm (cyclegan.PatchDiscriminator) stays nn.BatchNorm2d.
 
 --direction: the data names its domains A and B (the left and right halves of an aligned file, or trainA/
 and trainB/); AtoB trains the generator to map A to B, BtoA B to A. A checkpoint holds that one generator,
@@ -41,15 +41,14 @@ class DropoutAtTest(nn.Dropout):
 
 
 def _norm_act(norm: str, channels: int, act: str) -> list[nn.Module]:
-    """A norm then an activation: one fused InstanceNormAct, or nn.BatchNorm2d then the activation.
+    """A norm and its activation as one fused layer: InstanceNormAct or BatchNorm2dAct.
 
     BatchNorm keeps no running statistics: the reference normalises with the batch's statistics in training
     and, never calling eval(), at test time too (sec. 3.3: "the statistics of the test batch"), so running
     averages would never be read."""
     if norm == "instance":
         return [fnn.InstanceNormAct(channels, act=act, negative_slope=0.2)]
-    act_layer = fnn.LeakyReLU(0.2) if act == "leaky_relu" else nn.ReLU()
-    return [nn.BatchNorm2d(channels, track_running_stats=False), act_layer]
+    return [fnn.BatchNorm2dAct(channels, act=act, negative_slope=0.2, track_running_stats=False)]
 
 
 class UnetGenerator(nn.Module):

@@ -148,7 +148,7 @@ def test_batchnorm_uses_batch_statistics_in_eval_mode():
 
 @pytest.mark.parametrize("norm, expected", [
     ("instance", {"leaky_relu": 1, "instance_norm_act": 7, "tanh": 1}),  # 2 down + 5 up norms at depth 5
-    ("batch", {"leaky_relu": 4, "tanh": 1}),  # the first conv and the 3 down norms' activations; the output
+    ("batch", {"leaky_relu": 1, "batch_norm_act": 7, "tanh": 1}),  # the first conv; 3 down + 4 up norms
 ])
 def test_generator_uses_every_fused_layer(check_fused_layers, norm, expected):
     g = UnetGenerator(ngf=4, depth=5, norm=norm, dropout=0)  # no dropout: the check runs forward twice
