@@ -30,6 +30,9 @@ def poisoned_buffers(monkeypatch):
                         lambda x, dtype=None: torch.full_like(x, float("nan"), dtype=dtype))
     monkeypatch.setattr(_triton_util, "empty",
                         lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device))
+    real_shaped_like = _triton_util.empty_shaped_like
+    monkeypatch.setattr(_triton_util, "empty_shaped_like",
+                        lambda x, shape: real_shaped_like(x, shape).fill_(float("nan")))
 
 
 @pytest.fixture

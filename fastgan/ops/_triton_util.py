@@ -124,8 +124,22 @@ def norm_act_bwd_tile(
     ACT: tl.constexpr,  # 0 none, 1 relu, 2 leaky_relu
 ):
     """xhat = (x - mean) * rstd and g = dy * act'(xhat * w + b) of one tile, fp32 (zero where masked off)."""
+    dy = tl.load(DY + idx, mask=mask, other=0.0).to(tl.float32)
+    return norm_act_bwd_values(X, idx, mask, dy, mean, rstd, w, b, negative_slope, ACT)
+
+
+@device_function
+def norm_act_bwd_values(
+    X,  # input, [N, C, S] with strides (stride_n, stride_c, stride_s)
+    idx, mask,  # [BLOCK_C, BLOCK_S] offsets of the tile into X, and which of them are in bounds
+    dy,  # fp32 [BLOCK_C, BLOCK_S]: the output gradient of the tile (zero where masked off)
+    mean, rstd, w, b,  # fp32 [BLOCK_C], from norm_act_channel
+    negative_slope,
+    ACT: tl.constexpr,  # 0 none, 1 relu, 2 leaky_relu
+):
+    """norm_act_bwd_tile with the output gradient already loaded (instance_norm_act folds a padded one)."""
     xhat = (tl.load(X + idx, mask=mask, other=0.0).to(tl.float32) - mean[:, None]) * rstd[:, None]
-    g = tl.load(DY + idx, mask=mask, other=0.0).to(tl.float32)
+    g = dy
     if ACT != 0:
         z = xhat * w[:, None] + b[:, None]
         if ACT == 1:
@@ -164,14 +178,28 @@ def norm_act_fwd_tile(
     HAS_RESIDUAL: tl.constexpr, ACT: tl.constexpr,  # ACT: 0 none, 1 relu, 2 leaky_relu
 ):
     """Stores y = act(x * scale + shift) (+ residual) of one tile in Y's dtype."""
-    z = tl.load(X + idx, mask=mask, other=0.0).to(tl.float32) * scale[:, None] + shift[:, None]
+    norm_act_fwd_at(X, R, Y, idx, idx, idx, mask, scale, shift, negative_slope, HAS_RESIDUAL, ACT)
+
+
+@device_function
+def norm_act_fwd_at(
+    X, R, Y,  # input, residual (unused unless HAS_RESIDUAL), output
+    x_idx, r_idx, y_idx,  # [BLOCK_C, BLOCK_S] offsets of the tile's elements into X, R and Y
+    mask,  # [BLOCK_C, BLOCK_S]: which of them are in bounds
+    scale, shift,  # fp32 [BLOCK_C], from norm_act_affine
+    negative_slope,
+    HAS_RESIDUAL: tl.constexpr, ACT: tl.constexpr,  # ACT: 0 none, 1 relu, 2 leaky_relu
+):
+    """norm_act_fwd_tile with an offset tensor per operand (instance_norm_act's padded output reads x at the
+    reflected position of each element it writes)."""
+    z = tl.load(X + x_idx, mask=mask, other=0.0).to(tl.float32) * scale[:, None] + shift[:, None]
     if ACT == 1:
         z = tl.maximum(z, 0.0)
     elif ACT == 2:
         z = tl.where(z > 0, z, z * negative_slope)
     if HAS_RESIDUAL:
-        z += tl.load(R + idx, mask=mask, other=0.0).to(tl.float32)
-    tl.store(Y + idx, z.to(Y.dtype.element_ty), mask=mask)
+        z += tl.load(R + r_idx, mask=mask, other=0.0).to(tl.float32)
+    tl.store(Y + y_idx, z.to(Y.dtype.element_ty), mask=mask)
 
 
 # Deterministic cross-program sums without a second launch (batch_norm_act): each program stores its partial
@@ -439,6 +467,14 @@ def empty_like(x: torch.Tensor, dtype=None) -> torch.Tensor:
 def empty(shape, dtype, device) -> torch.Tensor:
     """Allocation for kernel scratch and statistics (tests replace it with a NaN-filled one)."""
     return torch.empty(shape, dtype=dtype, device=device)
+
+
+def empty_shaped_like(x: torch.Tensor, shape) -> torch.Tensor:
+    """Allocation for a kernel output of another shape than x, in x's dtype and memory layout (NCHW or
+    channels_last; tests replace it with a NaN-filled one)."""
+    fmt = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+        and not x.is_contiguous() else torch.contiguous_format
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
 
 
 def next_pow2(n: int) -> int:

@@ -29,7 +29,15 @@ import torch
 import torch.nn.functional as F
 
 from . import _dispatch, _triton_util
-from ._triton_util import kernel, norm_act_affine, norm_act_bwd_tile, norm_act_channel, norm_act_fwd_tile
+from ._triton_util import (
+    kernel,
+    norm_act_affine,
+    norm_act_bwd_tile,
+    norm_act_bwd_values,
+    norm_act_channel,
+    norm_act_fwd_at,
+    norm_act_fwd_tile,
+)
 
 try:
     import triton.language as tl
@@ -49,6 +57,9 @@ _ACT_CODE = {"none": 0, "relu": 1, "leaky_relu": 2}
 # the size of a bf16 activation at the CycleGAN shapes while 32 pieces x channel blocks still give 32-256
 # programs at batch 1.
 _MAX_SPLIT = 32
+# Elements per tile of the backward kernels that fold a padded output's gradient: their nine gathers per element
+# spilled registers in tiles of 2048 and 1024 (ptxas -v, Triton 3.8, sm_90; tests/gpu_ready checks every one).
+_FOLD_TILE = 512
 _ROW_BLOCK_S = 2048  # elements per tile of the one-launch kernels: one fp32 accumulator pair of 16 per thread
 # From this many (sample, channel) rows on, each direction is one launch of one program per row, looping over
 # the row twice (statistics, then the output), instead of the split path's two launches: the rows alone fill
@@ -68,9 +79,9 @@ _ONE_LAUNCH_STRIDED = False
 
 # 1. Reference ------------------------------------------------------------------------------------
 def instance_norm_act_ref(x, weight=None, bias=None, *, act="relu", negative_slope=0.2, eps=1e-5,
-                          residual=None):
-    """Plain PyTorch reference: statistics in fp32 (fp64 for fp64 x) over H*W (biased variance), output
-    in x's dtype."""
+                          residual=None, pad=0):
+    """Plain PyTorch reference: statistics in fp32 (fp64 for fp64 x) over H*W (biased variance), then the
+    activation, the reflection pad and the residual (its centre, if larger), output in x's dtype."""
     compute = torch.promote_types(x.dtype, torch.float32)
     y = F.instance_norm(x.to(compute), weight=None if weight is None else weight.to(compute),
                         bias=None if bias is None else bias.to(compute), eps=eps)
@@ -78,12 +89,22 @@ def instance_norm_act_ref(x, weight=None, bias=None, *, act="relu", negative_slo
         y = F.relu(y)
     elif act == "leaky_relu":
         y = F.leaky_relu(y, negative_slope)
-    if residual is not None:
-        y = y + residual.to(compute)
-    return y.to(x.dtype)
+    if residual is None:  # the pad copies elements: padding after the rounding gives the same values
+        y = y.to(x.dtype)
+        return F.pad(y, (pad,) * 4, mode="reflect") if pad > 0 else y
+    if pad > 0:
+        y = F.pad(y, (pad,) * 4, mode="reflect")
+    return (y + centre(residual, y.shape).to(compute)).to(x.dtype)
 
 
-def _check_args(x, weight, bias, act, residual):
+def centre(t, shape):
+    """The centre [N, C, shape[2], shape[3]] of a tensor t larger by the same margin on every side."""
+    m = (t.shape[2] - shape[2]) // 2
+    return t if m == 0 else t[:, :, m:m + shape[2], m:m + shape[3]]
+
+
+def _check_args(x, weight, bias, act, residual, pad=0):
+    """Raises ValueError naming the bad argument; returns pad as an int."""
     if x.dim() != 4:
         raise ValueError(f"instance_norm_act: x must be 4-D [N, C, H, W], got shape {tuple(x.shape)}")
     if x.shape[2] * x.shape[3] < 2:
@@ -97,9 +118,17 @@ def _check_args(x, weight, bias, act, residual):
         if t is not None and tuple(t.shape) != (x.shape[1],):
             raise ValueError(f"instance_norm_act: {name} must have shape ({x.shape[1]},), "
                              f"got {tuple(t.shape)}")
-    if residual is not None and residual.shape != x.shape:
-        raise ValueError(f"instance_norm_act: residual shape {tuple(residual.shape)} "
-                         f"!= x shape {tuple(x.shape)}")
+    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0 or pad >= min(x.shape[2], x.shape[3]):
+        raise ValueError(f"instance_norm_act: pad={pad!r} must be an int with 0 <= pad < H and < W "
+                         f"(reflection padding), x has shape {tuple(x.shape)}")
+    if residual is not None:
+        out = _padded_shape(x, pad)
+        margin = residual.shape[2] - out[2] if residual.dim() == 4 else -1
+        if residual.dim() != 4 or residual.shape[:2] != x.shape[:2] or margin < 0 or margin % 2 \
+                or residual.shape[3] - out[3] != margin:
+            raise ValueError(f"instance_norm_act: residual shape {tuple(residual.shape)} is neither the output's "
+                             f"{out} nor larger by the same margin on every side")
+    return pad
 
 
 # 2. Triton kernels -------------------------------------------------------------------------------
@@ -118,6 +147,83 @@ def _row_sums(
     first = tl.reduce(tl.load(PARTS + idx, mask=mask, other=0.0), 1, _add)
     second = tl.reduce(tl.load(PARTS + NC * SPLIT + idx, mask=mask, other=0.0), 1, _add)
     return first, second
+
+
+@_triton_util.device_function
+def _row_stats(
+    X,  # input, [N, C, S] with strides (stride_n, stride_c, stride_s)
+    PARTS,  # fp32, [2, N, C, SPLIT]: per piece, sums of x - x[n, c, 0] and of its square, from the stats pass
+    MEAN,  # fp32 out, [N, C]
+    RSTD,  # fp32 out, [N, C]
+    offset, row, c_mask,  # [BLOCK_C] offsets of x[n, c, 0], offsets n * C + c of the rows, which channels exist
+    store,  # whether this program writes MEAN and RSTD (one program per row does)
+    S, SPLIT, NC, eps,
+    BLOCK_SPLIT: tl.constexpr,
+):
+    """mean and rstd of each row, fp32 [BLOCK_C] each, from the stats pass's pieces."""
+    shift = tl.load(X + offset, mask=c_mask, other=0.0).to(tl.float32)
+    sum_d, sum_d2 = _row_sums(PARTS, row, c_mask, SPLIT, NC, BLOCK_SPLIT)
+    mean_d = sum_d / S
+    var = tl.maximum(sum_d2 / S - mean_d * mean_d, 0.0)
+    mean = shift + mean_d
+    rstd = 1.0 / tl.sqrt(var + eps)
+    if store:
+        tl.store(MEAN + row, mean, mask=c_mask)
+        tl.store(RSTD + row, rstd, mask=c_mask)
+    return mean, rstd
+
+
+@_triton_util.device_function
+def _reflect(k, size):
+    """Index k of a reflection-padded axis (-size < k < 2 * size - 1) -> the source index in [0, size)."""
+    k = tl.where(k < 0, -k, k)
+    return tl.where(k >= size, 2 * size - 2 - k, k)
+
+
+@_triton_util.device_function
+def _fold_load(DY, base, i, j, mask, H, WIDTH, PAD, dy_stride_h, dy_stride_w):
+    """The gradient of the padded output summed onto source positions (i, j) of x, fp32 [BLOCK_C, BLOCK_S]:
+    position (i + PAD, j + PAD) and every border position that reflects onto (i, j). Along an axis of size H,
+    source row i is also padded row PAD - i (when 1 <= i <= PAD) and PAD + 2 * (H - 1) - i (when
+    H - 1 - PAD <= i <= H - 2): up to three rows by three columns, nine loads, eight of them masked off
+    away from the border."""
+    r0 = i + PAD
+    r1 = PAD - i
+    r2 = PAD + 2 * (H - 1) - i
+    m1 = (i >= 1) & (i <= PAD)
+    m2 = (i >= H - 1 - PAD) & (i <= H - 2)
+    c0 = j + PAD
+    c1 = PAD - j
+    c2 = PAD + 2 * (WIDTH - 1) - j
+    n1 = (j >= 1) & (j <= PAD)
+    n2 = (j >= WIDTH - 1 - PAD) & (j <= WIDTH - 2)
+    rows0, rows1, rows2 = r0 * dy_stride_h, r1 * dy_stride_h, r2 * dy_stride_h
+    cols0, cols1, cols2 = c0 * dy_stride_w, c1 * dy_stride_w, c2 * dy_stride_w
+    g = tl.load(DY + base + (rows0 + cols0)[None, :], mask=mask, other=0.0).to(tl.float32)
+    g += tl.load(DY + base + (rows0 + cols1)[None, :], mask=mask & n1[None, :], other=0.0).to(tl.float32)
+    g += tl.load(DY + base + (rows0 + cols2)[None, :], mask=mask & n2[None, :], other=0.0).to(tl.float32)
+    g += tl.load(DY + base + (rows1 + cols0)[None, :], mask=mask & m1[None, :], other=0.0).to(tl.float32)
+    g += tl.load(DY + base + (rows1 + cols1)[None, :], mask=mask & (m1 & n1)[None, :], other=0.0).to(tl.float32)
+    g += tl.load(DY + base + (rows1 + cols2)[None, :], mask=mask & (m1 & n2)[None, :], other=0.0).to(tl.float32)
+    g += tl.load(DY + base + (rows2 + cols0)[None, :], mask=mask & m2[None, :], other=0.0).to(tl.float32)
+    g += tl.load(DY + base + (rows2 + cols1)[None, :], mask=mask & (m2 & n1)[None, :], other=0.0).to(tl.float32)
+    g += tl.load(DY + base + (rows2 + cols2)[None, :], mask=mask & (m2 & n2)[None, :], other=0.0).to(tl.float32)
+    return g
+
+
+@_triton_util.device_function
+def _bwd_tile(
+    X, DY, idx, s, mask, mean, rstd, w, b, negative_slope,
+    dy_base, H, WIDTH, PAD, dy_stride_h, dy_stride_w,  # the padded gradient's geometry (unused unless FOLD)
+    ACT: tl.constexpr, FOLD: tl.constexpr,
+):
+    """xhat and g of one tile at spatial positions s of x: with FOLD the output was padded (pad > 0, or a
+    residual of another layout), and dy is folded from its [N, C, H + 2 PAD, WIDTH + 2 PAD] gradient."""
+    if FOLD:
+        i = s // WIDTH
+        dy = _fold_load(DY, dy_base, i, s - i * WIDTH, mask, H, WIDTH, PAD, dy_stride_h, dy_stride_w)
+        return norm_act_bwd_values(X, idx, mask, dy, mean, rstd, w, b, negative_slope, ACT)
+    return norm_act_bwd_tile(X, DY, idx, mask, mean, rstd, w, b, negative_slope, ACT)
 
 
 # Every kernel runs on a (SPLIT, channel blocks, N) grid; program (p, cb, n) covers channels
@@ -169,15 +275,8 @@ def _instance_norm_act_fwd_kernel(
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
     offset = n.to(tl.int64) * stride_n + c * stride_c  # [BLOCK_C] offsets of x[n, c, 0]
-    shift = tl.load(X + offset, mask=c_mask, other=0.0).to(tl.float32)
-    sum_d, sum_d2 = _row_sums(PARTS, n * C + c, c_mask, SPLIT, NC, BLOCK_SPLIT)
-    mean_d = sum_d / S
-    var = tl.maximum(sum_d2 / S - mean_d * mean_d, 0.0)
-    mean = shift + mean_d
-    rstd = 1.0 / tl.sqrt(var + eps)
-    if pid_split == 0:
-        tl.store(MEAN + n * C + c, mean, mask=c_mask)
-        tl.store(RSTD + n * C + c, rstd, mask=c_mask)
+    mean, rstd = _row_stats(X, PARTS, MEAN, RSTD, offset, n * C + c, c_mask, pid_split == 0, S, SPLIT, NC, eps,
+                            BLOCK_SPLIT)
     scale, shift_out = norm_act_affine(W, B, c, c_mask, mean, rstd, HAS_AFFINE)
     start = pid_split * (TILES * BLOCK_S)
     for s0 in range(0, TILES * BLOCK_S, BLOCK_S):
@@ -188,22 +287,66 @@ def _instance_norm_act_fwd_kernel(
 
 
 @kernel
+def _instance_norm_act_pad_fwd_kernel(
+    X,  # input, [N, C, S] with strides (stride_n, stride_c, stride_s), S = H * WIDTH
+    R,  # residual, [N, C, >= H + 2 PAD, >= WIDTH + 2 PAD], any strides (unused unless HAS_RESIDUAL)
+    Y,  # output, [N, C, (H + 2 PAD) * (WIDTH + 2 PAD)] with strides (y_stride_n, y_stride_c, y_stride_s)
+    W,  # weight, [C] (unused unless HAS_AFFINE)
+    B,  # bias, [C] (unused unless HAS_AFFINE)
+    PARTS,  # fp32, [2, N, C, SPLIT]: per piece, sums of x - x[n, c, 0] and of its square, from the stats pass
+    MEAN,  # fp32 out, [N, C]
+    RSTD,  # fp32 out, [N, C]
+    C, S, stride_n, stride_c, stride_s, SPLIT, NC, eps, negative_slope,
+    H, WIDTH, PAD, y_stride_n, y_stride_c, y_stride_s,
+    r_stride_n, r_stride_c, r_stride_h, r_stride_w, R_MARGIN,  # R is read at padded position + R_MARGIN
+    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, TILES: tl.constexpr, BLOCK_SPLIT: tl.constexpr,
+    HAS_AFFINE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACT: tl.constexpr,
+):
+    """The normalise pass writing the reflection-padded output: program (p, cb, n) covers output positions
+    p * TILES * BLOCK_S + [0, TILES * BLOCK_S) of the padded plane, each read from x at its reflected position."""
+    pid_split, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = c < C
+    offset = n.to(tl.int64) * stride_n + c * stride_c
+    mean, rstd = _row_stats(X, PARTS, MEAN, RSTD, offset, n * C + c, c_mask, pid_split == 0, S, SPLIT, NC, eps,
+                            BLOCK_SPLIT)
+    scale, shift_out = norm_act_affine(W, B, c, c_mask, mean, rstd, HAS_AFFINE)
+    width_out = WIDTH + 2 * PAD
+    size_out = (H + 2 * PAD) * width_out
+    y_offset = n.to(tl.int64) * y_stride_n + c * y_stride_c
+    r_offset = n.to(tl.int64) * r_stride_n + c * r_stride_c
+    start = pid_split * (TILES * BLOCK_S)
+    for s0 in range(0, TILES * BLOCK_S, BLOCK_S):
+        s = start + s0 + tl.arange(0, BLOCK_S)
+        mask = c_mask[:, None] & (s < size_out)[None, :]
+        io = s // width_out
+        jo = s - io * width_out
+        src = _reflect(io - PAD, H) * WIDTH + _reflect(jo - PAD, WIDTH)
+        r_idx = r_offset[:, None] + ((io + R_MARGIN) * r_stride_h + (jo + R_MARGIN) * r_stride_w)[None, :]
+        norm_act_fwd_at(X, R, Y, offset[:, None] + (src * stride_s)[None, :], r_idx,
+                        y_offset[:, None] + (s * y_stride_s)[None, :], mask, scale, shift_out, negative_slope,
+                        HAS_RESIDUAL, ACT)
+
+
+@kernel
 def _instance_norm_act_bwd_stats_kernel(
     X,  # input, [N, C, S] with strides (stride_n, stride_c, stride_s)
-    DY,  # output gradient, like X
+    DY,  # output gradient: like X, or with FOLD [N, C, H + 2 PAD, WIDTH + 2 PAD] with the dy_stride_* strides
     W,  # weight, [C] (unused unless HAS_AFFINE)
     B,  # bias, [C] (unused unless HAS_AFFINE)
     MEAN,  # fp32, [N, C]
     RSTD,  # fp32, [N, C]
     PARTS,  # fp32 out, [2, N, C, SPLIT]: per piece, sums of g and of g * xhat
     C, S, stride_n, stride_c, stride_s, SPLIT, NC, negative_slope,
+    H, WIDTH, PAD, dy_stride_n, dy_stride_c, dy_stride_h, dy_stride_w,  # DY's geometry (unused unless FOLD)
     BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, TILES: tl.constexpr,
-    HAS_AFFINE: tl.constexpr, ACT: tl.constexpr,
+    HAS_AFFINE: tl.constexpr, ACT: tl.constexpr, FOLD: tl.constexpr,
 ):
     pid_split, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
     offset = n.to(tl.int64) * stride_n + c * stride_c
+    dy_base = (n.to(tl.int64) * dy_stride_n + c * dy_stride_c)[:, None]
     mean, rstd, w, b = norm_act_channel(W, B, MEAN, RSTD, n * C, c, c_mask, BLOCK_C, HAS_AFFINE)
     acc_g = tl.full([BLOCK_C, BLOCK_S], 0.0, tl.float32)
     acc_gx = tl.full([BLOCK_C, BLOCK_S], 0.0, tl.float32)
@@ -212,7 +355,8 @@ def _instance_norm_act_bwd_stats_kernel(
         s = start + s0 + tl.arange(0, BLOCK_S)
         mask = c_mask[:, None] & (s < S)[None, :]
         idx = offset[:, None] + s[None, :] * stride_s
-        xhat, g = norm_act_bwd_tile(X, DY, idx, mask, mean, rstd, w, b, negative_slope, ACT)
+        xhat, g = _bwd_tile(X, DY, idx, s, mask, mean, rstd, w, b, negative_slope, dy_base, H, WIDTH, PAD,
+                            dy_stride_h, dy_stride_w, ACT, FOLD)
         acc_g += g
         acc_gx += g * xhat
     out = (n * C + c) * SPLIT + pid_split
@@ -223,7 +367,7 @@ def _instance_norm_act_bwd_stats_kernel(
 @kernel
 def _instance_norm_act_bwd_kernel(
     X,  # input, [N, C, S] with strides (stride_n, stride_c, stride_s)
-    DY,  # output gradient, like X
+    DY,  # output gradient: like X, or with FOLD [N, C, H + 2 PAD, WIDTH + 2 PAD] with the dy_stride_* strides
     DX,  # input gradient out, like X
     W,  # weight, [C] (unused unless HAS_AFFINE)
     B,  # bias, [C] (unused unless HAS_AFFINE)
@@ -231,13 +375,15 @@ def _instance_norm_act_bwd_kernel(
     RSTD,  # fp32, [N, C]
     PARTS,  # fp32, [2, N, C, SPLIT]: per piece, sums of g and of g * xhat, from the backward stats pass
     C, S, stride_n, stride_c, stride_s, SPLIT, NC, negative_slope,
+    H, WIDTH, PAD, dy_stride_n, dy_stride_c, dy_stride_h, dy_stride_w,  # DY's geometry (unused unless FOLD)
     BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, TILES: tl.constexpr, BLOCK_SPLIT: tl.constexpr,
-    HAS_AFFINE: tl.constexpr, ACT: tl.constexpr,
+    HAS_AFFINE: tl.constexpr, ACT: tl.constexpr, FOLD: tl.constexpr,
 ):
     pid_split, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
     offset = n.to(tl.int64) * stride_n + c * stride_c
+    dy_base = (n.to(tl.int64) * dy_stride_n + c * dy_stride_c)[:, None]
     mean, rstd, w, b = norm_act_channel(W, B, MEAN, RSTD, n * C, c, c_mask, BLOCK_C, HAS_AFFINE)
     sum_g, sum_gx = _row_sums(PARTS, n * C + c, c_mask, SPLIT, NC, BLOCK_SPLIT)
     mean_dxhat = w * sum_g / S
@@ -247,7 +393,8 @@ def _instance_norm_act_bwd_kernel(
         s = start + s0 + tl.arange(0, BLOCK_S)
         mask = c_mask[:, None] & (s < S)[None, :]
         idx = offset[:, None] + s[None, :] * stride_s
-        xhat, g = norm_act_bwd_tile(X, DY, idx, mask, mean, rstd, w, b, negative_slope, ACT)
+        xhat, g = _bwd_tile(X, DY, idx, s, mask, mean, rstd, w, b, negative_slope, dy_base, H, WIDTH, PAD,
+                            dy_stride_h, dy_stride_w, ACT, FOLD)
         dx = rstd[:, None] * (g * w[:, None] - mean_dxhat[:, None] - xhat * mean_dxhat_xhat[:, None])
         tl.store(DX + idx, dx.to(DX.dtype.element_ty), mask=mask)
 
@@ -345,15 +492,16 @@ def _instance_norm_act_row_bwd_kernel(
 _OP = "instance_norm_act"
 
 
-def _plan(x):
-    """Shape, strides, tile and split of x for the kernels; plan["rows"] for the one-launch path."""
+def _plan(x, rows_ok=True, tile_elems=2048):
+    """Shape, strides, tile and split of x for the kernels; plan["rows"] for the one-launch path (where
+    ``rows_ok``: the padded output has split kernels only)."""
     n, c, s, stride_n, stride_c, stride_s = _triton_util.channels_view(_OP, "x", x)
     args = (c, s, stride_n, stride_c, stride_s)
-    if n * c >= _ONE_LAUNCH_MIN_ROWS and (stride_s == 1 or _ONE_LAUNCH_STRIDED):
+    if rows_ok and n * c >= _ONE_LAUNCH_MIN_ROWS and (stride_s == 1 or _ONE_LAUNCH_STRIDED):
         block_s = min(_triton_util.next_pow2(s), _ROW_BLOCK_S)
         return dict(rows=True, grid=(c, n), n=n, c=c, args=args,
                     blocks=dict(BLOCK_S=block_s, TILES=_triton_util.next_pow2(-(-s // block_s))))
-    block_c, block_s = _triton_util.tile(c, s, stride_c)
+    block_c, block_s = _triton_util.tile(c, s, stride_c, tile_elems)
     c_blocks = -(-c // block_c)
     split, tiles = _triton_util.split(n, c_blocks, s, block_s, _MAX_SPLIT)
     return dict(rows=False, grid=(split, c_blocks, n), n=n, c=c, split=split, args=args,
@@ -361,39 +509,61 @@ def _plan(x):
                 sums=dict(BLOCK_SPLIT=_triton_util.next_pow2(split)))
 
 
-def _instance_norm_act_fwd(x, weight, bias, residual, act, negative_slope, eps):
-    """Returns y (x's layout and dtype) and the fp32 [N, C] mean and rstd that backward needs."""
-    plan = _plan(x)
+def _instance_norm_act_fwd(x, weight, bias, residual, act, negative_slope, eps, pad):
+    """Returns y (x's layout and dtype, padded by ``pad``) and the fp32 [N, C] mean and rstd that backward
+    needs."""
+    # The padded-output kernel also takes a residual larger than the output (the centre of a padded tensor).
+    padded = pad > 0 or (residual is not None and residual.shape != x.shape)
+    plan = _plan(x, rows_ok=not padded)
     n, c = plan["n"], plan["c"]
     mean = _triton_util.empty((n, c), torch.float32, x.device)
     rstd = _triton_util.empty((n, c), torch.float32, x.device)
-    y = _triton_util.empty_like(x)
+    w, b = (x, x) if weight is None else (weight, bias)
+    options = dict(HAS_AFFINE=weight is not None, HAS_RESIDUAL=residual is not None, ACT=_ACT_CODE[act])
     if plan["rows"]:
+        y = _triton_util.empty_like(x)
         with _triton_util.device_guard(x):
             _instance_norm_act_row_fwd_kernel[plan["grid"]](
-                x, x if residual is None else residual, y,
-                x if weight is None else weight, x if bias is None else bias,
-                mean, rstd, *plan["args"], eps, negative_slope, **plan["blocks"],
-                HAS_AFFINE=weight is not None, HAS_RESIDUAL=residual is not None, ACT=_ACT_CODE[act])
+                x, x if residual is None else residual, y, w, b, mean, rstd, *plan["args"], eps, negative_slope,
+                **plan["blocks"], **options)
         return y, mean, rstd
     split = plan["split"]
     parts = _triton_util.empty((2, n, c, split), torch.float32, x.device)
+    if not padded:
+        y = _triton_util.empty_like(x)
+        with _triton_util.device_guard(x):
+            _instance_norm_act_stats_kernel[plan["grid"]](x, parts, *plan["args"], split, n * c, **plan["blocks"])
+            _instance_norm_act_fwd_kernel[plan["grid"]](
+                x, x if residual is None else residual, y, w, b, parts, mean, rstd, *plan["args"], split, n * c, eps,
+                negative_slope, **plan["blocks"], **plan["sums"], **options)
+        return y, mean, rstd
+    h, width = x.shape[2], x.shape[3]
+    y = _triton_util.empty_shaped_like(x, (n, c, h + 2 * pad, width + 2 * pad))
+    _, _, s_out, *y_strides = _triton_util.channels_view(_OP, "y", y)
+    block_c, block_s = plan["blocks"]["BLOCK_C"], plan["blocks"]["BLOCK_S"]
+    c_blocks = plan["grid"][1]
+    split_out, tiles_out = _triton_util.split(n, c_blocks, s_out, block_s, _MAX_SPLIT)
+    if residual is None:
+        r, r_strides, margin = y, (0, 0, 0, 0), 0
+    else:
+        r, r_strides, margin = residual, residual.stride(), (residual.shape[2] - y.shape[2]) // 2
     with _triton_util.device_guard(x):
         _instance_norm_act_stats_kernel[plan["grid"]](x, parts, *plan["args"], split, n * c, **plan["blocks"])
-        _instance_norm_act_fwd_kernel[plan["grid"]](
-            x, x if residual is None else residual, y,
-            x if weight is None else weight, x if bias is None else bias,
-            parts, mean, rstd, *plan["args"], split, n * c, eps, negative_slope, **plan["blocks"], **plan["sums"],
-            HAS_AFFINE=weight is not None, HAS_RESIDUAL=residual is not None, ACT=_ACT_CODE[act])
+        _instance_norm_act_pad_fwd_kernel[(split_out, c_blocks, n)](
+            x, r, y, w, b, parts, mean, rstd, *plan["args"], split, n * c, eps, negative_slope,
+            h, width, pad, *y_strides, *r_strides, margin, BLOCK_C=block_c, BLOCK_S=block_s, TILES=tiles_out,
+            **plan["sums"], **options)
     return y, mean, rstd
 
 
-def _instance_norm_act_bwd(dy, x, weight, bias, mean, rstd, act, negative_slope):
+def _instance_norm_act_bwd(dy, x, weight, bias, mean, rstd, act, negative_slope, pad):
     """Returns dx (x's layout and dtype) and fp32 [C] dweight, dbias; without weight and bias, two empty
-    tensors: no launch computes the gradients of parameters that do not exist."""
-    plan = _plan(x)
+    tensors: no launch computes the gradients of parameters that do not exist. With ``pad`` dy is the
+    gradient of the padded output (any strides), folded onto x's positions as it is read."""
+    plan = _plan(x, rows_ok=pad == 0, tile_elems=_FOLD_TILE if pad else 2048)
     n, c = plan["n"], plan["c"]
-    dy = _triton_util.same_layout(dy, x)
+    if pad == 0:
+        dy = _triton_util.same_layout(dy, x)
     dx = _triton_util.empty_like(x)
     options = dict(**plan["blocks"], HAS_AFFINE=weight is not None, ACT=_ACT_CODE[act])
     w, b = (x, x) if weight is None else (weight, bias)
@@ -403,7 +573,8 @@ def _instance_norm_act_bwd(dy, x, weight, bias, mean, rstd, act, negative_slope)
             _instance_norm_act_row_bwd_kernel[plan["grid"]](x, dy, dx, w, b, mean, rstd, parts, *plan["args"],
                                                             n * c, negative_slope, **options)
     else:
-        parts = _split_bwd(x, dy, dx, w, b, mean, rstd, negative_slope, plan, options)
+        fold = (x.shape[2], x.shape[3], pad, *dy.stride()) if pad else (0,) * 7
+        parts = _split_bwd(x, dy, dx, w, b, mean, rstd, negative_slope, fold, plan, options)
     if weight is None:
         return dx, parts.new_empty((0,)), parts.new_empty((0,))
     # Sums over pieces and samples in a fixed order: deterministic, unlike atomics; two tensors, as a custom
@@ -411,61 +582,71 @@ def _instance_norm_act_bwd(dy, x, weight, bias, mean, rstd, act, negative_slope)
     return dx, parts[1].sum(dim=(0, 2)), parts[0].sum(dim=(0, 2))
 
 
-def _split_bwd(x, dy, dx, w, b, mean, rstd, negative_slope, plan, options):
-    """The split path's backward into dx; returns the per-piece sums of g and g * xhat, [2, N, C, SPLIT]."""
+def _split_bwd(x, dy, dx, w, b, mean, rstd, negative_slope, fold, plan, options):
+    """The split path's backward into dx; returns the per-piece sums of g and g * xhat, [2, N, C, SPLIT].
+    ``fold``: (H, W, pad, dy's four strides) of a padded output's gradient, or zeros."""
     n, c, split = plan["n"], plan["c"], plan["split"]
     parts = _triton_util.empty((2, n, c, split), torch.float32, x.device)
+    options = dict(options, FOLD=fold[2] > 0)
     with _triton_util.device_guard(x):
         _instance_norm_act_bwd_stats_kernel[plan["grid"]](x, dy, w, b, mean, rstd, parts, *plan["args"],
-                                                          split, n * c, negative_slope, **options)
+                                                          split, n * c, negative_slope, *fold, **options)
         _instance_norm_act_bwd_kernel[plan["grid"]](x, dy, dx, w, b, mean, rstd, parts, *plan["args"], split,
-                                                    n * c, negative_slope, **options, **plan["sums"])
+                                                    n * c, negative_slope, *fold, **options, **plan["sums"])
     return parts
 
 
 # 4. Autograd (torch.library custom ops, so torch.compile and CUDA graphs see opaque kernels) ------
+def _padded_shape(x, pad):
+    return (x.shape[0], x.shape[1], x.shape[2] + 2 * pad, x.shape[3] + 2 * pad)
+
+
 @torch.library.custom_op("fastgan::instance_norm_act_fwd", mutates_args=())
 def _fwd_op(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
             residual: torch.Tensor | None, act: str, negative_slope: float,
-            eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _instance_norm_act_fwd(x, weight, bias, residual, act, negative_slope, eps)
+            eps: float, pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _instance_norm_act_fwd(x, weight, bias, residual, act, negative_slope, eps, pad)
 
 
 @_fwd_op.register_fake
-def _(x, weight, bias, residual, act, negative_slope, eps):
+def _(x, weight, bias, residual, act, negative_slope, eps, pad):
     stats = x.new_empty((x.shape[0], x.shape[1]), dtype=torch.float32)
-    return torch.empty_like(x), stats, torch.empty_like(stats)
+    y = torch.empty(_padded_shape(x, pad), dtype=x.dtype, device=x.device, memory_format=_layout(x))
+    return y, stats, torch.empty_like(stats)
 
 
 @torch.library.custom_op("fastgan::instance_norm_act_bwd", mutates_args=())
 def _bwd_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
             mean: torch.Tensor, rstd: torch.Tensor, act: str,
-            negative_slope: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _instance_norm_act_bwd(dy, x, weight, bias, mean, rstd, act, negative_slope)
+            negative_slope: float, pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _instance_norm_act_bwd(dy, x, weight, bias, mean, rstd, act, negative_slope, pad)
 
 
 @_bwd_op.register_fake
-def _(dy, x, weight, bias, mean, rstd, act, negative_slope):
+def _(dy, x, weight, bias, mean, rstd, act, negative_slope, pad):
     grad = x.new_empty((0 if weight is None else x.shape[1],), dtype=torch.float32)
     return torch.empty_like(x), grad, torch.empty_like(grad)
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, residual, act, negative_slope, eps = inputs
+    x, weight, bias, residual, act, negative_slope, eps, pad = inputs
     _, mean, rstd = output
     ctx.mark_non_differentiable(mean, rstd)
     ctx.save_for_backward(x, weight, bias, mean, rstd)
-    ctx.act, ctx.negative_slope, ctx.has_residual = act, negative_slope, residual is not None
+    ctx.act, ctx.negative_slope, ctx.pad = act, negative_slope, pad
+    # The residual's margin around the output (a padded tensor whose centre was added), or None.
+    ctx.margin = None if residual is None else (residual.shape[2] - x.shape[2]) // 2 - pad
 
 
 def _backward(ctx, dy, _dmean, _drstd):
     x, weight, bias, mean, rstd = ctx.saved_tensors
-    dx, dweight, dbias = _bwd_op(dy, x, weight, bias, mean, rstd, ctx.act, ctx.negative_slope)
+    dx, dweight, dbias = _bwd_op(dy, x, weight, bias, mean, rstd, ctx.act, ctx.negative_slope, ctx.pad)
     if weight is None:
         dweight = dbias = None
     else:
         dweight, dbias = dweight.to(weight.dtype), dbias.to(bias.dtype)
-    return dx, dweight, dbias, dy if ctx.has_residual else None, None, None, None
+    dresidual = None if ctx.margin is None else dy if ctx.margin == 0 else F.pad(dy, (ctx.margin,) * 4)
+    return dx, dweight, dbias, dresidual, None, None, None, None
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -474,8 +655,8 @@ _dispatch.register(_OP, "triton", _triton_util.check)
 
 # 5. Public function ------------------------------------------------------------------------------
 def instance_norm_act(x, weight=None, bias=None, *, act="relu", negative_slope=0.2, eps=1e-5, residual=None,
-                      impl="auto"):
-    """Instance normalisation fused with an activation and an optional residual add.
+                      pad=0, impl="auto"):
+    """Instance normalisation fused with an activation, a reflection pad and a residual add, in one pass.
 
     Args:
         x: [N, C, H, W], contiguous NCHW or channels_last, fp32/bf16/fp16.
@@ -483,26 +664,30 @@ def instance_norm_act(x, weight=None, bias=None, *, act="relu", negative_slope=0
         act: "relu", "leaky_relu" or "none".
         negative_slope: slope of leaky_relu for negative inputs.
         eps: added to the variance.
-        residual: optional tensor shaped like x, added after the activation.
+        residual: optional, added after the activation (and the pad): shaped like the output, or larger by the
+            same margin on every side (a padded tensor), whose centre is added.
+        pad: reflection padding of the output on each side, < H and < W: the output is what a following
+            ``F.pad(y, (pad,) * 4, mode="reflect")`` would give, written in the same pass, and its gradient is
+            folded back in the backward's passes (a reflect-padded convolution that consumes it pads nothing).
         impl: "auto", "ref" or "triton" (see fastgan.ops._dispatch).
     Returns:
-        y, same shape, dtype and memory layout as x.
+        y: [N, C, H + 2 * pad, W + 2 * pad], x's dtype and memory layout.
     """
-    _check_args(x, weight, bias, act, residual)
+    pad = _check_args(x, weight, bias, act, residual, pad)
     if _dispatch.resolve(_OP, impl, x.device) == "triton":
         _triton_util.check_dtype(_OP, "x", x)
         _triton_util.channels_view(_OP, "x", x)
-        if x.shape[1] * x.shape[2] * x.shape[3] >= 2**31:
-            raise ValueError(f"instance_norm_act: one sample of x has {x[0].numel()} elements; the Triton "
-                             "path takes fewer than 2**31 (use impl='ref')")
+        if x.shape[1] * (x.shape[2] + 2 * pad) * (x.shape[3] + 2 * pad) >= 2**31:
+            raise ValueError(f"instance_norm_act: one sample of the output has {x[0].numel()} elements or more; "
+                             "the Triton path takes fewer than 2**31 (use impl='ref')")
         for name, t in (("weight", weight), ("bias", bias), ("residual", residual)):
             if t is not None and t.device != x.device:
                 raise ValueError(f"instance_norm_act: {name} is on {t.device} but x is on {x.device}")
-        if residual is not None:
-            residual = _triton_util.same_layout(residual, x)
-        return _fwd_op(x, weight, bias, residual, act, float(negative_slope), float(eps))[0]
+        if residual is not None and pad == 0 and residual.shape == x.shape:
+            residual = _triton_util.same_layout(residual, x)  # the padded-output kernel takes any strides
+        return _fwd_op(x, weight, bias, residual, act, float(negative_slope), float(eps), pad)[0]
     y = instance_norm_act_ref(x, weight, bias, act=act, negative_slope=negative_slope, eps=eps,
-                              residual=residual)
+                              residual=residual, pad=pad)
     return y.contiguous(memory_format=_layout(x))
 
 

@@ -169,6 +169,23 @@ def _instance_norm_act_cases():
                     r = torch.empty_like(x).requires_grad_() if residual else None
                     return ops.instance_norm_act(x, w, b, act=act, residual=r, impl="triton")
                 yield f"act={act} affine={affine} residual={residual}", case
+    # The padded output (a following convolution's reflection pad): alone, with a residual of its shape (a ResNet
+    # block's second norm), and unpadded with a padded residual (the last block's); the pad and the residual's
+    # margin are run-time arguments, so one of each covers the specialisations.
+    for pad, margin in ((1, None), (1, 0), (0, 1)):
+        def case(x, pad=pad, margin=margin):
+            r = None
+            if margin is not None:
+                shape = (*x.shape[:2], x.shape[2] + 2 * (pad + margin), x.shape[3] + 2 * (pad + margin))
+                r = torch.empty(shape, dtype=x.dtype, memory_format=_layout(x)).requires_grad_()
+            return ops.instance_norm_act(x, act="relu" if margin is None else "none", residual=r, pad=pad,
+                                         impl="triton")
+        yield f"pad={pad} residual_margin={margin}", case
+
+
+def _layout(x):
+    cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if cl else torch.contiguous_format
 
 
 def _leaky_relu_cases():

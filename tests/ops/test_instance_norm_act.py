@@ -12,20 +12,29 @@ import torch.nn.functional as F
 
 from fastgan import ops
 from fastgan.ops import _triton_util, instance_norm_act, instance_norm_act_ref
+from fastgan.ops.instance_norm_act import centre
 
 pytest.importorskip("triton")
 
 _ULP = {torch.float32: 2.0**-23, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
 
 
-def _inputs(shape, dtype, device, channels_last, affine, residual):
-    """x, weight, bias, residual (or None) rounded to dtype, and dy; x has a large mean to test the shift."""
+def _grown(shape, by):
+    return (*shape[:2], shape[2] + 2 * by, shape[3] + 2 * by)
+
+
+def _inputs(shape, dtype, device, channels_last, affine, residual, pad=0, margin=0):
+    """x, weight, bias, residual (or None) rounded to dtype, and dy; x has a large mean to test the shift. dy
+    is shaped like the output (padded by ``pad``), the residual larger than it by ``margin`` on every side."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = (torch.randn(shape, dtype=torch.float64) * 2 + 3).to(device, dtype).contiguous(memory_format=fmt)
     w = torch.randn(shape[1], dtype=torch.float64).to(device, dtype) if affine else None
     b = torch.randn(shape[1], dtype=torch.float64).to(device, dtype) if affine else None
-    dy = torch.randn(shape, dtype=torch.float64).to(device, dtype).contiguous(memory_format=fmt)
-    r = torch.randn_like(dy) if residual else None
+    dy = torch.randn(_grown(shape, pad), dtype=torch.float64).to(device, dtype).contiguous(memory_format=fmt)
+    r = None
+    if residual:
+        r = torch.randn(_grown(shape, pad + margin), dtype=torch.float64).to(device, dtype)
+        r = r.contiguous(memory_format=fmt)
     return [x, w, b, r], dy
 
 
@@ -39,27 +48,28 @@ def _run(fn, tensors, dy, cast=None):
     return y, list(grads)
 
 
-def _torch_native(act, slope):
+def _torch_native(act, slope, pad=0):
     """PyTorch's own computation entirely in the input's dtype (the yardstick for bf16/fp16 error)."""
     def fn(x, w, b, r):
         y = F.instance_norm(x, weight=w, bias=b, eps=1e-5)
         y = F.relu(y) if act == "relu" else F.leaky_relu(y, slope) if act == "leaky_relu" else y
-        return y if r is None else y + r
+        y = F.pad(y, (pad,) * 4, mode="reflect") if pad else y
+        return y if r is None else y + centre(r, y.shape)
     return fn
 
 
-def _check_against_reference(shape, dtype, device, channels_last, affine, act, residual):
+def _check_against_reference(shape, dtype, device, channels_last, affine, act, residual, pad=0, margin=0):
     slope = 0.2
-    tensors, dy = _inputs(shape, dtype, device, channels_last, affine, residual)
+    tensors, dy = _inputs(shape, dtype, device, channels_last, affine, residual, pad, margin)
     y, grads = _run(lambda x, w, b, r: instance_norm_act(x, w, b, act=act, negative_slope=slope, residual=r,
-                                                         impl="triton"), tensors, dy)
+                                                         pad=pad, impl="triton"), tensors, dy)
     assert ops.last_impl("instance_norm_act") == "triton"
     y_ref, grads_ref = _run(lambda x, w, b, r: instance_norm_act_ref(x, w, b, act=act, negative_slope=slope,
-                                                                     residual=r), tensors, dy, torch.float64)
-    assert y.dtype == dtype and y.shape == tensors[0].shape
+                                                                     residual=r, pad=pad), tensors, dy, torch.float64)
+    assert y.dtype == dtype and y.shape == _grown(shape, pad)
     assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if dtype != torch.float32:
-        y_pt, grads_pt = _run(_torch_native(act, slope), tensors, dy)
+        y_pt, grads_pt = _run(_torch_native(act, slope, pad), tensors, dy)
     names = ["y", "dx", "dweight", "dbias", "dresidual"]
     names = [n for n, t in zip(names, [tensors[0], *tensors]) if t is not None]
     for i, (name, got, ref) in enumerate(zip(names, [y, *grads], [y_ref, *grads_ref])):
@@ -103,6 +113,59 @@ def test_matches_reference_small(triton_cpu, norm_path, dtype, channels_last, af
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_matches_reference_odd_shapes(triton_cpu, norm_path, shape, dtype, channels_last):
     _check_against_reference(shape, dtype, "cpu", channels_last, True, "relu", True)
+
+
+# The padded output (pad=: the reflection pad of a following convolution, written by the norm) and a residual
+# larger than the output (the centre of a padded block input is added).
+@pytest.mark.parametrize("shape, pad, margin", [
+    ((2, 3, 5, 7), 1, None),  # a ResNet block's first norm
+    ((2, 3, 5, 7), 1, 0),  # its second: residual = the padded block input
+    ((2, 3, 5, 7), 0, 1),  # the last block's second: the output is not padded, the residual is
+    ((1, 4, 9, 6), 3, None),  # the 7x7 output layer's pad
+    ((1, 2, 4, 6), 3, 0),  # pad = H - 1: rows reflected from both sides onto the same source row
+    ((2, 3, 2, 3), 1, 2),  # two rows only, a wide margin
+    ((1, 70, 3, 4), 2, None),  # channels beyond one channels_last block of 64
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("act, affine", [("relu", False), ("none", True), ("leaky_relu", True)])
+def test_padded_output_matches_reference(triton_cpu, shape, pad, margin, dtype, channels_last, act, affine):
+    _check_against_reference(shape, dtype, "cpu", channels_last, affine, act, margin is not None, pad, margin or 0)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape, pad, margin", [
+    ((2, 256, 64, 64), 1, None), ((2, 256, 64, 64), 1, 0), ((2, 256, 64, 64), 0, 1),  # ResNet blocks
+    ((1, 64, 256, 256), 3, None),  # before the 7x7 output layer
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_padded_output_matches_reference_cuda(shape, pad, margin, dtype, channels_last, poisoned_buffers):
+    _check_against_reference(shape, dtype, "cuda", channels_last, False, "relu", margin is not None, pad, margin or 0)
+
+
+def test_padded_output_several_tiles_and_pieces(triton_cpu, monkeypatch):
+    """Padded rows longer than one tile, in pieces that end mid-row: both grids (x's positions for the statistics
+    and the backward, the padded output's for the forward's second pass)."""
+    module = importlib.import_module("fastgan.ops.instance_norm_act")
+    monkeypatch.setattr(module, "_MAX_SPLIT", 3)
+    for channels_last in (False, True):
+        _check_against_reference((1, 2, 61, 67), torch.float32, "cpu", channels_last, True, "relu", True, 3, 0)
+
+
+def test_padded_output_any_residual_and_gradient_strides(triton_cpu):
+    """The padded-output kernels read the residual and the incoming gradient through their own strides: NCHW ones
+    for a channels_last x (no layout copy) give the reference."""
+    x = torch.randn(2, 3, 6, 5).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    r = torch.randn(2, 3, 8, 7, dtype=torch.float64, requires_grad=True)
+    y = instance_norm_act(x, residual=r.float(), pad=1, impl="triton")
+    y_ref = instance_norm_act_ref(x.double(), residual=r, pad=1)
+    torch.testing.assert_close(y.double(), y_ref, atol=1e-5, rtol=1e-5)
+    dy = torch.randn(2, 3, 8, 7, dtype=torch.float64)
+    dx, dr = torch.autograd.grad(y, [x, r], dy.float())
+    dx_ref, dr_ref = torch.autograd.grad(y_ref, [x, r], dy)
+    torch.testing.assert_close(dx, dx_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dr, dr_ref, atol=1e-6, rtol=1e-6)  # dy itself, rounded to fp32 and back
 
 
 @pytest.mark.cuda
@@ -185,6 +248,13 @@ def test_rejects_bad_input(triton_cpu, impl):
         instance_norm_act(torch.randn(1, 3, 4, 4), act="gelu", impl=impl)
     with pytest.raises(ValueError, match="residual shape"):
         instance_norm_act(torch.randn(1, 3, 4, 4), residual=torch.randn(1, 3, 4, 5), impl=impl)
+    with pytest.raises(ValueError, match="residual shape"):  # larger by an odd margin
+        instance_norm_act(torch.randn(1, 3, 4, 4), residual=torch.randn(1, 3, 5, 5), impl=impl)
+    with pytest.raises(ValueError, match="residual shape"):  # smaller than the padded output
+        instance_norm_act(torch.randn(1, 3, 4, 4), residual=torch.randn(1, 3, 4, 4), pad=1, impl=impl)
+    for pad in (-1, 4, 1.0, True):
+        with pytest.raises(ValueError, match="pad="):
+            instance_norm_act(torch.randn(1, 3, 4, 6), pad=pad, impl=impl)
 
 
 def test_triton_rejects_what_it_cannot_take(triton_cpu):
@@ -285,11 +355,17 @@ def test_kernels_compile_for_h100(sm90_ptx, unit_stride, tiles):
         "stats": sm90_ptx(module._instance_norm_act_stats_kernel, block, unit_stride),
         "fwd": sm90_ptx(module._instance_norm_act_fwd_kernel,
                              dict(block, BLOCK_SPLIT=32, HAS_AFFINE=True, HAS_RESIDUAL=True, ACT=1), unit_stride),
-        "bwd_stats": sm90_ptx(module._instance_norm_act_bwd_stats_kernel,
-                                   dict(block, HAS_AFFINE=True, ACT=2), unit_stride),
-        "bwd": sm90_ptx(module._instance_norm_act_bwd_kernel, dict(block, BLOCK_SPLIT=32, HAS_AFFINE=True, ACT=1),
-                             unit_stride),
     }
+    # The padded output's kernels (pad > 0): the normalise pass over the padded plane and the folding backward.
+    for fold in (False, True):
+        for name, k in (("bwd_stats", module._instance_norm_act_bwd_stats_kernel),
+                        ("bwd", module._instance_norm_act_bwd_kernel)):
+            options = dict(block, HAS_AFFINE=True, ACT=1, FOLD=fold) | (dict(BLOCK_SPLIT=32) if name == "bwd" else {})
+            code = sm90_ptx(k, options, unit_stride)
+            if not fold:
+                ptx[name] = code
+    sm90_ptx(module._instance_norm_act_pad_fwd_kernel,
+             dict(block, BLOCK_SPLIT=32, HAS_AFFINE=False, HAS_RESIDUAL=True, ACT=1), unit_stride)
     row = dict(BLOCK_S=2048, TILES=tiles)
     rows = {  # the one-launch kernels: one channel per program, so 128-bit accesses only in NCHW
         "row_fwd": sm90_ptx(module._instance_norm_act_row_fwd_kernel,
@@ -338,8 +414,8 @@ def test_launches_per_direction(affine, channels_last, rows):
     x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
     w, b = (torch.ones(rows), torch.zeros(rows)) if affine else (None, None)
     stats = torch.zeros(1, rows)
-    runs = {"forward": lambda: module._instance_norm_act_fwd(x, w, b, None, "relu", 0.2, 1e-5),
-            "backward": lambda: module._instance_norm_act_bwd(x, x, w, b, stats, stats, "relu", 0.2)}
+    runs = {"forward": lambda: module._instance_norm_act_fwd(x, w, b, None, "relu", 0.2, 1e-5, 0),
+            "backward": lambda: module._instance_norm_act_bwd(x, x, w, b, stats, stats, "relu", 0.2, 0)}
     for direction, run in runs.items():
         launches = []
         with record_launches(launches), AtenLaunches() as aten:
