@@ -256,7 +256,8 @@ def image_bytes(side_h: int, side_w: int, bytes_per_pixel: float, channels: int 
 
 def bytes_per_pixel(net, channels: int, multiple: int = 1) -> float:
     """A fully convolutional network's inference peak per input pixel (inference_bytes at a side of about
-    64 that is a multiple of ``multiple``); the peak grows with the pixels, so this sizes any input."""
+    64 that is a multiple of ``multiple``); the peak grows with the pixels, so this sizes any input (from above
+    for larger ones: the borders of reflection-padded activations are relatively smaller on a larger side)."""
     side = max(multiple, -(-64 // multiple) * multiple)
     return inference_bytes(net, (1, channels, side, side)) / side**2
 

@@ -25,16 +25,24 @@ NORMS = ("instance", "batch")  # of the PatchGAN
 
 class ResnetBlock(nn.Module):
     """x + IN(conv3(ReLU(IN(conv3(x))))) with reflection padding; the residual add is fused into the
-    second InstanceNormAct."""
+    second InstanceNormAct.
+
+    Each reflection pad is written by the InstanceNormAct before it (``pad_output``), in the pass that writes its
+    output, so the convolutions pad nothing and the backward's folds happen inside the norms' passes.
+    ``input_padded``: x comes reflection-padded by 1 (from the layer before, built with ``pad_output=1``), and the
+    residual add takes its centre. ``pad_output``: 1 when the next layer is another block, whose first
+    convolution then reads the padded output directly.
+    """
 
     samples_independent = True  # its own forward mixes no samples; its layers answer for themselves
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, input_padded: bool = False, pad_output: int = 0):
         super().__init__()
-        self.conv1 = fnn.ReflectPadConv2d(channels, channels, 3, padding=1, norm_follows=True)
-        self.norm1 = fnn.InstanceNormAct(channels, act="relu")
-        self.conv2 = fnn.ReflectPadConv2d(channels, channels, 3, padding=1, norm_follows=True)
-        self.norm2 = fnn.InstanceNormAct(channels, act="none")
+        self.conv1 = fnn.ReflectPadConv2d(channels, channels, 3, padding=1, norm_follows=True,
+                                          input_padded=input_padded)
+        self.norm1 = fnn.InstanceNormAct(channels, act="relu", pad_output=1)
+        self.conv2 = fnn.ReflectPadConv2d(channels, channels, 3, padding=1, norm_follows=True, input_padded=True)
+        self.norm2 = fnn.InstanceNormAct(channels, act="none", pad_output=pad_output)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm1(self.conv1(x))
@@ -84,19 +92,22 @@ class ResnetGenerator(nn.Module):
             fnn.InstanceNormAct(ngf * 2, act="relu"),
             # state: (ngf*2) x H/2 x W/2
             fnn.Conv2d(ngf * 2, ngf * 4, 3, 2, 1, norm_follows=True),
-            fnn.InstanceNormAct(ngf * 4, act="relu"),
-            # state: (ngf*4) x H/4 x W/4
+            # The residual blocks' reflection pads are written by the norm before each convolution (ResnetBlock).
+            fnn.InstanceNormAct(ngf * 4, act="relu", pad_output=1 if n_blocks else 0),
+            # state: (ngf*4) x H/4 x W/4 (padded by 1 for a block)
         ]
-        layers += [ResnetBlock(ngf * 4) for _ in range(n_blocks)]
+        layers += [ResnetBlock(ngf * 4, input_padded=True, pad_output=1 if i + 1 < n_blocks else 0)
+                   for i in range(n_blocks)]
         # state: (ngf*4) x H/4 x W/4
         for c in (ngf * 4, ngf * 2):
             if upsample == "deconv":
                 layers.append(fnn.ConvTranspose2d(c, c // 2, 3, 2, 1, output_padding=1, norm_follows=True))
             else:
                 layers.append(Upsample2x(c, c // 2, norm_follows=True))
-            layers.append(fnn.InstanceNormAct(c // 2, act="relu"))
-        # state: ngf x H x W
-        layers += [fnn.Conv2dTanh(ngf, out_channels, 7, padding=3, padding_mode="reflect"), nn.Identity()]
+            layers.append(fnn.InstanceNormAct(c // 2, act="relu", pad_output=3 if c == ngf * 2 else 0))
+        # state: ngf x H x W (padded by 3 for the output layer's 7x7 convolution)
+        layers += [fnn.Conv2dTanh(ngf, out_channels, 7, padding=3, padding_mode="reflect", input_padded=True),
+                   nn.Identity()]
         # state: out_channels x H x W
         self.net = nn.Sequential(*layers)
 

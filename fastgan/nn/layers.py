@@ -124,13 +124,15 @@ class ReflectPadConv2d(_NormFollows, _FastLayer, nn.Conv2d):
     no groups or dilation; the forward goes through fastgan.ops.reflect_pad_conv2d. Parameters are
     nn.Conv2d's (``weight``, ``bias``); use :meth:`from_modules` to take them from a pad + conv pair.
     ``norm_follows``: the output feeds only an InstanceNorm, which cancels the bias (see _NormFollows).
+    ``input_padded``: the input comes already reflection-padded by ``padding`` (from an InstanceNormAct built
+    with ``pad_output=padding``), so the layer convolves it with no padding of its own.
     """
 
     _ops = ("reflect_pad_conv2d",)
     samples_independent = True  # see samples_independent()
 
     def __init__(self, in_channels, out_channels, kernel_size, padding=None, stride=1, bias=True, impl="auto",
-                 device=None, dtype=None, norm_follows=False):
+                 device=None, dtype=None, norm_follows=False, input_padded=False):
         k = kernel_size if isinstance(kernel_size, int) else kernel_size[0]
         s = stride if isinstance(stride, int) else stride[0]
         p = (k // 2 if padding is None else padding)
@@ -141,7 +143,7 @@ class ReflectPadConv2d(_NormFollows, _FastLayer, nn.Conv2d):
                              f"{kernel_size}, {stride}, {padding}")
         super().__init__(in_channels, out_channels, k, stride=s, padding=p, bias=bias, padding_mode="reflect",
                          device=device, dtype=dtype)
-        self.impl, self.norm_follows = impl, norm_follows
+        self.impl, self.norm_follows, self.input_padded = impl, norm_follows, bool(input_padded)
 
     @classmethod
     def from_modules(cls, pad: nn.ReflectionPad2d, conv: nn.Conv2d, impl="auto"):
@@ -160,6 +162,8 @@ class ReflectPadConv2d(_NormFollows, _FastLayer, nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
+            if self.input_padded:
+                return F.conv2d(x, self.weight, self.bias, self.stride)
             return self._conv_forward(x, self.weight, self.bias)
         return self._fast_forward(x)
 
@@ -167,8 +171,11 @@ class ReflectPadConv2d(_NormFollows, _FastLayer, nn.Conv2d):
     def _fast_forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 3:  # unbatched, as nn.Conv2d takes it
             return self._fast_forward(x.unsqueeze(0)).squeeze(0)
-        return ops.reflect_pad_conv2d(x, self.weight, self._live_bias(), self.padding[0], self.stride[0],
-                                      impl=self.impl)
+        return ops.reflect_pad_conv2d(x, self.weight, self._live_bias(), 0 if self.input_padded else self.padding[0],
+                                      self.stride[0], impl=self.impl)
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}{', input_padded=True' if self.input_padded else ''}"
 
 
 class Conv2d(_NormFollows, _FastLayer, nn.Conv2d):
@@ -273,16 +280,21 @@ class Conv2dTanh(_FastLayer, nn.Conv2d):
     ``padding_mode="reflect"`` and a geometry the fused reflect-pad convolution takes (what ReflectPadConv2d
     takes) the convolution is fastgan.ops.reflect_pad_conv2d, so ``ReflectionPad2d, Conv2d, Tanh`` becomes one
     layer. ``impl`` "triton" reaches the tanh and "cuda" the reflect-pad convolution; the other op gets "auto".
+    ``input_padded`` (with that fused geometry only): the input comes already reflection-padded by ``padding``
+    (an InstanceNormAct with ``pad_output``), so the convolution pads nothing.
     """
 
     _ops = ("tanh", "reflect_pad_conv2d")
     samples_independent = True
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, impl="auto",
-                 dilation=1, groups=1, padding_mode="zeros", device=None, dtype=None):
+                 dilation=1, groups=1, padding_mode="zeros", device=None, dtype=None, input_padded=False):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          padding_mode, device=device, dtype=dtype)
-        self.impl = impl
+        self.impl, self.input_padded = impl, bool(input_padded)
+        if self.input_padded and not self._reflect_fused():
+            raise ValueError("Conv2dTanh: input_padded needs padding_mode='reflect' with a square kernel of "
+                             f"1..7, stride 1 or 2, equal paddings, no groups or dilation; got {self.extra_repr()}")
 
     def _reflect_fused(self) -> bool:
         k, st, p = self.kernel_size, self.stride, self.padding
@@ -292,6 +304,8 @@ class Conv2dTanh(_FastLayer, nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
+            if self.input_padded:
+                return torch.tanh(F.conv2d(x, self.weight, self.bias, self.stride))
             return torch.tanh(self._conv_forward(x, self.weight, self.bias))
         return self._fast_forward(x)
 
@@ -299,17 +313,18 @@ class Conv2dTanh(_FastLayer, nn.Conv2d):
     def _fast_forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._reflect_fused():
             impl = _op_impl(self.impl, "reflect_pad_conv2d")
+            pad = 0 if self.input_padded else self.padding[0]
             if x.dim() == 3:
-                y = ops.reflect_pad_conv2d(x.unsqueeze(0), self.weight, None, self.padding[0], self.stride[0],
+                y = ops.reflect_pad_conv2d(x.unsqueeze(0), self.weight, None, pad, self.stride[0],
                                            impl=impl).squeeze(0)
             else:
-                y = ops.reflect_pad_conv2d(x, self.weight, None, self.padding[0], self.stride[0], impl=impl)
+                y = ops.reflect_pad_conv2d(x, self.weight, None, pad, self.stride[0], impl=impl)
         else:
             y = self._conv_forward(x, self.weight, None)
         return _bias_tanh(y, self.bias, _op_impl(self.impl, "tanh"))
 
     def extra_repr(self):
-        return f"{super().extra_repr()}, impl={self.impl}"
+        return f"{super().extra_repr()}, impl={self.impl}{', input_padded=True' if self.input_padded else ''}"
 
 
 class ConvTranspose2dTanh(_FastLayer, nn.ConvTranspose2d):
@@ -353,17 +368,24 @@ class InstanceNormAct(_FastLayer, nn.Module):
     ``forward(x, residual=None)`` adds ``residual`` after the activation in the same pass. Takes [N, C, H, W]
     or unbatched [C, H, W]. The output keeps x's memory layout (channels_last stays channels_last) unless
     ``contiguous_output``: then it is contiguous, as nn.InstanceNorm2d's always is (accelerate sets it).
+
+    ``pad_output=p``: the output is reflection-padded by p on each side in the same pass, for a following
+    reflect-padded convolution built with ``input_padded=True`` (ReflectPadConv2d, Conv2dTanh), which then pads
+    nothing; the backward folds the padded gradient in the norm's own passes. A residual is then shaped like the
+    padded output, or larger by the same margin on every side (a padded block input: its centre is added).
     """
 
     _ops = ("instance_norm_act",)
     samples_independent = True  # statistics per sample, no running ones
 
     def __init__(self, num_features, act="relu", negative_slope=0.2, eps=1e-5, affine=False, impl="auto",
-                 contiguous_output=False, device=None, dtype=None):
+                 contiguous_output=False, device=None, dtype=None, pad_output=0):
         super().__init__()
         _check_act("InstanceNormAct", act)
+        if isinstance(pad_output, bool) or not isinstance(pad_output, int) or pad_output < 0:
+            raise ValueError(f"InstanceNormAct: pad_output={pad_output!r} must be an int >= 0")
         self.num_features, self.act, self.negative_slope, self.eps = num_features, act, negative_slope, eps
-        self.affine, self.contiguous_output = affine, contiguous_output
+        self.affine, self.contiguous_output, self.pad_output = affine, contiguous_output, pad_output
         self.impl = impl
         _norm_state(self, num_features, affine, False, device, dtype)
 
@@ -372,8 +394,14 @@ class InstanceNormAct(_FastLayer, nn.Module):
             unbatched = x.dim() == 3  # as nn.InstanceNorm2d: a [C, H, W] input is one sample
             y = F.instance_norm(x.unsqueeze(0) if unbatched else x, None, None, self.weight, self.bias, True, 0.0,
                                 self.eps)
-            y = _act(y.squeeze(0) if unbatched else y, self.act, self.negative_slope)
-            return y if residual is None else y + residual
+            y = _act(y, self.act, self.negative_slope)
+            if self.pad_output > 0:
+                y = F.pad(y, [self.pad_output] * 4, mode="reflect")
+            y = y.squeeze(0) if unbatched else y
+            if residual is None:
+                return y
+            m = (residual.shape[-1] - y.shape[-1]) // 2  # a larger (padded) residual: its centre
+            return y + residual[..., m:residual.shape[-2] - m, m:residual.shape[-1] - m]
         return self._fast_forward(x, residual)
 
     @torch.jit.unused
@@ -382,11 +410,12 @@ class InstanceNormAct(_FastLayer, nn.Module):
             r = None if residual is None else residual.unsqueeze(0)
             return self._fast_forward(x.unsqueeze(0), r).squeeze(0)
         y = ops.instance_norm_act(x, self.weight, self.bias, act=self.act, negative_slope=self.negative_slope,
-                                  eps=self.eps, residual=residual, impl=self.impl)
+                                  eps=self.eps, residual=residual, pad=self.pad_output, impl=self.impl)
         return y.contiguous() if self.contiguous_output and residual is None else y
 
     def extra_repr(self):
-        return f"{self.num_features}, act={self.act}, eps={self.eps}, affine={self.affine}, impl={self.impl}"
+        pad = f", pad_output={self.pad_output}" if self.pad_output else ""
+        return f"{self.num_features}, act={self.act}, eps={self.eps}, affine={self.affine}{pad}, impl={self.impl}"
 
 
 class BatchNorm2dAct(_FastLayer, nn.Module):

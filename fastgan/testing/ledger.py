@@ -424,6 +424,7 @@ _NORM_ACT = {"native_batch_norm", "cudnn_batch_norm", "_native_batch_norm_legit"
              "leaky_relu_backward", "tanh_backward", "native_layer_norm", "native_layer_norm_backward",
              "_batch_norm_with_update", "_batch_norm_no_update", "batch_norm_stats", "batch_norm_elemt",
              "batch_norm_gather_stats_with_counts", "batch_norm_backward_reduce", "batch_norm_backward_elemt"}
+_PAD_KERNELS = ("reflect_pad_kernel", "reflect_fold_kernel")  # fastgan._C's (reflect_pad_conv2d_cuda.cu)
 _PAD = {"reflection_pad2d", "reflection_pad2d_backward", "constant_pad_nd", "replication_pad2d",
         "replication_pad2d_backward"}
 _REDUCTIONS = {"sum", "mean", "amax", "var_mean", "var", "sum_to_size"}
@@ -457,7 +458,7 @@ def _category(op: str, kernel: str, *, stage: str, layer: str, layer_type: str, 
     name = kernel.split(".")[1] if kernel.startswith("aten.") else ""
     if kernel.startswith(("cudnn conv", "cublas", "bias add after cudnn", "bias grad")) or name in _CONV:
         return "convolution"
-    if "pad" in kernel and "kernel" in kernel or "fold" in kernel or name in _PAD:
+    if kernel in _PAD_KERNELS or name in _PAD:
         return "pad/fold"
     own = next((c for prefix, c in _OP_CATEGORY.items() if op.startswith(prefix)), None)
     if kernel.startswith(("triton ", "batch norm")) or name in _NORM_ACT:

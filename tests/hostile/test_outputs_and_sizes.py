@@ -267,7 +267,9 @@ def test_inference_peak_and_smallest_side_on_meta(monkeypatch):
 
     G = ResnetGenerator(3, 3, 4, 1, "deconv")
     small, large = inference_bytes(G, (1, 3, 64, 64)), inference_bytes(G, (1, 3, 128, 128))
-    assert abs(large - 4 * small) < 0.01 * large  # per pixel, at any size
+    # Per pixel at any size, within the reflection-padded activations' borders (relatively smaller on a larger
+    # side, so the figure from a small side bounds a larger one).
+    assert 0.95 * 4 * small < large <= 4 * small
     assert all(p.device.type == "cpu" for p in G.parameters())  # the network itself was not touched
     assert bytes_per_pixel(G, 3, 4) == pytest.approx(small / 64**2, rel=0.01)
     monkeypatch.setenv("FASTGAN_MEMORY_LIMIT", "1G")

@@ -272,3 +272,86 @@ def test_impl_validated_when_set():
     with pytest.raises(ValueError, match="Conv2dLeakyReLU: impl='cuda'"):
         layer.impl = "cuda"
     assert layer.impl == "triton"
+
+
+# --- a reflection pad written by the norm before the convolution (pad_output / input_padded) ----------------
+def _norm_then_conv(pad, fused, impl, conv=ReflectPadConv2d, **conv_options):
+    """InstanceNormAct then a reflect-padded 3-in convolution with pad ``pad``: the pad written by the norm
+    (``fused``) or by the convolution."""
+    norm = InstanceNormAct(3, act="leaky_relu", affine=True, impl=impl, pad_output=pad if fused else 0)
+    if conv is Conv2dTanh:
+        layer = Conv2dTanh(3, 4, 2 * pad + 1, padding=pad, padding_mode="reflect", impl=impl, input_padded=fused)
+    else:
+        layer = ReflectPadConv2d(3, 4, 2 * pad + 1, pad, impl=impl, input_padded=fused, **conv_options)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in (*norm.parameters(), *layer.parameters()):
+            p.copy_(torch.randn_like(p))
+    return nn.Sequential(norm, layer).double()
+
+
+@pytest.mark.parametrize("impl", ["ref", "fast"])
+@pytest.mark.parametrize("conv, pad, stride", [(ReflectPadConv2d, 1, 1), (ReflectPadConv2d, 2, 2),
+                                               (Conv2dTanh, 3, 1)], ids=["3x3", "5x5_stride2", "tanh_7x7"])
+def test_norm_padding_for_the_next_convolution_is_the_same_network(monkeypatch, impl, conv, pad, stride):
+    """InstanceNormAct(pad_output=p) + a convolution with input_padded computes what the norm + the
+    convolution padding its own input computes: outputs and every gradient in float64 (the Triton norm and the
+    extension's convolution on the CPU)."""
+    if impl == "fast":
+        pytest.importorskip("triton")
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        from fastgan.ops.reflect_pad_conv2d import extension_check
+        if extension_check(torch.device("cpu")) is not None:
+            pytest.skip("fastgan._C is not built")
+    options = {} if conv is Conv2dTanh else {"stride": stride}
+    fused = _norm_then_conv(pad, True, impl, conv, **options)
+    plain = _norm_then_conv(pad, False, "ref", conv, **options)
+    x = torch.randn(2, 3, 7, 9, dtype=torch.float64)
+    if impl == "fast":  # the Triton path runs fp32: compare it with the float64 reference at fp32 accuracy
+        fused = fused.float()
+        xa = x.float().requires_grad_(True)
+    else:
+        xa = x.clone().requires_grad_(True)
+    xb = x.clone().requires_grad_(True)
+    ya, yb = fused(xa), plain(xb)
+    assert fused[0](xa).shape == (2, 3, 7 + 2 * pad, 9 + 2 * pad)
+    dy = torch.randn_like(yb)
+    ga = torch.autograd.grad(ya, [xa, *fused.parameters()], dy.to(ya.dtype))
+    gb = torch.autograd.grad(yb, [xb, *plain.parameters()], dy)
+    tol = 1e-4 if impl == "fast" else 1e-10
+    for a, b in zip([ya, *ga], [yb, *gb]):
+        torch.testing.assert_close(a.double(), b, atol=tol, rtol=tol)
+
+
+def test_padded_norm_and_convolutions_unbatched_and_scripted():
+    """[C, H, W] input and torch.jit.script for the layers with pad_output / input_padded."""
+    for layer, x in ((InstanceNormAct(3, pad_output=2), torch.randn(2, 3, 5, 6)),
+                     (ReflectPadConv2d(3, 4, 3, input_padded=True), torch.randn(2, 3, 7, 6)),
+                     (Conv2dTanh(3, 4, 7, padding=3, padding_mode="reflect", input_padded=True),
+                      torch.randn(2, 3, 9, 8))):
+        want = layer(x)
+        torch.testing.assert_close(layer(x[0]), want[0])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            scripted = torch.jit.script(layer)
+        torch.testing.assert_close(scripted(x), want)
+        torch.testing.assert_close(scripted(x[0]), want[0])
+    norm = InstanceNormAct(3, act="none", pad_output=1)
+    x, r = torch.randn(2, 3, 5, 6), torch.randn(2, 3, 9, 10)  # a residual padded by 2: its centre is added
+    want = nn.functional.pad(nn.InstanceNorm2d(3)(x), (1,) * 4, mode="reflect") + r[:, :, 1:-1, 1:-1]
+    torch.testing.assert_close(norm(x, r), want)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.testing.assert_close(torch.jit.script(norm)(x, r), want)
+    assert "pad_output=1" in repr(norm) and "input_padded=True" in repr(ReflectPadConv2d(3, 4, 3, input_padded=True))
+
+
+def test_bad_padding_options_are_rejected():
+    with pytest.raises(ValueError, match="pad_output"):
+        InstanceNormAct(3, pad_output=-1)
+    with pytest.raises(ValueError, match="input_padded needs padding_mode='reflect'"):
+        Conv2dTanh(3, 4, 3, padding=1, input_padded=True)
+    with pytest.raises(ValueError, match="pad="):  # a pad the input is too small to reflect
+        InstanceNormAct(3, pad_output=4)(torch.randn(1, 3, 4, 4))
