@@ -15,7 +15,7 @@ from fastgan.nn import (
     LeakyReLU,
     ReflectPadConv2d,
 )
-from fastgan.ops import _triton_util
+from fastgan.ops import _triton_util, last_impl
 
 
 def _same_outputs_and_grads(ours, theirs, x, residual=None):
@@ -140,6 +140,22 @@ def test_batch_norm_act_matches_torch_over_steps(momentum, track, affine, act):
         _same_outputs_and_grads(ours, theirs, torch.randn(3, 5, 4, 6, dtype=torch.float64) * 2 + step)
         for k, v in norm.state_dict().items():
             torch.testing.assert_close(ours.state_dict()[k], v, rtol=1e-12, atol=1e-12, msg=k)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_batch_norm_act_triton_counts_batches(triton_cpu, momentum):
+    """The Triton path adds one to num_batches_tracked in its statistics pass (no add_ of its own), and with
+    momentum=None the cumulative-average factor it is given matches nn.BatchNorm2d's over several steps."""
+    norm = nn.BatchNorm2d(5, momentum=momentum)
+    ours = BatchNorm2dAct(5, act="none", momentum=momentum, impl="triton")
+    ours.load_state_dict(norm.state_dict())
+    for step in range(3):
+        x = torch.randn(3, 5, 4, 6) * 2 + step
+        torch.testing.assert_close(ours(x), norm(x), atol=1e-5, rtol=1e-5)
+        assert last_impl("batch_norm_act") == "triton"
+    for k, v in norm.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[k], v, rtol=1e-5, atol=1e-5, msg=k)
+    assert ours.num_batches_tracked.item() == 3
 
 
 def test_batch_norm_act_loads_checkpoints_without_num_batches_tracked():
