@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _dispatch, _triton_util
-from ._triton_util import kernel, norm_act_bwd_tile
+from ._triton_util import kernel
 
 try:
     import triton.language as tl
@@ -122,6 +122,27 @@ def _channel(
     return mean, rstd, w, b
 
 
+@_triton_util.device_function
+def _bwd_tile(
+    X,  # input, [N, C, S] with strides (stride_n, stride_c, stride_s)
+    DY,  # output gradient, [N, C, S] with its own strides (stride_dn, stride_dc, stride_ds)
+    idx, idx_dy, mask,  # [BLOCK_C, BLOCK_S] offsets of the tile into X and DY, and which of them are in bounds
+    mean, rstd, w, b,  # fp32 [BLOCK_C], from _channel
+    negative_slope,
+    ACT: tl.constexpr,  # 0 none, 1 relu, 2 leaky_relu
+):
+    """xhat = (x - mean) * rstd and g = dy * act'(xhat * w + b) of one tile, fp32 (zero where masked off)."""
+    xhat = (tl.load(X + idx, mask=mask, other=0.0).to(tl.float32) - mean[:, None]) * rstd[:, None]
+    g = tl.load(DY + idx_dy, mask=mask, other=0.0).to(tl.float32)
+    if ACT != 0:
+        z = xhat * w[:, None] + b[:, None]
+        if ACT == 1:
+            g = tl.where(z > 0, g, 0.0)
+        else:
+            g = tl.where(z > 0, g, g * negative_slope)
+    return xhat, g
+
+
 @kernel
 def _batch_norm_act_stats_kernel(
     X,  # input, [N, C, S] with strides (stride_n, stride_c, stride_s)
@@ -206,7 +227,7 @@ def _batch_norm_act_fwd_kernel(
 @kernel
 def _batch_norm_act_bwd_stats_kernel(
     X,  # input, [N, C, S] with strides (stride_n, stride_c, stride_s)
-    DY,  # output gradient, like X
+    DY,  # output gradient, [N, C, S] with strides (stride_dn, stride_dc, stride_ds): x's, or a channel slice's
     DX,  # input gradient out, like X (written only if WRITE_DX: running statistics, dx = rstd * w * g)
     W,  # weight, [C] (unused unless HAS_AFFINE)
     B,  # bias, [C] (unused unless HAS_AFFINE)
@@ -216,7 +237,8 @@ def _batch_norm_act_bwd_stats_kernel(
     TICKETS,  # int32, [channel blocks, GROUPS + 1]: zero between launches (_triton_util.sum_over_programs)
     DW,  # fp32 out, [C]: sum over (n, s) of g * xhat, the weight gradient
     DB,  # fp32 out, [C]: sum over (n, s) of g, the bias gradient
-    C, S, stride_n, stride_c, stride_s, CHUNKS, ITEMS, PER_PROGRAM, P, GROUP, GROUPS, eps, negative_slope,
+    C, S, stride_n, stride_c, stride_s, stride_dn, stride_dc, stride_ds, CHUNKS, ITEMS, PER_PROGRAM, P, GROUP,
+    GROUPS, eps, negative_slope,
     BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_G: tl.constexpr, HAS_AFFINE: tl.constexpr,
     ACT: tl.constexpr, WRITE_DX: tl.constexpr,
 ):
@@ -233,7 +255,8 @@ def _batch_norm_act_bwd_stats_kernel(
         s = (item - n * CHUNKS) * BLOCK_S + tl.arange(0, BLOCK_S)
         mask = c_mask[:, None] & (s < S)[None, :]
         idx = n.to(tl.int64) * stride_n + c[:, None] * stride_c + s[None, :] * stride_s
-        xhat, g = norm_act_bwd_tile(X, DY, idx, mask, mean, rstd, w, b, negative_slope, ACT)
+        idx_dy = n.to(tl.int64) * stride_dn + c[:, None] * stride_dc + s[None, :] * stride_ds
+        xhat, g = _bwd_tile(X, DY, idx, idx_dy, mask, mean, rstd, w, b, negative_slope, ACT)
         if WRITE_DX:
             tl.store(DX + idx, (g * (rstd * w)[:, None]).to(DX.dtype.element_ty), mask=mask)
         acc_g += g
@@ -252,7 +275,7 @@ def _batch_norm_act_bwd_stats_kernel(
 @kernel
 def _batch_norm_act_bwd_kernel(
     X,  # input, [N, C, S] with strides (stride_n, stride_c, stride_s)
-    DY,  # output gradient, like X
+    DY,  # output gradient, [N, C, S] with strides (stride_dn, stride_dc, stride_ds): x's, or a channel slice's
     DX,  # input gradient out, like X
     W,  # weight, [C] (unused unless HAS_AFFINE)
     B,  # bias, [C] (unused unless HAS_AFFINE)
@@ -260,7 +283,7 @@ def _batch_norm_act_bwd_kernel(
     VAR,  # fp32, [C]: the biased batch variance
     DW,  # fp32, [C]: sum over (n, s) of g * xhat, from the backward stats pass
     DB,  # fp32, [C]: sum over (n, s) of g, from the backward stats pass
-    C, S, stride_n, stride_c, stride_s, M, eps, negative_slope,
+    C, S, stride_n, stride_c, stride_s, stride_dn, stride_dc, stride_ds, M, eps, negative_slope,
     BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, HAS_AFFINE: tl.constexpr, ACT: tl.constexpr,
 ):
     pid_s, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -269,10 +292,11 @@ def _batch_norm_act_bwd_kernel(
     s = pid_s.to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)
     mask = c_mask[:, None] & (s < S)[None, :]
     idx = n.to(tl.int64) * stride_n + c[:, None] * stride_c + s[None, :] * stride_s
+    idx_dy = n.to(tl.int64) * stride_dn + c[:, None] * stride_dc + s[None, :] * stride_ds
     mean, rstd, w, b = _channel(W, B, MEAN, VAR, c, c_mask, eps, BLOCK_C, HAS_AFFINE)
     mean_g = tl.load(DB + c, mask=c_mask, other=0.0) / M
     mean_gx = tl.load(DW + c, mask=c_mask, other=0.0) / M
-    xhat, g = norm_act_bwd_tile(X, DY, idx, mask, mean, rstd, w, b, negative_slope, ACT)
+    xhat, g = _bwd_tile(X, DY, idx, idx_dy, mask, mean, rstd, w, b, negative_slope, ACT)
     dx = (rstd * w)[:, None] * (g - mean_g[:, None] - xhat * mean_gx[:, None])
     tl.store(DX + idx, dx.to(DX.dtype.element_ty), mask=mask)
 
@@ -338,11 +362,28 @@ def _batch_norm_act_fwd(x, weight, bias, mean, var, eps, act, negative_slope):
     return y
 
 
+def _gradient_strides(dy, strides):
+    """dy's strides seen as [N, C, S] where the kernels can read it in place: its H and W merge into one S and
+    its unit stride is x's (``strides``), so that loads stay coalesced; e.g. the channel slice of a
+    concatenation's gradient (a U-Net's skip). None where it must first be copied to x's layout."""
+    n, c, h, w = dy.shape
+    stride_n, stride_c, stride_h, stride_w = dy.stride()
+    if h > 1 and w > 1 and stride_h != w * stride_w:
+        return None
+    stride_s = stride_w if w > 1 else stride_h
+    if (strides[1] == 1 and stride_c == 1) or (strides[2] == 1 and stride_s == 1):
+        return stride_n, stride_c, stride_s
+    return None
+
+
 def _batch_norm_act_bwd(dy, x, weight, bias, mean, var, eps, training, act, negative_slope):
     """Returns dx (x's layout and dtype) and fp32 [C] dweight, dbias (for weight 1, bias 0 if not affine)."""
     plan = _plan(x)
     c = plan["c"]
-    dy = _triton_util.same_layout(dy, x)
+    dy_strides = _gradient_strides(dy, plan["strides"])
+    if dy_strides is None:
+        dy = _triton_util.same_layout(dy, x)
+        dy_strides = plan["strides"]
     parts, tickets = _reduce_buffers(plan, x)
     dx = _triton_util.empty_like(x)
     dweight = _triton_util.empty((c,), torch.float32, x.device)
@@ -351,11 +392,12 @@ def _batch_norm_act_bwd(dy, x, weight, bias, mean, var, eps, training, act, nega
     options = dict(**plan["blocks"], HAS_AFFINE=weight is not None, ACT=_ACT_CODE[act])
     with _triton_util.device_guard(x):
         _batch_norm_act_bwd_stats_kernel[plan["reduce_grid"]](
-            x, dy, dx, w, b, mean, var, parts, tickets, dweight, dbias, c, plan["s"], *plan["strides"],
+            x, dy, dx, w, b, mean, var, parts, tickets, dweight, dbias, c, plan["s"], *plan["strides"], *dy_strides,
             *plan["reduce"], eps, negative_slope, **options, BLOCK_G=plan["block_g"], WRITE_DX=not training)
         if training:
             _batch_norm_act_bwd_kernel[plan["pointwise_grid"]](
-                x, dy, dx, w, b, mean, var, dweight, dbias, c, plan["s"], *plan["strides"], plan["n"] * plan["s"],
+                x, dy, dx, w, b, mean, var, dweight, dbias, c, plan["s"], *plan["strides"], *dy_strides,
+                plan["n"] * plan["s"],
                 eps, negative_slope, **options)
     return dx, dweight, dbias
 

@@ -208,6 +208,27 @@ def test_mixed_layout_gradient(triton_cpu):
     torch.testing.assert_close(dx, dx_ref.float(), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_gradient_of_a_concatenation(triton_cpu, channels_last, training):
+    """dy a channel slice of a concatenation's gradient (a U-Net's skip), in x's layout: read in place with its
+    own strides (no copy), the reference's gradients."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(3, 4, 5, 6).contiguous(memory_format=fmt).requires_grad_(True)
+    w, b = torch.randn(4, requires_grad=True), torch.randn(4, requires_grad=True)
+    big = torch.randn(3, 9, 5, 6).contiguous(memory_format=fmt)
+    dy = big[:, 2:6]
+    assert _MODULE._gradient_strides(dy, _MODULE._plan(x)["strides"]) is not None
+    running = [torch.zeros(4), torch.ones(4)]
+    y = batch_norm_act(x, *[t.clone() for t in running], w, b, training, act="leaky_relu", impl="triton")
+    got = torch.autograd.grad(y, [x, w, b], dy)
+    y_ref = batch_norm_act_ref(x.double(), *[t.double() for t in running], w.double(), b.double(), training,
+                               act="leaky_relu")
+    want = torch.autograd.grad(y_ref, [x, w, b], dy.double())
+    for name, a, e in zip(["dx", "dweight", "dbias"], got, want):
+        torch.testing.assert_close(a.double(), e.double(), atol=1e-5, rtol=1e-5, msg=name)
+
+
 def test_deterministic(triton_cpu):
     tensors, running, dy = _inputs((4, 3, 24, 24), torch.float32, "cpu", True, True)
 
