@@ -257,18 +257,22 @@ class Model(base.GanModel):
         kept: dict[str, torch.Tensor] = {}  # the G phase's detached fakes, for the D phase
 
         # Independent applications of one network share a call where its samples are independent (InstanceNorm
-        # computes per sample): the G phase's first pass and identity pass of each generator, and each D's real
-        # and fake halves. Decided once, from what the networks declare (fastgan.nn.samples_independent).
+        # computes per sample): G_B's first and identity passes, G_A's first, identity and cycle passes, and each
+        # D's real and fake halves. Decided once, from what the networks declare (fastgan.nn.samples_independent).
         batched = {name: fnn.samples_independent(net) for name, net in nets.items()}
 
         def g_loss(batch):
             real_A, real_B = batch["A"], batch["B"]
             identity = lambda_idt > 0
-            # G_A's inputs: real A (-> fake B) and, for the identity loss, real B; G_B's symmetrically.
-            out_A = base.apply_batched(G_A, [real_A, real_B] if identity else [real_A], batched["G_A"])
+            # G_B first, on real B (-> fake A) and, for the identity loss, real A. Then G_A once, on real A (-> fake
+            # B), real B (identity) and G_B's fake A (-> rec B), and G_B again on fake B (-> rec A): three
+            # generator calls, one of them without a second call whose weight gradients would need adding.
             out_B = base.apply_batched(G_B, [real_B, real_A] if identity else [real_B], batched["G_B"])
-            fake_B, fake_A = out_A[0], out_B[0]
-            rec_A, rec_B = G_B(fake_B), G_A(fake_A)
+            fake_A = out_B[0]
+            out_A = base.apply_batched(G_A, [real_A, real_B, fake_A] if identity else [real_A, fake_A],
+                                       batched["G_A"])
+            fake_B, rec_B = out_A[0], out_A[-1]
+            rec_A = G_B(fake_B)
             losses = {"G_A": gan(D_B(fake_B), True), "G_B": gan(D_A(fake_A), True),
                       "cycle_A": base.l1_loss(rec_A, real_A, lambda_cycle, cfg.impl),
                       "cycle_B": base.l1_loss(rec_B, real_B, lambda_cycle, cfg.impl)}

@@ -154,7 +154,7 @@ def test_a_forced_reference_fallback_is_caught(monkeypatch):
     with pytest.warns(UserWarning, match="falls back to the reference path: planted"):
         trace = _tiny_trace()
     missing = [m for m in trace.fused_layers_without_fast_op() if "(InstanceNormAct)" in m]
-    assert missing and "G_A.net.1 (InstanceNormAct)" in missing[0]
+    assert any(m.startswith("G_A.net.1 (InstanceNormAct)") for m in missing)
     assert len(missing) == sum(isinstance(m, layers.InstanceNormAct) for net in trace.nets.values()
                                for m in net.modules())
 
@@ -164,14 +164,16 @@ def test_a_layout_copy_is_caught(monkeypatch):
     monkeypatch.setattr(layers.InstanceNormAct, "forward", lambda self, x, *a, **k: forward(self, x.contiguous(),
                                                                                             *a, **k))
     trace = _tiny_trace()
-    assert "aten.clone.default in G_A.net.1" in trace.keys(trace.layout_changes())
+    keys = trace.keys(trace.layout_changes())
+    assert {"aten.clone.default in G_A.net.1", "aten.clone.default in G_B.net.1"} & set(keys)
 
 
 def test_a_dtype_change_is_caught(monkeypatch):
     forward = layers.InstanceNormAct.forward
     monkeypatch.setattr(layers.InstanceNormAct, "forward", lambda self, *a, **k: forward(self, *a, **k).float())
     trace = _tiny_trace()
-    assert "aten._to_copy.default in G_A.net.1" in trace.keys(trace.dtype_changes(torch.bfloat16))
+    keys = trace.keys(trace.dtype_changes(torch.bfloat16))
+    assert {"aten._to_copy.default in G_A.net.1", "aten._to_copy.default in G_B.net.1"} & set(keys)
 
 
 def test_a_backward_fallback_is_caught(monkeypatch):

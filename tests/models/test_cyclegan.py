@@ -370,8 +370,9 @@ def _phase_runs(monkeypatch, batched: bool, iterations: int = 3):
 
 
 def test_batched_phases_equal_separate_calls_in_float64(monkeypatch):
-    """G_A(real_A) with G_A(real_B) and G_B(real_B) with G_B(real_A) as one batch-2 call each, D's real and fake
-    halves as one: every loss, every gradient, the image pools and the RNG stream as with separate calls."""
+    """G_A(real_A), G_A(real_B) and G_A(fake_A) as one batch-3 call, G_B(real_B) with G_B(real_A) as one batch-2
+    call, D's real and fake halves as one: every loss, every gradient, the image pools and the RNG stream as with
+    separate calls."""
     batched, weights, next_draws = _phase_runs(monkeypatch, batched=True)
     separate, same_weights, next_draws_ref = _phase_runs(monkeypatch, batched=False)
     for a, b in zip(weights, same_weights):
@@ -394,7 +395,7 @@ def test_batched_phases_equal_separate_calls_in_float64(monkeypatch):
 
 
 def test_batched_call_count(monkeypatch):
-    """Four generator calls per G phase instead of six, one call per discriminator in the D phase."""
+    """Three generator calls per G phase instead of six (G_A once), one call per discriminator in the D phase."""
     from fastgan.models import cyclegan
     from fastgan.testing.tasks import cpu_standin
 
@@ -408,7 +409,7 @@ def test_batched_call_count(monkeypatch):
     n = batch["A"].shape[0]
     for phase in phases:
         phase.loss(batch)
-    assert calls == {"G_A": [2 * n, n], "G_B": [2 * n, n], "D_A": [n, 2 * n], "D_B": [n, 2 * n]}
+    assert calls == {"G_A": [3 * n], "G_B": [2 * n, n], "D_A": [n, 2 * n], "D_B": [n, 2 * n]}
 
 
 def test_samples_independent_is_declared_by_the_layers():
