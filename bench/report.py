@@ -455,6 +455,12 @@ def summary_markdown(results: dict, name: str) -> str:
         lines += ["", "## Reflection-padded convolutions", ""]
         lines += table(["layer", "input", "passes", "impl", "ms", "reference ms", "× reference"], conv)
         lines += [""] + table(CONV_TOTAL_HEADER, conv_total_rows(results))
+    wiring = [[info["wiring"], str(info["n"]), info["mode"], info["impl"], num(info["ms"]), num(info["ref_ms"]),
+               times(info["speedup"])]
+              for info in (b["extra_info"] for b in benchmarks(results, "test_resnet_block_pad_wiring"))]
+    if wiring:
+        lines += ["", "## A residual block's reflection pads: written by the norms or by the convolutions", ""]
+        lines += table(["wiring", "batch", "passes", "impl", "ms", "reference ms", "× reference"], wiring)
     rows = loader_rows(results)
     if rows:
         lines += ["", "## Loaders", ""] + table(LOADER_HEADER, rows)

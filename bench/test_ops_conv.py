@@ -115,3 +115,43 @@ def test_generator_total(benchmark, record, bench_device, n, mode):
     record(op="reflect_pad_conv2d", impl="cuda", n=n, mode=mode, dtype=str(DTYPE), layout="channels_last",
            total_ms=total, total_ref_ms=total_ref, speedup=total_ref / total,
            min_layer_speedup=min(v["speedup"] for v in per_layer.values()), layers=per_layer)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("n", BATCHES)
+@pytest.mark.parametrize("wiring", ["pad_in_norm", "pad_in_conv"])
+def test_resnet_block_pad_wiring(benchmark, record, bench_device, wiring, n, mode):
+    """One CycleGAN residual block between two others (its input padded by the norm before it, as the generator
+    builds it; or every pad written by its convolution, as before), on the fast path and on the reference path
+    timed in the same run: what writing the reflection pads in the norms saves per block."""
+    from fastgan.models.cyclegan import ResnetBlock
+    from fastgan.nn import set_impl
+
+    c_in, _, _, _, size, _ = LAYERS["resblock_3x3_256"]
+    fused = wiring == "pad_in_norm"
+    block = ResnetBlock(c_in, input_padded=fused, pad_output=1 if fused else 0).to(bench_device, DTYPE)
+    block = block.to(memory_format=torch.channels_last)
+    side = size + 2 if fused else size
+    x = torch.randn(n, c_in, side, side, device=bench_device, dtype=DTYPE).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(mode == "fwd+bwd")
+    dy = torch.randn_like(block(x))
+
+    def make(impl):
+        def run():
+            set_impl(block, impl)
+            y = block(x)
+            return y if mode == "fwd" else torch.autograd.grad(y, [x, *block.parameters()], dy, allow_unused=True)
+        return run
+
+    impl = "auto" if _CUDA else "ref"
+    run, ref = make(impl), make("ref")
+
+    def call():
+        run()
+        synchronize(bench_device)
+
+    benchmark.pedantic(call, rounds=10 if _CUDA else 3, warmup_rounds=2, iterations=1)
+    ran = ", ".join(f"{op}={ops.last_impl(op)}" for op in ("instance_norm_act", "reflect_pad_conv2d"))
+    ms, ref_ms = _median_ms(run, bench_device), _median_ms(ref, bench_device)
+    record(op="resnet_block", wiring=wiring, impl=ran, n=n, mode=mode, shape=[n, c_in, size, size],
+           dtype=str(DTYPE), layout="channels_last", ms=ms, ref_ms=ref_ms, speedup=ref_ms / ms)

@@ -73,6 +73,9 @@ def synthetic(date="20261201", finished="2026-12-01T10:00:00Z"):
             bench("bench/test_ops.py::test_ops_copy_bandwidth", op="copy", impl="torch", gbps=4301.2),
             bench("bench/test_ops_conv.py::test_generator_total[1-fwd+bwd]", op="reflect_pad_conv2d", impl="cuda",
                   n=1, mode="fwd+bwd", total_ms=3.21, total_ref_ms=4.5, speedup=1.4, min_layer_speedup=1.05),
+            bench("bench/test_ops_conv.py::test_resnet_block_pad_wiring[fwd+bwd-1-pad_in_norm]", op="resnet_block",
+                  wiring="pad_in_norm", impl="instance_norm_act=triton, reflect_pad_conv2d=cuda", n=1,
+                  mode="fwd+bwd", ms=0.25, ref_ms=0.5, speedup=2.0),
             bench("bench/test_data.py::test_unpaired_jpeg_folder[dali-8]", impl="dali", loader="dali",
                   dataset="unpaired-jpeg-256", batch_size=8, pairs_per_s=812.5, ratio_to_reference=3.25),
         ],
@@ -144,6 +147,8 @@ def test_summary_lists_every_failure_by_test_id_and_the_pieces_not_run():
     assert "- fastgan: instance_norm_act=triton, reflect_pad_conv2d=cuda" in text
     # the summary keeps the rows README leaves out
     assert "| instance_norm_act | 4×256×64×64 | fp32 | nchw | fwd | triton | 0.0500 |" in text
+    assert ("| pad_in_norm | 1 | fwd+bwd | instance_norm_act=triton, reflect_pad_conv2d=cuda | 0.250 | 0.500 | 2.00× |"
+            in text)
     results["fastgan"]["pieces"]["1"]["steps"][0]["failures"] = []
     assert "## Failures\n\nNone." in report.summary_markdown(results, "r.json")
 
