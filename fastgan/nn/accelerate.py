@@ -21,6 +21,8 @@ pattern (adjacent in one Sequential)             becomes
 ``LeakyReLU`` (not in place)                     ``fastgan.nn.LeakyReLU``
 a module whose forward is ``x + body(x)``,       the same module, its residual add done by the last
 ``body`` a Sequential ending in InstanceNorm2d   InstanceNormAct (``residual=x``) in its pass
+``InstanceNormAct, Identity.., ReflectPadConv2d  the norm writes the convolution's reflection pad
+| Conv2dTanh`` (reflect), all made above         (``pad_output``; the convolution ``input_padded``)
 ===============================================  =================================================
 
 Outside a Sequential (a plain attribute of a module) only the single-module rewrites apply. Pairs change
@@ -201,18 +203,21 @@ class _Walk:
         self.impl, self.keep_sequential_outputs, self.exclude = impl, keep_sequential_outputs, exclude
         self.blocked: list[str] = []  # pairs with hooks inside
         self.kept: list[str] = []  # Sequentials whose single indices are read
+        self.made: set[int] = set()  # ids of the layers and placeholders this pass put into the model
 
     def run(self, module: nn.Module, prefix: str, indices_read: str | None = None) -> None:
         """``indices_read``: where ``module``'s single indices are read (from its owner), else None."""
         if isinstance(module, (*FAST_LAYERS, torch.jit.ScriptModule)):
             return
+        fused_across = False  # pairs of this Sequential fused (so a norm may write the next convolution's pad)
         if isinstance(module, nn.Sequential):
             if indices_read is None and type(module).forward is not nn.Sequential.forward:
                 indices_read = f"{type(module).__qualname__}.forward"  # its own forward runs its layers
             if self.keep_sequential_outputs is None and indices_read is not None:
                 self.kept.append(f"{prefix[:-1] or '(the model)'} (read in {indices_read})")
             elif not self.keep_sequential_outputs:
-                _fuse_sequential(module, self.impl, prefix, self.blocked, self.exclude)
+                _fuse_sequential(module, self.impl, prefix, self.blocked, self.exclude, self.made)
+                fused_across = True
         read = _children_indices_read(module)
         for name, child in list(module.named_children()):
             if prefix + name in self.exclude:
@@ -221,12 +226,16 @@ class _Walk:
             if single is not None:
                 _move_hooks(child, single)
                 setattr(module, name, single)
+                self.made.add(id(single))
             else:
                 self.run(child, f"{prefix}{name}.", read.get(name))
+        if fused_across:  # after the single-module rewrites, which make reflect-padded convolutions too
+            _pad_in_norms(module, self.made)
         _fuse_residual(module)
 
 
-def _fuse_sequential(seq: nn.Sequential, impl: str, prefix: str, blocked: list[str], exclude=frozenset()) -> None:
+def _fuse_sequential(seq: nn.Sequential, impl: str, prefix: str, blocked: list[str], exclude=frozenset(),
+                     made: set[int] | None = None) -> None:
     names = list(seq._modules)
     i = 0
     while i < len(names) - 1:
@@ -248,8 +257,33 @@ def _fuse_sequential(seq: nn.Sequential, impl: str, prefix: str, blocked: list[s
         placeholder = nn.Identity().train(seq.training)
         pair = (new, placeholder) if keep_first else (placeholder, new)
         seq._modules[names[i]], seq._modules[names[i + 1]] = pair
+        if made is not None:
+            made.update((id(new), id(placeholder)))
         # A layer made from the second module may absorb the next one too (ReflectionPad2d, Conv2d, Tanh).
         i += 2 if keep_first else 1
+
+
+def _pad_in_norms(seq: nn.Sequential, made: set[int]) -> None:
+    """Where an InstanceNormAct feeds a reflect-padded convolution in ``seq`` (with only placeholders between
+    them, all of them made by this accelerate() pass, none with a hook), the norm writes the convolution's pad:
+    ``pad_output`` and ``input_padded`` (fastgan.nn.InstanceNormAct). The norm's index then returns the padded
+    tensor, as a fused pair's indices return what the pair makes; every value after the convolution is the
+    same."""
+    layers = list(seq._modules.values())
+    for i, norm in enumerate(layers):
+        if type(norm) is not InstanceNormAct or id(norm) not in made or norm.pad_output:
+            continue
+        j = i + 1
+        while j < len(layers) and type(layers[j]) is nn.Identity and id(layers[j]) in made:
+            j += 1
+        conv = layers[j] if j < len(layers) else None
+        if id(conv) not in made or getattr(conv, "input_padded", True):
+            continue
+        if not (type(conv) is ReflectPadConv2d or type(conv) is Conv2dTanh and conv._reflect_fused()):
+            continue
+        if conv.padding[0] == 0 or any(_has_any_hooks(m) for m in layers[i:j + 1]):
+            continue
+        norm.pad_output, conv.input_padded = conv.padding[0], True
 
 
 # Sequentials whose single indices are read ---------------------------------------------------------

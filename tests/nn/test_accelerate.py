@@ -145,6 +145,26 @@ def test_resnet_generator_matches(affine, size):
     assert _count(fast, nn.InstanceNorm2d) == _count(fast, nn.ReLU) == _count(fast, nn.ReflectionPad2d) == 0
     assert _count(fast, nn.Conv2d) == 2  # the stride-2 downsampling convs (zero padding, followed by a norm)
     assert _count(fast, nn.ConvTranspose2d) == 2
+    # Each block's first norm writes its second convolution's pad, the last up norm the head's.
+    assert _count(fast, InstanceNormAct, pad_output=1) == _count(fast, ReflectPadConv2d, input_padded=True) == 2
+    assert _count(fast, InstanceNormAct, pad_output=3) == _count(fast, Conv2dTanh, input_padded=True) == 1
+
+
+def test_norm_writes_the_pad_only_where_nothing_else_sees_it():
+    """No pad in the norm where the Sequential's indices are kept, or where a hook would see the padded tensor;
+    the model still computes what it did."""
+    g = ResnetGenerator(ngf=4, n_blocks=1).double()
+    fast = accelerate(copy.deepcopy(g), keep_sequential_outputs=True)
+    assert _count(fast, InstanceNormAct, pad_output=1) == _count(fast, ReflectPadConv2d, input_padded=True) == 0
+    hooked = copy.deepcopy(g)
+    seen = []
+    hooked.model[-3].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape))  # the head's pad
+    x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="hooks on them"):
+        fast = accelerate(hooked)
+    assert _count(fast, InstanceNormAct, pad_output=3) == 0 and _count(fast, InstanceNormAct, pad_output=1) == 1
+    torch.testing.assert_close(fast(x), g(x))
+    assert seen[-1] == (1, 4, 16, 16)  # what it saw before: the last norm's output, unpadded
 
 
 @pytest.mark.parametrize("n_layers,size", [
@@ -288,6 +308,31 @@ def test_triton_paths_through_accelerate(triton_cpu, mode):
         results.append([y, xi.grad, *(p.grad for p in model.parameters()), *model.buffers()])
     assert {op: ops.last_impl(op) for op in ("batch_norm_act", "instance_norm_act", "leaky_relu")} == \
         dict.fromkeys(("batch_norm_act", "instance_norm_act", "leaky_relu"), "triton")
+    for want, got in zip(*results):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_pytorch_cyclegan_generator_through_the_fast_paths(triton_cpu):
+    """pytorch-CycleGAN-and-pix2pix's generator accelerated with impl="fast" (the Triton norms through the
+    interpreter, writing the convolutions' pads; the extension's CPU convolution): the original's output and every
+    gradient (float32)."""
+    from fastgan import ops
+    from fastgan.ops.reflect_pad_conv2d import extension_check
+
+    if extension_check(torch.device("cpu")) is not None:
+        pytest.skip("fastgan._C is not built")
+    torch.manual_seed(0)
+    original = ResnetGenerator(ngf=4, n_blocks=1)
+    fast = accelerate(copy.deepcopy(original), impl="fast")
+    assert _count(fast, InstanceNormAct, pad_output=1) == 1 and _count(fast, InstanceNormAct, pad_output=3) == 1
+    x = torch.randn(2, 3, 12, 16)
+    results = []
+    for model in (original, fast):
+        xi = x.clone().requires_grad_(True)
+        y = model(xi)
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(1)))
+        results.append([y, xi.grad, *(p.grad for p in model.parameters())])
+    assert ops.last_impl("instance_norm_act") == "triton" and ops.last_impl("reflect_pad_conv2d") == "cuda"
     for want, got in zip(*results):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
