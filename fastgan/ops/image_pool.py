@@ -87,6 +87,15 @@ def _image_pool_kernel(
     tl.store(TICKETS, 0, mask=last)
 
 
+def _touched(images, out, pool, count, draws, slots, tickets, *_, **__):
+    """What one launch reads and writes, for fastgan.testing.ledger's byte count: the images in and out, and per
+    image one stored image read and one written (a slot each), not the whole pool that POOL points to."""
+    return (images, out, count, draws, slots, tickets, *[pool[0] for _ in range(2 * images.shape[0])])
+
+
+_image_pool_kernel.ledger_tensors = _touched
+
+
 # 3. Launcher -------------------------------------------------------------------------------------
 def _image_pool(images, pool, count, draws, slots):
     batch, _, s, *strides = _triton_util.channels_view(_OP, "images", images)

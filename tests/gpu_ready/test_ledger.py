@@ -38,6 +38,18 @@ def test_one_fused_op_by_hand():
     assert (launches, nbytes, flops) == (1, pdb + 8 * 4, 0)
 
 
+def test_a_kernel_that_touches_part_of_a_tensor_declares_it():
+    """image_pool's kernel is handed the whole pool but reads and writes one slot per image: the ledger counts the
+    images in and out, the draws, the count and the ticket counter, and two slots per image."""
+    images = torch.empty(2, 3, 8, 8, dtype=torch.bfloat16)
+    pool = torch.empty(50, 3, 8, 8)
+    count, slots = torch.zeros((), dtype=torch.long), torch.zeros(2, dtype=torch.long)
+    (kind, name, nbytes), = ledger.op_kernels("fastgan::image_pool", (images, pool, count, torch.empty(2), slots),
+                                              {})
+    assert (kind, name) == ("kernel", "triton _image_pool_kernel")
+    assert nbytes == 2 * images.nbytes + 8 + 2 * 4 + 2 * 8 + 4 + 2 * 2 * pool[0].nbytes
+
+
 def _resnet_block():
     return nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(8, 8, 3), nn.InstanceNorm2d(8), nn.ReLU(),
                          nn.ReflectionPad2d(1), nn.Conv2d(8, 8, 3), nn.InstanceNorm2d(8))
