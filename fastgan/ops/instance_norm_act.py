@@ -21,6 +21,12 @@ Backward, with z = xhat * w + b, g = dy * act'(z) and S = H*W:
   dx = rstd * (g * w - w * sum_s(g) / S - xhat * w * sum_s(g * xhat) / S)
   one pass for the per-piece sums of g and g * xhat, one for dx (which sums the pieces itself); dweight and
   dbias only when affine.
+
+The padded output (pad > 0, for a following reflect-padded convolution, which then pads nothing): the statistics
+pass is the same; the normalise pass (_instance_norm_act_pad_fwd_kernel) runs over the padded plane and reads each
+element's x at its reflected position; both backward passes run over x's positions, each summing dy over the
+padded positions that reflect onto it (_fold_load) as it reads it. A residual larger than the output (a padded
+block input) is read at the output's offset into it. The padded path is always the split one.
 """
 
 from __future__ import annotations
