@@ -66,6 +66,9 @@ _MAX_SPLIT = 32
 # Elements per tile of the backward kernels that fold a padded output's gradient: their nine gathers per element
 # spilled registers in tiles of 2048 and 1024 (ptxas -v, Triton 3.8, sm_90; tests/gpu_ready checks every one).
 _FOLD_TILE = 512
+# ...and those of the other backward kernels in channels_last with at most 4 channels: [4, 512] fp16 tiles spilled
+# 24-64 bytes (Triton 3.6 and 3.8, sm_80 and sm_90, depending on the act and affine specialisation).
+_FEW_CHANNELS_BWD_TILE = 1024
 _ROW_BLOCK_S = 2048  # elements per tile of the one-launch kernels: one fp32 accumulator pair of 16 per thread
 # From this many (sample, channel) rows on, each direction is one launch of one program per row, looping over
 # the row twice (statistics, then the output), instead of the split path's two launches: the rows alone fill
@@ -498,15 +501,21 @@ def _instance_norm_act_row_bwd_kernel(
 _OP = "instance_norm_act"
 
 
-def _plan(x, rows_ok=True, tile_elems=2048):
+def _plan(x, rows_ok=True, backward_pad=None):
     """Shape, strides, tile and split of x for the kernels; plan["rows"] for the one-launch path (where
-    ``rows_ok``: the padded output has split kernels only)."""
+    ``rows_ok``: the padded output has split kernels only). ``backward_pad``: the backward's plan, for an output
+    padded by that much."""
     n, c, s, stride_n, stride_c, stride_s = _triton_util.channels_view(_OP, "x", x)
     args = (c, s, stride_n, stride_c, stride_s)
     if rows_ok and n * c >= _ONE_LAUNCH_MIN_ROWS and (stride_s == 1 or _ONE_LAUNCH_STRIDED):
         block_s = min(_triton_util.next_pow2(s), _ROW_BLOCK_S)
         return dict(rows=True, grid=(c, n), n=n, c=c, args=args,
                     blocks=dict(BLOCK_S=block_s, TILES=_triton_util.next_pow2(-(-s // block_s))))
+    tile_elems = 2048
+    if backward_pad:
+        tile_elems = _FOLD_TILE
+    elif backward_pad is not None and stride_c == 1 and c <= 4:
+        tile_elems = _FEW_CHANNELS_BWD_TILE
     block_c, block_s = _triton_util.tile(c, s, stride_c, tile_elems)
     c_blocks = -(-c // block_c)
     split, tiles = _triton_util.split(n, c_blocks, s, block_s, _MAX_SPLIT)
@@ -566,7 +575,7 @@ def _instance_norm_act_bwd(dy, x, weight, bias, mean, rstd, act, negative_slope,
     """Returns dx (x's layout and dtype) and fp32 [C] dweight, dbias; without weight and bias, two empty
     tensors: no launch computes the gradients of parameters that do not exist. With ``pad`` dy is the
     gradient of the padded output (any strides), folded onto x's positions as it is read."""
-    plan = _plan(x, rows_ok=pad == 0, tile_elems=_FOLD_TILE if pad else 2048)
+    plan = _plan(x, rows_ok=pad == 0, backward_pad=pad)
     n, c = plan["n"], plan["c"]
     if pad == 0:
         dy = _triton_util.same_layout(dy, x)
