@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _dispatch, _triton_util
-from ._triton_util import kernel
+from ._triton_util import kernel, norm_act_bwd_values
 
 try:
     import triton.language as tl
@@ -132,15 +132,8 @@ def _bwd_tile(
     ACT: tl.constexpr,  # 0 none, 1 relu, 2 leaky_relu
 ):
     """xhat = (x - mean) * rstd and g = dy * act'(xhat * w + b) of one tile, fp32 (zero where masked off)."""
-    xhat = (tl.load(X + idx, mask=mask, other=0.0).to(tl.float32) - mean[:, None]) * rstd[:, None]
-    g = tl.load(DY + idx_dy, mask=mask, other=0.0).to(tl.float32)
-    if ACT != 0:
-        z = xhat * w[:, None] + b[:, None]
-        if ACT == 1:
-            g = tl.where(z > 0, g, 0.0)
-        else:
-            g = tl.where(z > 0, g, g * negative_slope)
-    return xhat, g
+    dy = tl.load(DY + idx_dy, mask=mask, other=0.0).to(tl.float32)
+    return norm_act_bwd_values(X, idx, mask, dy, mean, rstd, w, b, negative_slope, ACT)
 
 
 @kernel
