@@ -31,6 +31,8 @@ block input) is read at the output's offset into it. The padded path is always t
 
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.nn.functional as F
 
@@ -112,6 +114,17 @@ def centre(t, shape):
     return t if m == 0 else t[:, :, m:m + shape[2], m:m + shape[3]]
 
 
+def _index(value) -> int | None:
+    """``value`` as an int when it is one or integer-like (a numpy integer, a 0-dim integer tensor), else None
+    (a bool, a float, a string)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def _check_args(x, weight, bias, act, residual, pad=0):
     """Raises ValueError naming the bad argument; returns pad as an int."""
     if x.dim() != 4:
@@ -127,9 +140,11 @@ def _check_args(x, weight, bias, act, residual, pad=0):
         if t is not None and tuple(t.shape) != (x.shape[1],):
             raise ValueError(f"instance_norm_act: {name} must have shape ({x.shape[1]},), "
                              f"got {tuple(t.shape)}")
-    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0 or pad >= min(x.shape[2], x.shape[3]):
+    pad_int = _index(pad)
+    if pad_int is None or pad_int < 0 or pad_int >= min(x.shape[2], x.shape[3]):
         raise ValueError(f"instance_norm_act: pad={pad!r} must be an int with 0 <= pad < H and < W "
                          f"(reflection padding), x has shape {tuple(x.shape)}")
+    pad = pad_int
     if residual is not None:
         out = _padded_shape(x, pad)
         margin = residual.shape[2] - out[2] if residual.dim() == 4 else -1

@@ -252,7 +252,7 @@ def test_rejects_bad_input(triton_cpu, impl):
         instance_norm_act(torch.randn(1, 3, 4, 4), residual=torch.randn(1, 3, 5, 5), impl=impl)
     with pytest.raises(ValueError, match="residual shape"):  # smaller than the padded output
         instance_norm_act(torch.randn(1, 3, 4, 4), residual=torch.randn(1, 3, 4, 4), pad=1, impl=impl)
-    for pad in (-1, 4, 1.0, True):
+    for pad in (-1, 4, 1.0, True, "1"):
         with pytest.raises(ValueError, match="pad="):
             instance_norm_act(torch.randn(1, 3, 4, 6), pad=pad, impl=impl)
 
@@ -298,6 +298,20 @@ class _Block(torch.nn.Module):
         return instance_norm_act(h, self.weight, self.bias, act="leaky_relu", residual=h, impl=self.impl)
 
 
+class _PaddedBlock(_Block):
+    """The norm writing the next convolution's reflection pad; the residual a padded tensor whose centre is added."""
+
+    def __init__(self, impl):
+        super().__init__(impl)
+        self.conv2 = torch.nn.Conv2d(4, 4, 3)
+
+    def forward(self, x):
+        h = self.conv(x)
+        r = F.pad(h, (2,) * 4, mode="reflect")
+        y = instance_norm_act(h, self.weight, self.bias, act="relu", residual=r, pad=1, impl=self.impl)
+        return self.conv2(y)
+
+
 def _compile_matches_eager(block, x, **compile_kwargs):
     compiled = torch.compile(block, fullgraph=True, **compile_kwargs)
     y = compiled(x)
@@ -311,11 +325,12 @@ def _compile_matches_eager(block, x, **compile_kwargs):
         torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("block", [_Block, _PaddedBlock], ids=["plain", "padded"])
 @pytest.mark.parametrize("impl", ["ref", "triton"])
-def test_compile_cpu(triton_cpu, impl):
+def test_compile_cpu(triton_cpu, impl, block):
     """The custom op's fake implementation and autograd trace (aot_eager: no C++ compiler needed)."""
     torch._dynamo.reset()
-    _compile_matches_eager(_Block(impl), torch.randn(2, 3, 5, 6), backend="aot_eager")
+    _compile_matches_eager(block(impl), torch.randn(2, 3, 5, 6), backend="aot_eager")
 
 
 @pytest.mark.cuda
