@@ -68,9 +68,9 @@ _MAX_SPLIT = 32
 # Elements per tile of the backward kernels that fold a padded output's gradient: their nine gathers per element
 # spilled registers in tiles of 2048 and 1024 (ptxas -v, Triton 3.8, sm_90; tests/gpu_ready checks every one).
 _FOLD_TILE = 512
-# ...and those of the other backward kernels in channels_last with at most 4 channels: [4, 512] fp16 tiles spilled
-# 24-64 bytes (Triton 3.6 and 3.8, sm_80 and sm_90, depending on the act and affine specialisation).
-_FEW_CHANNELS_BWD_TILE = 1024
+# ...and those of every split kernel in channels_last with at most 4 channels: [4, 512] fp16 tiles spilled 8-64
+# bytes in the normalise and backward passes (Triton 3.6 and 3.8, sm_80 and sm_90, by specialisation).
+_FEW_CHANNELS_TILE = 1024
 _ROW_BLOCK_S = 2048  # elements per tile of the one-launch kernels: one fp32 accumulator pair of 16 per thread
 # From this many (sample, channel) rows on, each direction is one launch of one program per row, looping over
 # the row twice (statistics, then the output), instead of the split path's two launches: the rows alone fill
@@ -529,8 +529,8 @@ def _plan(x, rows_ok=True, backward_pad=None):
     tile_elems = 2048
     if backward_pad:
         tile_elems = _FOLD_TILE
-    elif backward_pad is not None and stride_c == 1 and c <= 4:
-        tile_elems = _FEW_CHANNELS_BWD_TILE
+    elif stride_c == 1 and c <= 4:
+        tile_elems = _FEW_CHANNELS_TILE
     block_c, block_s = _triton_util.tile(c, s, stride_c, tile_elems)
     c_blocks = -(-c // block_c)
     split, tiles = _triton_util.split(n, c_blocks, s, block_s, _MAX_SPLIT)
