@@ -106,12 +106,24 @@ def norm_act_channel(
     """mean, rstd, weight and bias of channels c (weight 1 and bias 0 if not affine), fp32 [BLOCK_C] each."""
     mean = tl.load(MEAN + stats + c, mask=c_mask, other=0.0)
     rstd = tl.load(RSTD + stats + c, mask=c_mask, other=0.0)
+    w, b = norm_weight_bias(W, B, c, c_mask, BLOCK_C, HAS_AFFINE)
+    return mean, rstd, w, b
+
+
+@device_function
+def norm_weight_bias(
+    W,  # weight, [C] (unused unless HAS_AFFINE)
+    B,  # bias, [C] (unused unless HAS_AFFINE)
+    c, c_mask,  # channels of this program and which of them exist
+    BLOCK_C: tl.constexpr, HAS_AFFINE: tl.constexpr,
+):
+    """weight and bias of channels c, fp32 [BLOCK_C] each: 1 and 0 if not affine."""
     w = tl.full([BLOCK_C], 1.0, tl.float32)
     b = tl.full([BLOCK_C], 0.0, tl.float32)
     if HAS_AFFINE:
         w = tl.load(W + c, mask=c_mask, other=0.0).to(tl.float32)
         b = tl.load(B + c, mask=c_mask, other=0.0).to(tl.float32)
-    return mean, rstd, w, b
+    return w, b
 
 
 @device_function

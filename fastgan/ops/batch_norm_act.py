@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _dispatch, _triton_util
-from ._triton_util import kernel, norm_act_bwd_values
+from ._triton_util import kernel, norm_act_bwd_values, norm_weight_bias
 
 try:
     import triton.language as tl
@@ -114,11 +114,7 @@ def _channel(
     fp32 [BLOCK_C] each."""
     mean = tl.load(MEAN + c, mask=c_mask, other=0.0).to(tl.float32)
     rstd = 1.0 / tl.sqrt(tl.load(VAR + c, mask=c_mask, other=0.0).to(tl.float32) + eps)
-    w = tl.full([BLOCK_C], 1.0, tl.float32)
-    b = tl.full([BLOCK_C], 0.0, tl.float32)
-    if HAS_AFFINE:
-        w = tl.load(W + c, mask=c_mask, other=0.0).to(tl.float32)
-        b = tl.load(B + c, mask=c_mask, other=0.0).to(tl.float32)
+    w, b = norm_weight_bias(W, B, c, c_mask, BLOCK_C, HAS_AFFINE)
     return mean, rstd, w, b
 
 
