@@ -461,6 +461,14 @@ def summary_markdown(results: dict, name: str) -> str:
     if wiring:
         lines += ["", "## A residual block's reflection pads: written by the norms or by the convolutions", ""]
         lines += table(["wiring", "batch", "passes", "impl", "ms", "reference ms", "× reference"], wiring)
+    paths = [["×".join(map(str, info["shape"])), str(info["pad"]), info["passes"], info["path"], num(info["ms"]),
+              num(info["split_ms"]), times(info["speedup_vs_split"])]
+             for info in (b["extra_info"] for b in benchmarks(results, "test_instance_norm_act_fused_vs_split"))]
+    if paths:
+        lines += ["", "## InstanceNorm: the fused path (one cooperative launch per direction) against the split path",
+                  ""]
+        lines += table(["input (bf16 NHWC)", "pad", "passes", "planned path", "fused ms", "split ms", "× split"],
+                       paths)
     rows = loader_rows(results)
     if rows:
         lines += ["", "## Loaders", ""] + table(LOADER_HEADER, rows)

@@ -125,6 +125,49 @@ def test_instance_norm_act(benchmark, record, bench_device, shape, layout, dtype
                 passes=passes, act="relu")
 
 
+# (N, C, H, W, pad): the CycleGAN generator's norms at batch 1 and 3 (G_A's batch in the G phase), bf16 NHWC
+FUSED_SHAPES = [(1, 256, 64, 64, 1), (3, 256, 64, 64, 1), (1, 128, 128, 128, 0), (3, 128, 128, 128, 0),
+                (1, 64, 256, 256, 3), (3, 64, 256, 256, 0)]
+
+
+@pytest.mark.skipif(not _CUDA, reason="times the Triton kernels' two paths: needs a CUDA GPU")
+@pytest.mark.parametrize("case", FUSED_SHAPES, ids=lambda s: "x".join(map(str, s[:4])) + f"-pad{s[4]}")
+@pytest.mark.parametrize("passes", ["fwd", "fwd+bwd"])
+def test_instance_norm_act_fused_vs_split(benchmark, record, bench_device, monkeypatch, case, passes):
+    """instance_norm_act's fused path (each direction's two phases in one cooperative launch, the second reading
+    from L2) against its split path (a launch per phase), bf16 channels_last, timed in the same run: whether the
+    planner's choice (instance_norm_act._plan) is the faster one on this GPU. extra_info: path (what the planner
+    chose here), ms (fused, or split where the plan is split), split_ms, speedup_vs_split."""
+    import importlib
+
+    module = importlib.import_module("fastgan.ops.instance_norm_act")
+    *shape, pad = case
+    x = torch.randn(shape, device=bench_device, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(passes == "fwd+bwd")
+    dy = torch.randn_like(instance_norm_act(x, pad=pad, impl="triton"))
+    path = module._plan(x, rows_ok=pad == 0)["path"]
+
+    monkeypatch.setattr(module, "_FUSED", True)  # restored after the test; set per run below
+
+    def on(fused):
+        def run():
+            module._FUSED = fused
+            if passes == "fwd":
+                return instance_norm_act(x, pad=pad, impl="triton")
+            return torch.autograd.grad(instance_norm_act(x, pad=pad, impl="triton"), x, dy)
+        return run
+
+    def call():
+        on(True)()
+        synchronize(bench_device)
+
+    benchmark.pedantic(call, rounds=10, warmup_rounds=2, iterations=1)
+    ms, split_ms = _median_ms(on(True), bench_device), _median_ms(on(False), bench_device)
+    record(op="instance_norm_act", impl=ops.last_impl("instance_norm_act"), path=path, ms=round(ms, 4),
+           split_ms=round(split_ms, 4), speedup_vs_split=round(split_ms / ms, 3), shape=list(shape), pad=pad,
+           layout="nhwc", dtype="bf16", passes=passes)
+
+
 @pytest.mark.parametrize("shape", LEAKY_SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("layout", ["nhwc", "nchw"])
 @pytest.mark.parametrize("dtype", list(DTYPES))

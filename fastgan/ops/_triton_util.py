@@ -61,6 +61,18 @@ class kernel:
     def __getitem__(self, grid):
         return (self._interpreted if _dispatch.interpret_mode() else self._compiled)[grid]
 
+    def run_phases(self, grid, *args, cooperative: bool, **kwargs):
+        """Both phases of a kernel whose programs meet at a barrier (group_barrier) between them: one launch of
+        PHASE 0, cooperative when ``cooperative`` (CUDA then runs every program at once or refuses the launch, so
+        the wait cannot hang). The interpreter runs programs one after another, so there it is two launches,
+        PHASE 1 and PHASE 2. (The launch recorders, fastgan.testing's ledger and specialisations, take it as the
+        one launch a GPU makes.)"""
+        if _dispatch.interpret_mode():
+            self[grid](*args, **kwargs, PHASE=1)
+            self[grid](*args, **kwargs, PHASE=2)
+        else:
+            self[grid](*args, **kwargs, **phase_zero_options(cooperative, kwargs.get("num_warps", 4)))
+
 
 def device_function(fn):
     """``triton.jit`` for a helper that ``kernel``s call, whichever way they run.
@@ -257,6 +269,31 @@ def _take_ticket(
 
 
 @device_function
+def group_barrier(
+    COUNTERS,  # int32, [2]: zero before the first of ``count`` programs calls this (see ticket_counter())
+    count,
+):
+    """Waits until all ``count`` programs calling this on COUNTERS have arrived; each one's loads after it see
+    every store the others made before it. The last to leave resets both counters to zero for the next launch.
+
+    Only in kernels launched through kernel.run_phases: cooperatively (every program running at once, or the
+    launch fails), as programs spin here for the others, at most COOPERATIVE_PROGRAMS_PER_SM per SM; and in the
+    interpreter, which runs programs one after another, as two launches, the halves before and after it."""
+    tl.debug_barrier()  # this program's stores are all issued before its release below
+    tl.atomic_add(COUNTERS, 1, sem="release", scope="gpu")
+    arrived = tl.atomic_add(COUNTERS, 0, sem="acquire", scope="gpu")
+    while arrived < count:
+        arrived = tl.atomic_add(COUNTERS, 0, sem="acquire", scope="gpu")
+    # Everyone has arrived, so no program reads the arrival counter again in this launch: the last to leave
+    # may zero both.
+    left = tl.atomic_add(COUNTERS + 1, 1, sem="relaxed", scope="gpu")
+    last = left == count - 1
+    tl.store(COUNTERS, 0, mask=last)
+    tl.store(COUNTERS + 1, 0, mask=last)
+    tl.debug_barrier()
+
+
+@device_function
 def sum_over_programs(
     PARTS,  # fp32, [2, C, P + GROUPS]: each program's two partial sums in slot pid, then each group's sums
     TICKETS,  # int32, [channel blocks, GROUPS + 1], zero between launches (see ticket_counter())
@@ -414,6 +451,41 @@ def ticket_counter(x: torch.Tensor, count: int = 1) -> torch.Tensor:
         with _disable_current_modes():  # not part of the call that happens to come first (nor of its trace)
             tickets = _TICKETS[x.device] = torch.zeros(count, dtype=torch.int32, device=x.device)
     return tickets
+
+
+# What the launchers plan for where no GPU can be asked (the step ledger's fake CUDA tensors, the interpreter's
+# CPU tensors): an H100 SXM5, the GPU of the ledger's model (132 SMs; L2 50 MiB, as its L2_cache_size reports).
+MODEL_SMS = 132
+MODEL_L2_BYTES = 50 * 2**20
+# The most programs per SM that a cooperative launch (kernel.run_phases) may plan for. Its kernels are compiled
+# with at most SM_REGISTERS / (programs * threads) registers per thread (128 at 4 warps), so that many fit on
+# every SM of sm_80 and sm_90 (64K 32-bit registers each); fastgan.testing.specialisations checks that no such
+# kernel spills under that cap, and that its shared memory fits too.
+COOPERATIVE_PROGRAMS_PER_SM = 4
+SM_REGISTERS = 65536
+
+
+def phase_zero_options(cooperative: bool, num_warps: int = 4) -> dict:
+    """The launch options of a kernel's PHASE 0 (kernel.run_phases)."""
+    options = dict(PHASE=0, launch_cooperative_grid=cooperative)
+    if cooperative:
+        options["maxnreg"] = SM_REGISTERS // (COOPERATIVE_PROGRAMS_PER_SM * 32 * num_warps)
+    return options
+
+
+def device_limits(x: torch.Tensor) -> tuple[int, int]:
+    """(streaming multiprocessors, L2 cache bytes) of x's GPU; the H100 SXM5's for fake, meta and CPU tensors."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    if x.device.type != "cuda" or isinstance(x, FakeTensor):
+        return MODEL_SMS, MODEL_L2_BYTES
+    return _cuda_limits(x.device.index if x.device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _cuda_limits(index: int) -> tuple[int, int]:
+    props = torch.cuda.get_device_properties(index)
+    return props.multi_processor_count, props.L2_cache_size
 
 
 def device_guard(x: torch.Tensor):

@@ -3,35 +3,42 @@
 Sections (../STYLE.md): 1. reference  2. Triton kernels  3. launchers  4. autograd  5. public function.
 
 The Triton path views x as [N, C, S] (S = H*W) with strides, so NCHW (stride_s = 1) and channels_last
-(stride_c = 1) share the kernels and the output keeps x's layout without a copy. Each (sample, channel
-block) row is cut into SPLIT pieces so that a small N*C still fills the GPU; every reduction is
-deterministic (per-piece fp32 partials, summed in a fixed order by the pass that consumes them, no
-atomics): two launches per direction, and none for the weight and bias gradients of a non-affine norm.
-With enough rows to fill the GPU by themselves (_ONE_LAUNCH_MIN_ROWS), and rows contiguous in memory (NCHW;
-see _ONE_LAUNCH_STRIDED for channels_last), one launch per direction instead: one program per (sample,
-channel) row runs both passes over its row (the second read served from L2).
+(stride_c = 1) share the kernels and the output keeps x's layout without a copy. Each direction is two phases:
+per-piece partial sums of each (sample, channel block) row, then the output from every piece's sums. Every
+reduction is deterministic (fp32 partials summed in a fixed order by the phase that consumes them, no atomics
+on the data), and a non-affine norm computes no weight or bias gradient. Three ways to run them (_plan):
+  fused: both phases in one launch (PHASE 0) of at most _FUSED_PROGRAMS_PER_SM programs per SM, each row cut
+         into SPLIT pieces; the pieces of a row meet at a barrier between the phases (_triton_util.group_barrier,
+         a cooperative launch), and the second phase reads its piece again from L2. The default wherever that
+         data fits in _FUSED_L2_SHARE of the L2; with more rows than programs at once, one piece per row and no
+         barrier. The interpreter runs it as the two phases' launches (kernel.run_phases).
+  split: a launch per phase (PHASE 1, then PHASE 2), for tensors too large to re-read from L2.
+  rows:  with enough rows to fill the GPU by themselves (_ONE_LAUNCH_MIN_ROWS), and rows contiguous in memory
+         (NCHW; see _ONE_LAUNCH_STRIDED for channels_last), one program per (sample, channel) row runs both
+         phases over its row.
 
-Forward, two passes over x:
-  stats:     per piece, sums of d = x - x[n, c, 0] and of d^2 (the shift keeps E[d^2] - E[d]^2 from
-             cancelling when |mean| >> std)
-  normalise: sums over the pieces, mean, rstd from them; y = act(xhat * w + b) + residual,
-             xhat = (x - mean) * rstd
+Forward, two phases over x:
+  1 (sums):   per piece, sums of d = x - x[n, c, 0] and of d^2 (the shift keeps E[d^2] - E[d]^2 from
+              cancelling when |mean| >> std)
+  2 (output): sums over the pieces, mean, rstd from them; y = act(xhat * w + b) + residual,
+              xhat = (x - mean) * rstd
 Backward, with z = xhat * w + b, g = dy * act'(z) and S = H*W:
   dweight = sum_{n,s} g * xhat        dbias = sum_{n,s} g        dresidual = dy
   dx = rstd * (g * w - w * sum_s(g) / S - xhat * w * sum_s(g * xhat) / S)
-  one pass for the per-piece sums of g and g * xhat, one for dx (which sums the pieces itself); dweight and
+  phase 1 for the per-piece sums of g and g * xhat, phase 2 for dx (which sums the pieces itself); dweight and
   dbias only when affine.
 
-The padded output (pad > 0, for a following reflect-padded convolution, which then pads nothing): the statistics
-pass is the same; the normalise pass (_instance_norm_act_pad_fwd_kernel) runs over the padded plane and reads each
-element's x at its reflected position; both backward passes run over x's positions, each summing dy over the
-padded positions that reflect onto it (_fold_load) as it reads it. A residual larger than the output (a padded
-block input) is read at the output's offset into it. The padded path is always the split one.
+The padded output (pad > 0, for a following reflect-padded convolution, which then pads nothing): phase 1 is the
+same; the forward's phase 2 (_fwd_padded_output) runs over the padded plane and reads each element's x at its
+reflected position; both backward phases run over x's positions, each summing dy over the padded positions that
+reflect onto it (_fold_load) as it reads it. A residual larger than the output (a padded block input) is read at
+the output's offset into it. The padded output is never on the rows path.
 """
 
 from __future__ import annotations
 
 import operator
+import os
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +93,16 @@ _ONE_LAUNCH_MIN_ROWS = 132
 # in [channel block, spatial] tiles that load whole sectors. Unmeasured on a GPU: bench/gpu-check can time
 # both with this switch, and the tests run the strided one-launch kernels through it too.
 _ONE_LAUNCH_STRIDED = False
+# The fused path (below _ONE_LAUNCH_MIN_ROWS, or in channels_last): each direction's two phases in one launch of
+# at most _FUSED_PROGRAMS_PER_SM programs per SM, the SPLIT programs of a row meeting at a barrier between the
+# phases (a cooperative launch: CUDA runs every program at once or refuses the launch, so a wait never hangs).
+# Phase 2 reads again what phase 1 read, from L2 where the grid's share of it fits in _FUSED_L2_SHARE of the L2
+# (the rest holds what the kernel writes meanwhile); where it would not, the split path's two launches. Tests
+# switch it off to run the split path; so does FASTGAN_FUSED_NORMS=0 (read at import), for a GPU where the fused
+# launches fail: bench/gpu-check sets it for its later steps when its first check of them does not pass.
+_FUSED = os.environ.get("FASTGAN_FUSED_NORMS", "1") != "0"
+_FUSED_PROGRAMS_PER_SM = _triton_util.COOPERATIVE_PROGRAMS_PER_SM
+_FUSED_L2_SHARE = 0.5
 
 
 # 1. Reference ------------------------------------------------------------------------------------
@@ -168,8 +185,10 @@ def _row_sums(
     piece = tl.arange(0, BLOCK_SPLIT)
     idx = row[:, None] * SPLIT + piece[None, :]
     mask = c_mask[:, None] & (piece < SPLIT)[None, :]
-    first = tl.reduce(tl.load(PARTS + idx, mask=mask, other=0.0), 1, _add)
-    second = tl.reduce(tl.load(PARTS + NC * SPLIT + idx, mask=mask, other=0.0), 1, _add)
+    # .cg: from L2, where the other programs' stores are (in the fused path a line of another row's pieces that
+    # this SM's L1 kept could be stale)
+    first = tl.reduce(tl.load(PARTS + idx, mask=mask, other=0.0, cache_modifier=".cg"), 1, _add)
+    second = tl.reduce(tl.load(PARTS + NC * SPLIT + idx, mask=mask, other=0.0, cache_modifier=".cg"), 1, _add)
     return first, second
 
 
@@ -250,18 +269,22 @@ def _bwd_tile(
     return norm_act_bwd_tile(X, DY, idx, mask, mean, rstd, w, b, negative_slope, ACT)
 
 
-# Every kernel runs on a (SPLIT, channel blocks, N) grid; program (p, cb, n) covers channels
-# cb * BLOCK_C + [0, BLOCK_C) of sample n and spatial positions p * TILES * BLOCK_S + [0, TILES * BLOCK_S),
-# one [BLOCK_C, BLOCK_S] tile per loop step. The trip count is the constexpr TILES, since Triton 3.6's
-# interpreter cannot loop over a range bounded by a program id or an argument; masks cut the tail.
-@kernel
-def _instance_norm_act_stats_kernel(
+# The split and fused paths' kernels: one per direction, each with two phases (PHASE 1: the per-piece sums;
+# PHASE 2: the output, from every piece's sums). The split path launches PHASE 1 and then PHASE 2; the fused
+# path launches PHASE 0, both phases with a barrier between them among the SPLIT programs of each (channel
+# block, sample) row, as a cooperative launch (kernel.run_phases). Every launch runs on a (SPLIT, channel
+# blocks, N) grid; program (p, cb, n) covers channels cb * BLOCK_C + [0, BLOCK_C) of sample n and spatial
+# positions p * TILES * BLOCK_S + [0, TILES * BLOCK_S), one [BLOCK_C, BLOCK_S] tile per loop step (in PHASE 2
+# of a padded output, positions of the padded plane, TILES_OUT tiles). Trip counts are constexprs, since Triton
+# 3.6's interpreter cannot loop over a range bounded by a program id or an argument; masks cut the tail.
+@_triton_util.device_function
+def _fwd_sums(
     X,  # input, [N, C, S] with strides (stride_n, stride_c, stride_s)
     PARTS,  # fp32 out, [2, N, C, SPLIT]: per piece, sums of x - x[n, c, 0] and of its square
-    C, S, stride_n, stride_c, stride_s, SPLIT, NC,
+    pid_split, pid_c, n, C, S, stride_n, stride_c, stride_s, SPLIT, NC,
     BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, TILES: tl.constexpr,
 ):
-    pid_split, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    """The forward's PHASE 1: this program's piece of the row sums."""
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
     row = X + n.to(tl.int64) * stride_n + c * stride_c  # [BLOCK_C] pointers to x[n, c, 0]
@@ -281,21 +304,14 @@ def _instance_norm_act_stats_kernel(
     tl.store(PARTS + NC * SPLIT + out, tl.reduce(acc_sq, 1, _add), mask=c_mask)
 
 
-@kernel
-def _instance_norm_act_fwd_kernel(
-    X,  # input, [N, C, S] with strides (stride_n, stride_c, stride_s)
-    R,  # residual, like X (unused unless HAS_RESIDUAL)
-    Y,  # output, like X
-    W,  # weight, [C] (unused unless HAS_AFFINE)
-    B,  # bias, [C] (unused unless HAS_AFFINE)
-    PARTS,  # fp32, [2, N, C, SPLIT]: per piece, sums of x - x[n, c, 0] and of its square, from the stats pass
-    MEAN,  # fp32 out, [N, C]
-    RSTD,  # fp32 out, [N, C]
-    C, S, stride_n, stride_c, stride_s, SPLIT, NC, eps, negative_slope,
+@_triton_util.device_function
+def _fwd_output(
+    X, R, Y, W, B, PARTS, MEAN, RSTD,  # as in _instance_norm_act_fwd_kernel
+    pid_split, pid_c, n, C, S, stride_n, stride_c, stride_s, SPLIT, NC, eps, negative_slope,
     BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, TILES: tl.constexpr, BLOCK_SPLIT: tl.constexpr,
     HAS_AFFINE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACT: tl.constexpr,
 ):
-    pid_split, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    """The forward's PHASE 2 for an output shaped like x: y = act(xhat * w + b) + residual."""
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
     offset = n.to(tl.int64) * stride_n + c * stride_c  # [BLOCK_C] offsets of x[n, c, 0]
@@ -310,25 +326,17 @@ def _instance_norm_act_fwd_kernel(
         norm_act_fwd_tile(X, R, Y, idx, mask, scale, shift_out, negative_slope, HAS_RESIDUAL, ACT)
 
 
-@kernel
-def _instance_norm_act_pad_fwd_kernel(
-    X,  # input, [N, C, S] with strides (stride_n, stride_c, stride_s), S = H * WIDTH
-    R,  # residual, [N, C, >= H + 2 PAD, >= WIDTH + 2 PAD], any strides (unused unless HAS_RESIDUAL)
-    Y,  # output, [N, C, (H + 2 PAD) * (WIDTH + 2 PAD)] with strides (y_stride_n, y_stride_c, y_stride_s)
-    W,  # weight, [C] (unused unless HAS_AFFINE)
-    B,  # bias, [C] (unused unless HAS_AFFINE)
-    PARTS,  # fp32, [2, N, C, SPLIT]: per piece, sums of x - x[n, c, 0] and of its square, from the stats pass
-    MEAN,  # fp32 out, [N, C]
-    RSTD,  # fp32 out, [N, C]
-    C, S, stride_n, stride_c, stride_s, SPLIT, NC, eps, negative_slope,
-    H, WIDTH, PAD, y_stride_n, y_stride_c, y_stride_s,
-    r_stride_n, r_stride_c, r_stride_h, r_stride_w, R_MARGIN,  # R is read at padded position + R_MARGIN
+@_triton_util.device_function
+def _fwd_padded_output(
+    X, R, Y, W, B, PARTS, MEAN, RSTD,  # as in _instance_norm_act_fwd_kernel
+    pid_split, pid_c, n, C, S, stride_n, stride_c, stride_s, SPLIT, NC, eps, negative_slope,
+    H, WIDTH, PAD, y_stride_n, y_stride_c, y_stride_s, r_stride_n, r_stride_c, r_stride_h, r_stride_w, R_MARGIN,
     BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, TILES: tl.constexpr, BLOCK_SPLIT: tl.constexpr,
     HAS_AFFINE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACT: tl.constexpr,
 ):
-    """The normalise pass writing the reflection-padded output: program (p, cb, n) covers output positions
-    p * TILES * BLOCK_S + [0, TILES * BLOCK_S) of the padded plane, each read from x at its reflected position."""
-    pid_split, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    """The forward's PHASE 2 writing the reflection-padded output: this program covers output positions
+    pid_split * TILES * BLOCK_S + [0, TILES * BLOCK_S) of the padded plane, each read from x at its reflected
+    position."""
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
     offset = n.to(tl.int64) * stride_n + c * stride_c
@@ -353,39 +361,40 @@ def _instance_norm_act_pad_fwd_kernel(
 
 
 @kernel
-def _instance_norm_act_bwd_stats_kernel(
-    X,  # input, [N, C, S] with strides (stride_n, stride_c, stride_s)
-    DY,  # output gradient: like X, or with FOLD [N, C, H + 2 PAD, WIDTH + 2 PAD] with the dy_stride_* strides
+def _instance_norm_act_fwd_kernel(
+    X,  # input, [N, C, S] with strides (stride_n, stride_c, stride_s), S = H * WIDTH
+    R,  # residual (unused unless HAS_RESIDUAL): like X, or with PADDED [N, C, >= H + 2 PAD, >= WIDTH + 2 PAD]
+        # with the r_stride_* strides, read at padded position + R_MARGIN
+    Y,  # output: like X, or with PADDED [N, C, (H + 2 PAD) * (WIDTH + 2 PAD)] with the y_stride_* strides
     W,  # weight, [C] (unused unless HAS_AFFINE)
     B,  # bias, [C] (unused unless HAS_AFFINE)
-    MEAN,  # fp32, [N, C]
-    RSTD,  # fp32, [N, C]
-    PARTS,  # fp32 out, [2, N, C, SPLIT]: per piece, sums of g and of g * xhat
-    C, S, stride_n, stride_c, stride_s, SPLIT, NC, negative_slope,
-    H, WIDTH, PAD, dy_stride_n, dy_stride_c, dy_stride_h, dy_stride_w,  # DY's geometry (unused unless FOLD)
-    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, TILES: tl.constexpr,
-    HAS_AFFINE: tl.constexpr, ACT: tl.constexpr, FOLD: tl.constexpr,
+    PARTS,  # fp32, [2, N, C, SPLIT]: per piece, sums of x - x[n, c, 0] and of its square (PHASE 1 writes them)
+    MEAN,  # fp32 out, [N, C]
+    RSTD,  # fp32 out, [N, C]
+    COUNTERS,  # int32, [2 * N * channel blocks], zero: each row's barrier (unused unless PHASE 0)
+    C, S, stride_n, stride_c, stride_s, SPLIT, NC, eps, negative_slope,
+    H, WIDTH, PAD, y_stride_n, y_stride_c, y_stride_s,  # the padded output's geometry (unused unless PADDED)
+    r_stride_n, r_stride_c, r_stride_h, r_stride_w, R_MARGIN,
+    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, TILES: tl.constexpr, TILES_OUT: tl.constexpr,
+    BLOCK_SPLIT: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACT: tl.constexpr,
+    PADDED: tl.constexpr, PHASE: tl.constexpr,
 ):
     pid_split, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = c < C
-    offset = n.to(tl.int64) * stride_n + c * stride_c
-    dy_base = (n.to(tl.int64) * dy_stride_n + c * dy_stride_c)[:, None]
-    mean, rstd, w, b = norm_act_channel(W, B, MEAN, RSTD, n * C, c, c_mask, BLOCK_C, HAS_AFFINE)
-    acc_g = tl.full([BLOCK_C, BLOCK_S], 0.0, tl.float32)
-    acc_gx = tl.full([BLOCK_C, BLOCK_S], 0.0, tl.float32)
-    start = pid_split * (TILES * BLOCK_S)
-    for s0 in range(0, TILES * BLOCK_S, BLOCK_S):
-        s = start + s0 + tl.arange(0, BLOCK_S)
-        mask = c_mask[:, None] & (s < S)[None, :]
-        idx = offset[:, None] + s[None, :] * stride_s
-        xhat, g = _bwd_tile(X, DY, idx, s, mask, mean, rstd, w, b, negative_slope, dy_base, H, WIDTH, PAD,
-                            dy_stride_h, dy_stride_w, ACT, FOLD)
-        acc_g += g
-        acc_gx += g * xhat
-    out = (n * C + c) * SPLIT + pid_split
-    tl.store(PARTS + out, tl.reduce(acc_g, 1, _add), mask=c_mask)
-    tl.store(PARTS + NC * SPLIT + out, tl.reduce(acc_gx, 1, _add), mask=c_mask)
+    if PHASE != 2:
+        _fwd_sums(X, PARTS, pid_split, pid_c, n, C, S, stride_n, stride_c, stride_s, SPLIT, NC, BLOCK_C, BLOCK_S,
+                  TILES)
+    if PHASE == 0:
+        _triton_util.group_barrier(COUNTERS + 2 * (n * tl.num_programs(1) + pid_c), SPLIT)
+    if PHASE != 1:
+        if PADDED:
+            _fwd_padded_output(X, R, Y, W, B, PARTS, MEAN, RSTD, pid_split, pid_c, n, C, S, stride_n, stride_c,
+                               stride_s, SPLIT, NC, eps, negative_slope, H, WIDTH, PAD, y_stride_n, y_stride_c,
+                               y_stride_s, r_stride_n, r_stride_c, r_stride_h, r_stride_w, R_MARGIN, BLOCK_C,
+                               BLOCK_S, TILES_OUT, BLOCK_SPLIT, HAS_AFFINE, HAS_RESIDUAL, ACT)
+        else:
+            _fwd_output(X, R, Y, W, B, PARTS, MEAN, RSTD, pid_split, pid_c, n, C, S, stride_n, stride_c, stride_s,
+                        SPLIT, NC, eps, negative_slope, BLOCK_C, BLOCK_S, TILES_OUT, BLOCK_SPLIT, HAS_AFFINE,
+                        HAS_RESIDUAL, ACT)
 
 
 @kernel
@@ -397,11 +406,12 @@ def _instance_norm_act_bwd_kernel(
     B,  # bias, [C] (unused unless HAS_AFFINE)
     MEAN,  # fp32, [N, C]
     RSTD,  # fp32, [N, C]
-    PARTS,  # fp32, [2, N, C, SPLIT]: per piece, sums of g and of g * xhat, from the backward stats pass
+    PARTS,  # fp32, [2, N, C, SPLIT]: per piece, sums of g and of g * xhat (PHASE 1 writes them)
+    COUNTERS,  # int32, [2 * N * channel blocks], zero: each row's barrier (unused unless PHASE 0)
     C, S, stride_n, stride_c, stride_s, SPLIT, NC, negative_slope,
     H, WIDTH, PAD, dy_stride_n, dy_stride_c, dy_stride_h, dy_stride_w,  # DY's geometry (unused unless FOLD)
     BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, TILES: tl.constexpr, BLOCK_SPLIT: tl.constexpr,
-    HAS_AFFINE: tl.constexpr, ACT: tl.constexpr, FOLD: tl.constexpr,
+    HAS_AFFINE: tl.constexpr, ACT: tl.constexpr, FOLD: tl.constexpr, PHASE: tl.constexpr,
 ):
     pid_split, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -409,18 +419,54 @@ def _instance_norm_act_bwd_kernel(
     offset = n.to(tl.int64) * stride_n + c * stride_c
     dy_base = (n.to(tl.int64) * dy_stride_n + c * dy_stride_c)[:, None]
     mean, rstd, w, b = norm_act_channel(W, B, MEAN, RSTD, n * C, c, c_mask, BLOCK_C, HAS_AFFINE)
-    sum_g, sum_gx = _row_sums(PARTS, n * C + c, c_mask, SPLIT, NC, BLOCK_SPLIT)
-    mean_dxhat = w * sum_g / S
-    mean_dxhat_xhat = w * sum_gx / S
     start = pid_split * (TILES * BLOCK_S)
-    for s0 in range(0, TILES * BLOCK_S, BLOCK_S):
-        s = start + s0 + tl.arange(0, BLOCK_S)
-        mask = c_mask[:, None] & (s < S)[None, :]
-        idx = offset[:, None] + s[None, :] * stride_s
-        xhat, g = _bwd_tile(X, DY, idx, s, mask, mean, rstd, w, b, negative_slope, dy_base, H, WIDTH, PAD,
-                            dy_stride_h, dy_stride_w, ACT, FOLD)
-        dx = rstd[:, None] * (g * w[:, None] - mean_dxhat[:, None] - xhat * mean_dxhat_xhat[:, None])
-        tl.store(DX + idx, dx.to(DX.dtype.element_ty), mask=mask)
+    if PHASE != 2:  # the per-piece sums of g and g * xhat
+        acc_g = tl.full([BLOCK_C, BLOCK_S], 0.0, tl.float32)
+        acc_gx = tl.full([BLOCK_C, BLOCK_S], 0.0, tl.float32)
+        for s0 in range(0, TILES * BLOCK_S, BLOCK_S):
+            s = start + s0 + tl.arange(0, BLOCK_S)
+            mask = c_mask[:, None] & (s < S)[None, :]
+            idx = offset[:, None] + s[None, :] * stride_s
+            xhat, g = _bwd_tile(X, DY, idx, s, mask, mean, rstd, w, b, negative_slope, dy_base, H, WIDTH, PAD,
+                                dy_stride_h, dy_stride_w, ACT, FOLD)
+            acc_g += g
+            acc_gx += g * xhat
+        out = (n * C + c) * SPLIT + pid_split
+        tl.store(PARTS + out, tl.reduce(acc_g, 1, _add), mask=c_mask)
+        tl.store(PARTS + NC * SPLIT + out, tl.reduce(acc_gx, 1, _add), mask=c_mask)
+    if PHASE == 0:
+        _triton_util.group_barrier(COUNTERS + 2 * (n * tl.num_programs(1) + pid_c), SPLIT)
+    if PHASE != 1:  # dx
+        sum_g, sum_gx = _row_sums(PARTS, n * C + c, c_mask, SPLIT, NC, BLOCK_SPLIT)
+        mean_dxhat = w * sum_g / S
+        mean_dxhat_xhat = w * sum_gx / S
+        for s0 in range(0, TILES * BLOCK_S, BLOCK_S):
+            s = start + s0 + tl.arange(0, BLOCK_S)
+            mask = c_mask[:, None] & (s < S)[None, :]
+            idx = offset[:, None] + s[None, :] * stride_s
+            xhat, g = _bwd_tile(X, DY, idx, s, mask, mean, rstd, w, b, negative_slope, dy_base, H, WIDTH, PAD,
+                                dy_stride_h, dy_stride_w, ACT, FOLD)
+            dx = rstd[:, None] * (g * w[:, None] - mean_dxhat[:, None] - xhat * mean_dxhat_xhat[:, None])
+            tl.store(DX + idx, dx.to(DX.dtype.element_ty), mask=mask)
+
+
+def _fwd_touched(X, R, Y, W, B, PARTS, MEAN, RSTD, COUNTERS, *_, HAS_AFFINE, HAS_RESIDUAL, PHASE, **__):
+    """What one launch of _instance_norm_act_fwd_kernel reads and writes, for fastgan.testing.ledger's byte count:
+    its phases' tensors (arguments a phase does not use are not traffic)."""
+    touched = [X, PARTS]
+    if PHASE != 1:
+        touched += [Y, MEAN, RSTD, *([R] if HAS_RESIDUAL else []), *([W, B] if HAS_AFFINE else [])]
+    return touched + ([COUNTERS] if PHASE == 0 else [])
+
+
+def _bwd_touched(X, DY, DX, W, B, MEAN, RSTD, PARTS, COUNTERS, *_, HAS_AFFINE, PHASE, **__):
+    """As _fwd_touched, for _instance_norm_act_bwd_kernel."""
+    touched = [X, DY, MEAN, RSTD, PARTS, *([W, B] if HAS_AFFINE else [])]
+    return touched + ([DX] if PHASE != 1 else []) + ([COUNTERS] if PHASE == 0 else [])
+
+
+_instance_norm_act_fwd_kernel.ledger_tensors = _fwd_touched
+_instance_norm_act_bwd_kernel.ledger_tensors = _bwd_touched
 
 
 # The one-launch path: a (C, N) grid, program (c, n) owning row x[n, c, :] and looping over it twice in
@@ -516,15 +562,16 @@ def _instance_norm_act_row_bwd_kernel(
 _OP = "instance_norm_act"
 
 
-def _plan(x, rows_ok=True, backward_pad=None):
-    """Shape, strides, tile and split of x for the kernels; plan["rows"] for the one-launch path (where
-    ``rows_ok``: the padded output has split kernels only). ``backward_pad``: the backward's plan, for an output
-    padded by that much."""
+def _plan(x, rows_ok=True, backward_pad=None, carried=None):
+    """How the kernels cover x: plan["path"] is "rows" (the one-launch path, where ``rows_ok``: the padded output
+    has none), "fused" (both phases in one launch) or "split" (a launch per phase). ``backward_pad``: the
+    backward's plan, for an output padded by that much; ``carried``: bytes per element of x that the fused path
+    reads again after its barrier (x, and dy in the backward; default x's element size)."""
     n, c, s, stride_n, stride_c, stride_s = _triton_util.channels_view(_OP, "x", x)
     args = (c, s, stride_n, stride_c, stride_s)
     if rows_ok and n * c >= _ONE_LAUNCH_MIN_ROWS and (stride_s == 1 or _ONE_LAUNCH_STRIDED):
         block_s = min(_triton_util.next_pow2(s), _ROW_BLOCK_S)
-        return dict(rows=True, grid=(c, n), n=n, c=c, args=args,
+        return dict(path="rows", grid=(c, n), n=n, c=c, args=args,
                     blocks=dict(BLOCK_S=block_s, TILES=_triton_util.next_pow2(-(-s // block_s))))
     tile_elems = 2048
     if backward_pad:
@@ -532,17 +579,49 @@ def _plan(x, rows_ok=True, backward_pad=None):
     elif stride_c == 1 and c <= 4:
         tile_elems = _FEW_CHANNELS_TILE
     block_c, block_s = _triton_util.tile(c, s, stride_c, tile_elems)
+    plan = _fused_plan(x, n, c, s, stride_c, block_c, block_s, carried or x.element_size()) if _FUSED else None
+    if plan is None:
+        c_blocks = -(-c // block_c)
+        split, tiles = _triton_util.split(n, c_blocks, s, block_s, _MAX_SPLIT)
+        plan = dict(path="split", grid=(split, c_blocks, n), split=split,
+                    blocks=dict(BLOCK_C=block_c, BLOCK_S=block_s, TILES=tiles))
+    return plan | dict(n=n, c=c, args=args, sums=dict(BLOCK_SPLIT=_triton_util.next_pow2(plan["split"])))
+
+
+def _fused_plan(x, n, c, s, stride_c, block_c, block_s, carried):
+    """The fused path's grid and tiles, or None where the bytes it reads again after its barrier would not fit in
+    its share of L2 (see _FUSED_L2_SHARE)."""
+    sms, l2_bytes = _triton_util.device_limits(x)
+    capacity = sms * _FUSED_PROGRAMS_PER_SM
+    if stride_c == 1 and c > 1:  # channels_last: narrower channel blocks (to one 32-byte sector) for more rows
+        narrowest = max(32 // x.element_size(), 1)
+        while block_c > narrowest and n * -(-c // block_c) * _MAX_SPLIT < capacity:
+            block_c //= 2
+            block_s = min(block_s * 2, _triton_util.next_pow2(s))
     c_blocks = -(-c // block_c)
-    split, tiles = _triton_util.split(n, c_blocks, s, block_s, _MAX_SPLIT)
-    return dict(rows=False, grid=(split, c_blocks, n), n=n, c=c, split=split, args=args,
-                blocks=dict(BLOCK_C=block_c, BLOCK_S=block_s, TILES=tiles),
-                sums=dict(BLOCK_SPLIT=_triton_util.next_pow2(split)))
+    rows = n * c_blocks
+    chunks = -(-s // block_s)
+    split = max(1, min(chunks, _MAX_SPLIT, capacity // rows))
+    tiles = _triton_util.next_pow2(-(-chunks // split))
+    split = -(-chunks // tiles)
+    resident = min(split * rows, capacity)  # all programs when split > 1: each row's wait for one another
+    if resident * tiles * block_c * block_s * carried > l2_bytes * _FUSED_L2_SHARE:
+        return None
+    return dict(path="fused", grid=(split, c_blocks, n), split=split,
+                blocks=dict(BLOCK_C=block_c, BLOCK_S=block_s, TILES=tiles))
+
+
+def _counters(x, plan):
+    """Each row's two barrier counters on the fused path; on the split path a stand-in (unused)."""
+    if plan["path"] != "fused":
+        return _triton_util.ticket_counter(x, 1)
+    return _triton_util.ticket_counter(x, 2 * plan["grid"][1] * plan["grid"][2])
 
 
 def _instance_norm_act_fwd(x, weight, bias, residual, act, negative_slope, eps, pad):
     """Returns y (x's layout and dtype, padded by ``pad``) and the fp32 [N, C] mean and rstd that backward
     needs."""
-    # The padded-output kernel also takes a residual larger than the output (the centre of a padded tensor).
+    # The padded-output code also takes a residual larger than the output (the centre of a padded tensor).
     padded = pad > 0 or (residual is not None and residual.shape != x.shape)
     plan = _plan(x, rows_ok=not padded)
     n, c = plan["n"], plan["c"]
@@ -550,39 +629,45 @@ def _instance_norm_act_fwd(x, weight, bias, residual, act, negative_slope, eps, 
     rstd = _triton_util.empty((n, c), torch.float32, x.device)
     w, b = (x, x) if weight is None else (weight, bias)
     options = dict(HAS_AFFINE=weight is not None, HAS_RESIDUAL=residual is not None, ACT=_ACT_CODE[act])
-    if plan["rows"]:
+    if plan["path"] == "rows":
         y = _triton_util.empty_like(x)
         with _triton_util.device_guard(x):
             _instance_norm_act_row_fwd_kernel[plan["grid"]](
                 x, x if residual is None else residual, y, w, b, mean, rstd, *plan["args"], eps, negative_slope,
                 **plan["blocks"], **options)
         return y, mean, rstd
-    split = plan["split"]
-    parts = _triton_util.empty((2, n, c, split), torch.float32, x.device)
-    if not padded:
-        y = _triton_util.empty_like(x)
-        with _triton_util.device_guard(x):
-            _instance_norm_act_stats_kernel[plan["grid"]](x, parts, *plan["args"], split, n * c, **plan["blocks"])
-            _instance_norm_act_fwd_kernel[plan["grid"]](
-                x, x if residual is None else residual, y, w, b, parts, mean, rstd, *plan["args"], split, n * c, eps,
-                negative_slope, **plan["blocks"], **plan["sums"], **options)
-        return y, mean, rstd
-    h, width = x.shape[2], x.shape[3]
-    y = _triton_util.empty_shaped_like(x, (n, c, h + 2 * pad, width + 2 * pad))
-    _, _, s_out, *y_strides = _triton_util.channels_view(_OP, "y", y)
-    block_c, block_s = plan["blocks"]["BLOCK_C"], plan["blocks"]["BLOCK_S"]
-    c_blocks = plan["grid"][1]
-    split_out, tiles_out = _triton_util.split(n, c_blocks, s_out, block_s, _MAX_SPLIT)
-    if residual is None:
-        r, r_strides, margin = y, (0, 0, 0, 0), 0
+    if padded:
+        h, width = x.shape[2], x.shape[3]
+        y = _triton_util.empty_shaped_like(x, (n, c, h + 2 * pad, width + 2 * pad))
+        _, _, s_out, *y_strides = _triton_util.channels_view(_OP, "y", y)
+        if residual is None:
+            r, r_strides, margin = y, (0, 0, 0, 0), 0
+        else:
+            r, r_strides, margin = residual, residual.stride(), (residual.shape[2] - y.shape[2]) // 2
+        geometry = (h, width, pad, *y_strides, *r_strides, margin)
     else:
-        r, r_strides, margin = residual, residual.stride(), (residual.shape[2] - y.shape[2]) // 2
+        y = _triton_util.empty_like(x)
+        s_out, r, geometry = x.shape[2:].numel(), x if residual is None else residual, (0,) * 11
+    split, grid, blocks = plan["split"], plan["grid"], plan["blocks"]
+    parts = _triton_util.empty((2, n, c, split), torch.float32, x.device)
+    args = (x, r, y, w, b, parts, mean, rstd, _counters(x, plan), *plan["args"], split, n * c, eps, negative_slope,
+            *geometry)
+    options |= dict(blocks, **plan["sums"], PADDED=padded)
+    chunks_out = -(-s_out // blocks["BLOCK_S"])
     with _triton_util.device_guard(x):
-        _instance_norm_act_stats_kernel[plan["grid"]](x, parts, *plan["args"], split, n * c, **plan["blocks"])
-        _instance_norm_act_pad_fwd_kernel[(split_out, c_blocks, n)](
-            x, r, y, w, b, parts, mean, rstd, *plan["args"], split, n * c, eps, negative_slope,
-            h, width, pad, *y_strides, *r_strides, margin, BLOCK_C=block_c, BLOCK_S=block_s, TILES=tiles_out,
-            **plan["sums"], **options)
+        if plan["path"] == "fused":
+            tiles_out = _triton_util.next_pow2(-(-chunks_out // split)) if padded else blocks["TILES"]
+            _instance_norm_act_fwd_kernel.run_phases(grid, *args, **options, TILES_OUT=tiles_out,
+                                                        cooperative=split > 1)
+            return y, mean, rstd
+        # PHASE 1's unused constexprs at one value each: one compiled variant per tile, not per option.
+        _instance_norm_act_fwd_kernel[grid](*args, **blocks, TILES_OUT=1, BLOCK_SPLIT=1, HAS_AFFINE=False,
+                                            HAS_RESIDUAL=False, ACT=0, PADDED=False, PHASE=1)
+        grid_out, tiles_out = grid, blocks["TILES"]
+        if padded:  # PHASE 2 over the padded plane, cut into its own pieces
+            split_out, tiles_out = _triton_util.split(n, grid[1], s_out, blocks["BLOCK_S"], _MAX_SPLIT)
+            grid_out = (split_out, grid[1], n)
+        _instance_norm_act_fwd_kernel[grid_out](*args, **options, TILES_OUT=tiles_out, PHASE=2)
     return y, mean, rstd
 
 
@@ -590,40 +675,38 @@ def _instance_norm_act_bwd(dy, x, weight, bias, mean, rstd, act, negative_slope,
     """Returns dx (x's layout and dtype) and fp32 [C] dweight, dbias; without weight and bias, two empty
     tensors: no launch computes the gradients of parameters that do not exist. With ``pad`` dy is the
     gradient of the padded output (any strides), folded onto x's positions as it is read."""
-    plan = _plan(x, rows_ok=pad == 0, backward_pad=pad)
-    n, c = plan["n"], plan["c"]
     if pad == 0:
         dy = _triton_util.same_layout(dy, x)
+    carried = x.element_size() + dy.element_size() * dy.numel() / max(x.numel(), 1)
+    plan = _plan(x, rows_ok=pad == 0, backward_pad=pad, carried=carried)
+    n, c = plan["n"], plan["c"]
     dx = _triton_util.empty_like(x)
     options = dict(**plan["blocks"], HAS_AFFINE=weight is not None, ACT=_ACT_CODE[act])
     w, b = (x, x) if weight is None else (weight, bias)
-    if plan["rows"]:  # one partial sum per row, and only for the weight and bias gradients
+    if plan["path"] == "rows":  # one partial sum per row, and only for the weight and bias gradients
         parts = _triton_util.empty((2, n, c, 1) if weight is not None else (0,), torch.float32, x.device)
         with _triton_util.device_guard(x):
             _instance_norm_act_row_bwd_kernel[plan["grid"]](x, dy, dx, w, b, mean, rstd, parts, *plan["args"],
                                                             n * c, negative_slope, **options)
     else:
+        split, grid = plan["split"], plan["grid"]
+        parts = _triton_util.empty((2, n, c, split), torch.float32, x.device)
         fold = (x.shape[2], x.shape[3], pad, *dy.stride()) if pad else (0,) * 7
-        parts = _split_bwd(x, dy, dx, w, b, mean, rstd, negative_slope, fold, plan, options)
+        args = (x, dy, dx, w, b, mean, rstd, parts, _counters(x, plan), *plan["args"], split, n * c,
+                negative_slope, *fold)
+        options |= dict(FOLD=pad > 0)
+        with _triton_util.device_guard(x):
+            if plan["path"] == "fused":
+                _instance_norm_act_bwd_kernel.run_phases(grid, *args, **options, **plan["sums"],
+                                                        cooperative=split > 1)
+            else:
+                _instance_norm_act_bwd_kernel[grid](*args, **options, BLOCK_SPLIT=1, PHASE=1)
+                _instance_norm_act_bwd_kernel[grid](*args, **options, **plan["sums"], PHASE=2)
     if weight is None:
         return dx, parts.new_empty((0,)), parts.new_empty((0,))
     # Sums over pieces and samples in a fixed order: deterministic, unlike atomics; two tensors, as a custom
     # op's outputs may not alias.
     return dx, parts[1].sum(dim=(0, 2)), parts[0].sum(dim=(0, 2))
-
-
-def _split_bwd(x, dy, dx, w, b, mean, rstd, negative_slope, fold, plan, options):
-    """The split path's backward into dx; returns the per-piece sums of g and g * xhat, [2, N, C, SPLIT].
-    ``fold``: (H, W, pad, dy's four strides) of a padded output's gradient, or zeros."""
-    n, c, split = plan["n"], plan["c"], plan["split"]
-    parts = _triton_util.empty((2, n, c, split), torch.float32, x.device)
-    options = dict(options, FOLD=fold[2] > 0)
-    with _triton_util.device_guard(x):
-        _instance_norm_act_bwd_stats_kernel[plan["grid"]](x, dy, w, b, mean, rstd, parts, *plan["args"],
-                                                          split, n * c, negative_slope, *fold, **options)
-        _instance_norm_act_bwd_kernel[plan["grid"]](x, dy, dx, w, b, mean, rstd, parts, *plan["args"], split,
-                                                    n * c, negative_slope, *fold, **options, **plan["sums"])
-    return parts
 
 
 # 4. Autograd (torch.library custom ops, so torch.compile and CUDA graphs see opaque kernels) ------

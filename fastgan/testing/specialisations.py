@@ -45,6 +45,9 @@ __all__ = ["MODEL_RUNS", "PUBLIC_CASES", "TARGETS", "Compiled", "Launch", "Speci
 TARGETS = {"sm_80": 80, "sm_90": 90}  # A100, H100/H200
 MAX_REGISTERS = 255  # per thread: more do not exist, ptxas spills instead
 MAX_SHARED = {"sm_80": 163 * 1024, "sm_90": 227 * 1024}  # dynamic shared memory per block
+# Shared memory per SM (CUDA C Programming Guide, compute capabilities 8.0 and 9.0), of which each resident block
+# also takes 1 KB for the system; registers per SM: _triton_util.SM_REGISTERS.
+SM_SHARED = {"sm_80": 164 * 1024, "sm_90": 228 * 1024}
 
 # What a GPU run of each registered model trains on (the recipe's batch unless given). The CycleGAN
 # generator repeats one residual block shape n_blocks times, so one block makes the same distinct launches
@@ -81,7 +84,12 @@ def record_launches(into: list, origin: str = "", primary: bool = False):
         return lambda *args, **kwargs: into.append(Launch(self, grid, tuple(map(_stand_in, args)), kwargs, origin,
                                                           primary))
 
+    def phases(self, grid, *args, cooperative, **kwargs):  # the one launch a GPU makes (kernel.run_phases)
+        options = _triton_util.phase_zero_options(cooperative, kwargs.get("num_warps", 4))
+        launcher(self, grid)(*args, **kwargs, **options)
+
     with mock.patch.object(_triton_util.kernel, "__getitem__", launcher), \
+            mock.patch.object(_triton_util.kernel, "run_phases", phases), \
             mock.patch.dict(os.environ, {"TRITON_INTERPRET": "1"}):
         yield into
 
@@ -283,15 +291,16 @@ class Specialisation:
     signature: tuple[tuple[str, str], ...]  # (argument, Triton type or "constexpr")
     constexprs: tuple[tuple[str, object], ...]  # (argument, value)
     attrs: tuple[tuple[str, str], ...]  # (argument, specialisation such as "tt.divisibility=16")
-    options: tuple[tuple[str, object], ...]  # num_warps, num_stages
+    options: tuple[tuple[str, object], ...]  # num_warps, num_stages, cooperative (a cooperative launch)
 
     def describe(self) -> str:
         """The part of the specialisation a reader needs: pointer dtypes, constexprs, num_warps."""
         pointers = "/".join(dict.fromkeys(t[1:] for _, t in self.signature if t.startswith("*")))
         consts = " ".join(f"{k}={v}" for k, v in self.constexprs)
         div = sum(1 for _, a in self.attrs if "divisibility" in a)
-        warps = dict(self.options).get("num_warps")
-        return f"{pointers} {consts} div16={div} warps={warps}"
+        options = dict(self.options)
+        cooperative = " cooperative" if options.get("cooperative") else ""
+        return f"{pointers} {consts} div16={div} warps={options.get('num_warps')}{cooperative}"
 
 
 @functools.cache
@@ -331,7 +340,8 @@ def specialise(launch: Launch) -> tuple[Specialisation, tuple]:
         signature=tuple(signature.items()),
         constexprs=tuple((names[path[0]], value) for path, value in sorted(constexprs.items())),
         attrs=tuple((names[path[0]], ",".join(f"{a}={v}" for a, v in attr)) for path, attr in sorted(attrs.items())),
-        options=(("num_warps", options.num_warps), ("num_stages", options.num_stages)))
+        options=(("num_warps", options.num_warps), ("num_stages", options.num_stages),
+                 ("cooperative", bool(getattr(options, "launch_cooperative_grid", False)))))
     return spec, (fn, signature, constexprs, attrs, launch.kwargs)
 
 
@@ -355,6 +365,16 @@ class Compiled:
             out.append(f"uses {self.registers} registers (> {MAX_REGISTERS})")
         if self.shared > MAX_SHARED[self.arch]:
             out.append(f"needs {self.shared} bytes of shared memory (> {MAX_SHARED[self.arch]})")
+        options = dict(self.spec.options)
+        if options.get("cooperative"):  # its launcher plans on this many programs per SM running at once
+            programs = _triton_util.COOPERATIVE_PROGRAMS_PER_SM
+            registers = -(-self.registers // 8) * 8 * 32 * options["num_warps"] * programs  # allocated per warp
+            if registers > _triton_util.SM_REGISTERS:
+                out.append(f"{programs} cooperative programs per SM need {registers} registers "
+                           f"(> {_triton_util.SM_REGISTERS})")
+            if (self.shared + 1024) * programs > SM_SHARED[self.arch]:
+                out.append(f"{programs} cooperative programs per SM need {(self.shared + 1024) * programs} bytes of "
+                           f"shared memory (> {SM_SHARED[self.arch]})")
         return out
 
 

@@ -76,6 +76,9 @@ def synthetic(date="20261201", finished="2026-12-01T10:00:00Z"):
             bench("bench/test_ops_conv.py::test_resnet_block_pad_wiring[fwd+bwd-1-pad_in_norm]", op="resnet_block",
                   wiring="pad_in_norm", impl="instance_norm_act=triton, reflect_pad_conv2d=cuda", n=1,
                   mode="fwd+bwd", ms=0.25, ref_ms=0.5, speedup=2.0),
+            bench("bench/test_ops.py::test_instance_norm_act_fused_vs_split[fwd+bwd-1x256x64x64-pad1]",
+                  op="instance_norm_act", impl="triton", path="fused", ms=0.02, split_ms=0.03, speedup_vs_split=1.5,
+                  shape=[1, 256, 64, 64], pad=1, layout="nhwc", dtype="bf16", passes="fwd+bwd"),
             bench("bench/test_data.py::test_unpaired_jpeg_folder[dali-8]", impl="dali", loader="dali",
                   dataset="unpaired-jpeg-256", batch_size=8, pairs_per_s=812.5, ratio_to_reference=3.25),
         ],
@@ -149,6 +152,7 @@ def test_summary_lists_every_failure_by_test_id_and_the_pieces_not_run():
     assert "| instance_norm_act | 4×256×64×64 | fp32 | nchw | fwd | triton | 0.0500 |" in text
     assert ("| pad_in_norm | 1 | fwd+bwd | instance_norm_act=triton, reflect_pad_conv2d=cuda | 0.250 | 0.500 | 2.00× |"
             in text)
+    assert "| 1×256×64×64 | 1 | fwd+bwd | fused | 0.0200 | 0.0300 | 1.50× |" in text
     results["fastgan"]["pieces"]["1"]["steps"][0]["failures"] = []
     assert "## Failures\n\nNone." in report.summary_markdown(results, "r.json")
 

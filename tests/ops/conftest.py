@@ -5,7 +5,7 @@ import pytest
 _ACTIVATIONS = ("X", "R", "Y", "DY", "DX")  # pointer arguments in the activation dtype
 _PARAMETERS = ("W", "B", "RUNNING_MEAN", "RUNNING_VAR")  # weight and bias (norms) or bias (leaky_relu, tanh)
 _FP32 = ("PARTS", "SUMS", "MEAN", "RSTD", "VAR", "PDB", "DW", "DB")  # statistics, partial sums, their sums
-_INT32 = ("TICKETS",)  # counters of _triton_util.sum_over_programs
+_INT32 = ("TICKETS", "COUNTERS")  # counters of _triton_util.sum_over_programs and group_barrier
 _INT64 = ("NUM_BATCHES",)  # nn.BatchNorm2d's num_batches_tracked
 
 

@@ -84,13 +84,22 @@ def _check_against_reference(shape, dtype, device, channels_last, affine, act, r
         assert err <= tol, f"{name}: max error {err:.3g} > {tol:.3g}"
 
 
-@pytest.fixture(params=["split", "rows"])
+@pytest.fixture(params=["split", "fused", "rows"])
 def norm_path(request, monkeypatch):
-    """Runs a test through the split path (two launches per direction) and through the one-launch path (one
+    """Runs a test through the split path (a launch per phase), the fused path (both phases in one launch; in the
+    interpreter a launch per phase of the same kernel, on the fused path's grid) and the one-launch path (one
     program per row), whatever its shape's number of rows."""
     module = importlib.import_module("fastgan.ops.instance_norm_act")
-    monkeypatch.setattr(module, "_ONE_LAUNCH_MIN_ROWS", 2**62 if request.param == "split" else 1)
-    monkeypatch.setattr(module, "_ONE_LAUNCH_STRIDED", request.param != "split")  # channels_last rows too
+    monkeypatch.setattr(module, "_ONE_LAUNCH_MIN_ROWS", 1 if request.param == "rows" else 2**62)
+    monkeypatch.setattr(module, "_ONE_LAUNCH_STRIDED", request.param == "rows")  # channels_last rows too
+    monkeypatch.setattr(module, "_FUSED", request.param == "fused")
+    return request.param
+
+
+@pytest.fixture(params=["split", "fused"])
+def phases(request, monkeypatch):
+    """Runs a padded-output test through the split and the fused path."""
+    monkeypatch.setattr(importlib.import_module("fastgan.ops.instance_norm_act"), "_FUSED", request.param == "fused")
     return request.param
 
 
@@ -129,7 +138,7 @@ def test_matches_reference_odd_shapes(triton_cpu, norm_path, shape, dtype, chann
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("act, affine", [("relu", False), ("none", True), ("leaky_relu", True)])
-def test_padded_output_matches_reference(triton_cpu, shape, pad, margin, dtype, channels_last, act, affine):
+def test_padded_output_matches_reference(triton_cpu, phases, shape, pad, margin, dtype, channels_last, act, affine):
     _check_against_reference(shape, dtype, "cpu", channels_last, affine, act, margin is not None, pad, margin or 0)
 
 
@@ -138,13 +147,13 @@ def test_padded_output_matches_reference(triton_cpu, shape, pad, margin, dtype, 
     ((2, 256, 64, 64), 1, None), ((2, 256, 64, 64), 1, 0), ((2, 256, 64, 64), 0, 1),  # ResNet blocks
     ((1, 64, 256, 256), 3, None),  # before the 7x7 output layer
 ])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_padded_output_matches_reference_cuda(shape, pad, margin, dtype, channels_last, poisoned_buffers):
     _check_against_reference(shape, dtype, "cuda", channels_last, False, "relu", margin is not None, pad, margin or 0)
 
 
-def test_padded_output_several_tiles_and_pieces(triton_cpu, monkeypatch):
+def test_padded_output_several_tiles_and_pieces(triton_cpu, phases, monkeypatch):
     """Padded rows longer than one tile, in pieces that end mid-row: both grids (x's positions for the statistics
     and the backward, the padded output's for the forward's second pass)."""
     module = importlib.import_module("fastgan.ops.instance_norm_act")
@@ -186,7 +195,7 @@ def test_matches_reference_cuda(shape, dtype, channels_last, act, affine, residu
 
 @pytest.mark.parametrize("max_split", [1, 3], ids=["one_piece", "three_pieces"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-def test_pieces_of_several_tiles(triton_cpu, monkeypatch, max_split, channels_last):
+def test_pieces_of_several_tiles(triton_cpu, phases, monkeypatch, max_split, channels_last):
     """Programs that loop over several tiles, the last tile partial or entirely past the end of the row."""
     module = importlib.import_module("fastgan.ops.instance_norm_act")
     monkeypatch.setattr(module, "_MAX_SPLIT", max_split)
@@ -360,27 +369,58 @@ def test_cuda_graph_capture():
     torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("pad", [0, 1])
+def test_fused_path_in_a_cuda_graph(pad):
+    """The fused path's cooperative launches at a residual block's shape (bf16, channels_last, batch 1: each row's
+    32 pieces meet at a barrier), forward and backward captured in a CUDA graph and replayed on new inputs: every
+    launch leaves its barrier counters at zero, so every replay gives the reference again."""
+    module = importlib.import_module("fastgan.ops.instance_norm_act")
+    x = torch.randn(1, 256, 64, 64, device="cuda", dtype=torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    plan = module._plan(x, rows_ok=pad == 0)
+    assert plan["path"] == "fused" and plan["split"] > 1
+    dy = torch.randn(_grown(tuple(x.shape), pad), device="cuda", dtype=torch.bfloat16)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):  # warm-up: compiles the kernels, zeroes the counters
+            torch.autograd.grad(instance_norm_act(x, pad=pad, impl="triton"), x, dy)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = instance_norm_act(x, pad=pad, impl="triton")
+        dx, = torch.autograd.grad(y, x, dy)
+    for _ in range(3):
+        with torch.no_grad():
+            x.copy_(torch.randn_like(x))
+            dy.copy_(torch.randn_like(dy))
+        graph.replay()
+        x64 = x.detach().double().requires_grad_()
+        y64 = instance_norm_act_ref(x64, pad=pad)
+        dx64, = torch.autograd.grad(y64, x64, dy.double())
+        torch.testing.assert_close(y.double(), y64, atol=3e-2, rtol=2e-2)
+        torch.testing.assert_close(dx.double(), dx64, atol=3e-2, rtol=2e-2)
+    assert not _triton_util.ticket_counter(x, 2 * 16).any()
+
+
 @pytest.mark.parametrize("tiles", [1, 4])
 @pytest.mark.parametrize("unit_stride", ["stride_c", "stride_s"], ids=["nhwc", "nchw"])
 def test_kernels_compile_for_h100(sm90_ptx, unit_stride, tiles):
     block = dict(BLOCK_C=64, BLOCK_S=32) if unit_stride == "stride_c" else dict(BLOCK_C=1, BLOCK_S=2048)
     block["TILES"] = tiles
     module = importlib.import_module("fastgan.ops.instance_norm_act")
-    ptx = {
-        "stats": sm90_ptx(module._instance_norm_act_stats_kernel, block, unit_stride),
-        "fwd": sm90_ptx(module._instance_norm_act_fwd_kernel,
-                             dict(block, BLOCK_SPLIT=32, HAS_AFFINE=True, HAS_RESIDUAL=True, ACT=1), unit_stride),
-    }
-    # The padded output's kernels (pad > 0): the normalise pass over the padded plane and the folding backward.
-    for fold in (False, True):
-        for name, k in (("bwd_stats", module._instance_norm_act_bwd_stats_kernel),
-                        ("bwd", module._instance_norm_act_bwd_kernel)):
-            options = dict(block, HAS_AFFINE=True, ACT=1, FOLD=fold) | (dict(BLOCK_SPLIT=32) if name == "bwd" else {})
-            code = sm90_ptx(k, options, unit_stride)
-            if not fold:
-                ptx[name] = code
-    sm90_ptx(module._instance_norm_act_pad_fwd_kernel,
-             dict(block, BLOCK_SPLIT=32, HAS_AFFINE=False, HAS_RESIDUAL=True, ACT=1), unit_stride)
+    fwd = dict(block, TILES_OUT=tiles, BLOCK_SPLIT=32, HAS_AFFINE=True, HAS_RESIDUAL=True, ACT=1, PADDED=False)
+    bwd = dict(block, BLOCK_SPLIT=32, HAS_AFFINE=True, ACT=1, FOLD=False)
+    ptx = {f"{name} phase {phase}": sm90_ptx(k, dict(options, PHASE=phase), unit_stride)
+           for name, k, options in (("fwd", module._instance_norm_act_fwd_kernel, fwd),
+                                    ("bwd", module._instance_norm_act_bwd_kernel, bwd))
+           for phase in (0, 1, 2)}
+    # The padded output's kernels (pad > 0): the normalise phase over the padded plane and the folding backward.
+    padded = {f"{name} phase {phase}": sm90_ptx(k, dict(options, PHASE=phase), unit_stride)
+              for name, k, options in (("fwd", module._instance_norm_act_fwd_kernel, dict(fwd, PADDED=True)),
+                                       ("bwd", module._instance_norm_act_bwd_kernel, dict(bwd, FOLD=True)))
+              for phase in (0, 2)}
     row = dict(BLOCK_S=2048, TILES=tiles)
     rows = {  # the one-launch kernels: one channel per program, so 128-bit accesses only in NCHW
         "row_fwd": sm90_ptx(module._instance_norm_act_row_fwd_kernel,
@@ -393,20 +433,29 @@ def test_kernels_compile_for_h100(sm90_ptx, unit_stride, tiles):
             assert "ld.global.v4" in code, name
         assert "st.global.v4" in rows["row_fwd"] and "st.global.v4" in rows["row_bwd"]
     # 128-bit loads and stores along the contiguous dim (channels for NHWC), as a copy kernel would issue;
-    # the stats kernels store only per-channel partial sums.
+    # phase 1 stores only per-channel partial sums.
     for name, code in ptx.items():
         assert "ld.global.v4" in code, name
-    assert "st.global.v4" in ptx["fwd"] and "st.global.v4" in ptx["bwd"]
+        if not name.endswith("phase 1"):
+            assert "st.global.v4" in code, name
+    # Phase 0's barrier (_triton_util.group_barrier): a release add, acquire loads until the row has arrived, and
+    # the pieces' sums read from L2 after it (.cg: never a line this SM's L1 kept from before the others stored).
+    for name, code in {**ptx, **padded}.items():
+        barrier = ("atom.global.gpu.release.add" in code, "ld.global.gpu.acquire" in code)
+        assert barrier == ((True, True) if name.endswith("phase 0") else (False, False)), name
+        if not name.endswith("phase 1"):
+            assert "ld.global.cg" in code, name
 
 
-@pytest.mark.parametrize("rows", [64, 256], ids=["split", "one_launch"])
+@pytest.mark.parametrize("rows", [64, 256], ids=["few_rows", "many_rows"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("affine", [False, True], ids=["plain", "affine"])
-def test_launches_per_direction(affine, channels_last, rows):
-    """Below _ONE_LAUNCH_MIN_ROWS rows, two kernels forward and two backward, the pieces' partial sums summed by
-    the pass that reads them (no separate sum launch); from it on, one kernel per direction where rows are
-    contiguous (NCHW; channels_last stays on the split path, see _ONE_LAUNCH_STRIDED). A non-affine norm
-    computes no weight or bias gradient at all."""
+@pytest.mark.parametrize("fused", [False, True], ids=["split", "fused"])
+def test_launches_per_direction(monkeypatch, fused, affine, channels_last, rows):
+    """One kernel per direction: from _ONE_LAUNCH_MIN_ROWS rows on where rows are contiguous (NCHW; see
+    _ONE_LAUNCH_STRIDED) one program per row, otherwise the fused path (phase 0, a cooperative launch where
+    rows have several pieces). Two with the fused path off, the pieces' partial sums summed by the phase that
+    reads them (no separate sum launch). A non-affine norm computes no weight or bias gradient at all."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from fastgan.testing.specialisations import record_launches
@@ -424,6 +473,7 @@ def test_launches_per_direction(affine, channels_last, rows):
             return func(*args, **(kwargs or {}))
 
     module = importlib.import_module("fastgan.ops.instance_norm_act")
+    monkeypatch.setattr(module, "_FUSED", fused)
     assert (rows >= module._ONE_LAUNCH_MIN_ROWS) == (rows == 256)
     x = torch.empty(1, rows, 32, 32)
     x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
@@ -431,13 +481,54 @@ def test_launches_per_direction(affine, channels_last, rows):
     stats = torch.zeros(1, rows)
     runs = {"forward": lambda: module._instance_norm_act_fwd(x, w, b, None, "relu", 0.2, 1e-5, 0),
             "backward": lambda: module._instance_norm_act_bwd(x, x, w, b, stats, stats, "relu", 0.2, 0)}
+    one_program_per_row = rows == 256 and not channels_last
     for direction, run in runs.items():
         launches = []
         with record_launches(launches), AtenLaunches() as aten:
             run()
-        assert len(launches) == (1 if rows == 256 and not channels_last else 2), direction
+        assert len(launches) == (1 if one_program_per_row or fused else 2), direction
+        if fused and not one_program_per_row:
+            launch, = launches
+            assert launch.kwargs["PHASE"] == 0
+            assert launch.kwargs["launch_cooperative_grid"] == (launch.grid[0] > 1)
         # The weight and bias gradients of an affine norm: one fixed-order sum each.
         assert aten.ops == (["aten.sum.dim_IntList"] * 2 if affine and direction == "backward" else []), direction
+
+
+# (shape, bf16, backward pad or None for the forward) -> (path, BLOCK_C) on the model H100 (132 SMs, 50 MiB L2)
+@pytest.mark.parametrize("shape, pad, expected", [
+    ((1, 256, 64, 64), None, ("fused", 16)),  # a CycleGAN residual block at batch 1: narrow blocks, more rows
+    ((3, 256, 64, 64), 1, ("fused", 32)),  # at batch 3, the backward of a padded output: x and dy fit
+    ((3, 64, 256, 256), None, ("fused", 16)),  # G_A's first norm at batch 3: 25 MB fits half the L2
+    ((3, 64, 256, 256), 1, ("split", 64)),  # ...its backward (x and dy, 51 MB) does not
+    ((12, 64, 256, 256), None, ("split", 64)),  # batch 12 (CycleGAN bs4) forward: 101 MB
+    ((1024, 64, 8, 8), None, ("fused", 64)),  # 1024 rows, more than run at once: one piece each, no barrier
+])
+def test_fused_plan(shape, pad, expected):
+    module = importlib.import_module("fastgan.ops.instance_norm_act")
+    x = torch.empty(shape, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    carried = None if pad is None else 2 + 2 * (shape[2] + 2 * pad) * (shape[3] + 2 * pad) / (shape[2] * shape[3])
+    plan = module._plan(x, rows_ok=pad is None, backward_pad=pad, carried=carried)
+    assert (plan["path"], plan["blocks"]["BLOCK_C"]) == expected
+    programs = plan["grid"][0] * plan["grid"][1] * plan["grid"][2]
+    if plan["path"] == "fused" and plan["split"] > 1:  # every program of the grid running at once
+        assert programs <= _triton_util.MODEL_SMS * _triton_util.COOPERATIVE_PROGRAMS_PER_SM
+    if plan["path"] == "fused" and shape[0] == 1024:
+        assert plan["split"] == 1 and programs == 1024
+
+
+def test_fused_path_without_a_barrier(triton_cpu, monkeypatch):
+    """More rows than programs run at once (a one-SM GPU here): one piece per row, the phases in one program with
+    no barrier, and no cooperative launch."""
+    module = importlib.import_module("fastgan.ops.instance_norm_act")
+    monkeypatch.setattr(_triton_util, "device_limits", lambda x: (1, 2**40))
+    for shape, channels_last in (((2, 3, 48, 48), False), ((3, 70, 12, 12), True)):  # 6 rows, 4 programs
+        x = torch.empty(shape).contiguous(memory_format=torch.channels_last if channels_last else
+                                          torch.contiguous_format)
+        plan = module._plan(x)
+        assert plan["path"] == "fused" and plan["split"] == 1 and plan["blocks"]["TILES"] > 1
+        _check_against_reference(shape, torch.float32, "cpu", channels_last, True, "leaky_relu", True)
+        _check_against_reference(shape, torch.float32, "cpu", channels_last, False, "relu", False, 1)
 
 
 def test_pieces_not_a_power_of_two(triton_cpu):
