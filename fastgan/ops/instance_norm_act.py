@@ -80,17 +80,17 @@ _FOLD_TILE = 512
 _FEW_CHANNELS_TILE = 1024
 _ROW_BLOCK_S = 2048  # elements per tile of the one-launch kernels: one fp32 accumulator pair of 16 per thread
 # From this many (sample, channel) rows on, each direction is one launch of one program per row, looping over
-# the row twice (statistics, then the output), instead of the split path's two launches: the rows alone fill
-# the GPU (132 = the SMs of an H100 SXM, one program each), and the second read of a row comes from L2 (an
-# H100's 50 MB hold a row of 64K bf16 elements for each of thousands of programs in flight). Fewer rows keep
-# the split path, whose pieces are what fills the GPU at batch 1 with few channels. Tests monkeypatch it to
-# run every shape through both paths.
+# the row twice (statistics, then the output), with no barrier and no pieces: the rows alone fill the GPU
+# (132 = the SMs of an H100 SXM, one program each), and the second read of a row comes from L2 (an H100's 50 MB
+# hold a row of 64K bf16 elements for each of thousands of programs in flight). Fewer rows take the fused or
+# split path, whose pieces are what fills the GPU at batch 1 with few channels. Tests monkeypatch it to run
+# every shape through every path.
 _ONE_LAUNCH_MIN_ROWS = 132
 # ...and only where a row is contiguous (NCHW, stride_s == 1). In channels_last a row is one channel read at a
 # stride of C elements: each warp load touches 32 different 32-byte sectors for 64 useful bytes, so the
 # neighbouring programs of a sector's other channels fetch it again from L2, about 16x the tensor's bytes
-# per pass at bf16. The ledger counts DRAM bytes once and cannot see that; the split path reads channels_last
-# in [channel block, spatial] tiles that load whole sectors. Unmeasured on a GPU: bench/gpu-check can time
+# per pass at bf16. The ledger counts DRAM bytes once and cannot see that; the fused and split paths read
+# channels_last in [channel block, spatial] tiles that load whole sectors. Unmeasured on a GPU: bench/gpu-check can time
 # both with this switch, and the tests run the strided one-launch kernels through it too.
 _ONE_LAUNCH_STRIDED = False
 # The fused path (below _ONE_LAUNCH_MIN_ROWS, or in channels_last): each direction's two phases in one launch of
