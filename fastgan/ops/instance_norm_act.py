@@ -590,7 +590,9 @@ def _plan(x, rows_ok=True, backward_pad=None, carried=None):
 
 def _fused_plan(x, n, c, s, stride_c, block_c, block_s, carried):
     """The fused path's grid and tiles, or None where the bytes it reads again after its barrier would not fit in
-    its share of L2 (see _FUSED_L2_SHARE)."""
+    its share of L2 (see _FUSED_L2_SHARE), or where there are no rows (the split path launches nothing)."""
+    if n * c == 0:
+        return None
     sms, l2_bytes = _triton_util.device_limits(x)
     capacity = sms * _FUSED_PROGRAMS_PER_SM
     if stride_c == 1 and c > 1:  # channels_last: narrower channel blocks (to one 32-byte sector) for more rows

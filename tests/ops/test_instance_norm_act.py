@@ -220,6 +220,17 @@ def test_split_covers_each_row_once(n, c_blocks, s, block_s, max_split):
     assert (split - 1) * tiles * block_s < s <= split * tiles * block_s  # no empty piece, nothing left out
 
 
+@pytest.mark.parametrize("shape", [(0, 3, 4, 5), (2, 0, 4, 5)], ids=["no_samples", "no_channels"])
+@pytest.mark.parametrize("pad", [0, 1])
+def test_empty_input(triton_cpu, norm_path, shape, pad):
+    """No samples or no channels: an empty output of the right shape, and an empty gradient."""
+    x = torch.randn(shape, requires_grad=True)
+    y = instance_norm_act(x, pad=pad, impl="triton")
+    assert y.shape == _grown(shape, pad)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+
+
 def test_mixed_layouts_and_dtypes(triton_cpu, norm_path):
     """A residual in another layout and an NCHW dy for a channels_last x still give the reference."""
     x = torch.randn(2, 3, 6, 5).contiguous(memory_format=torch.channels_last).requires_grad_(True)
