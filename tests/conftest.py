@@ -5,6 +5,24 @@ import torch
 # three small CycleGAN steps); one thread keeps the suite's time predictable.
 torch.set_num_threads(1)
 
+# torch.jit's table of builtins maps id(fn) to an operator without holding fn (torch.jit._builtins._register_builtin,
+# called for each operator torch.ops resolves). When an operator gains an overload (importing
+# torch.ao.quantization.fx._decomposed, as the export tests' torch.export and ONNX paths do, adds two overloads to
+# quantized_decomposed::quantize_per_tensor and to dequantize_per_tensor), torch resolves it again and frees the
+# old object, and its id stays in the table; a later object at that address (seen: a deep-copied Conv2d's
+# _reversed_padding_repeated_twice) is then taken for that builtin by torch.jit.script ("builtin cannot be used as
+# a value"), depending on where the allocator puts it. Holding every registered function keeps its id its own.
+_REGISTERED_BUILTINS = []
+_register_builtin = torch.jit._builtins._register_builtin
+
+
+def _register_builtin_held(fn, op):
+    _REGISTERED_BUILTINS.append(fn)
+    _register_builtin(fn, op)
+
+
+torch.jit._builtins._register_builtin = _register_builtin_held
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():

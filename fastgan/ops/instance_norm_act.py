@@ -78,6 +78,10 @@ _FOLD_TILE = 512
 # ...and those of every split kernel in channels_last with at most 4 channels: [4, 512] fp16 tiles spilled 8-64
 # bytes in the normalise and backward passes (Triton 3.6 and 3.8, sm_80 and sm_90, by specialisation).
 _FEW_CHANNELS_TILE = 1024
+# ...and those of the folding backward at <= 4 channels in channels_last: its [4, 128] fp32 tiles took all 128
+# registers a cooperative launch allows (_triton_util.phase_zero_options) and spilled 8 bytes (sm_90, Triton 3.8,
+# FASTGAN_SPECIALISATIONS=all); [4, 64] takes about 85.
+_FEW_CHANNELS_FOLD_TILE = 256
 _ROW_BLOCK_S = 2048  # elements per tile of the one-launch kernels: one fp32 accumulator pair of 16 per thread
 # From this many (sample, channel) rows on, each direction is one launch of one program per row, looping over
 # the row twice (statistics, then the output), with no barrier and no pieces: the rows alone fill the GPU
@@ -574,9 +578,10 @@ def _plan(x, rows_ok=True, backward_pad=None, carried=None):
         return dict(path="rows", grid=(c, n), n=n, c=c, args=args,
                     blocks=dict(BLOCK_S=block_s, TILES=_triton_util.next_pow2(-(-s // block_s))))
     tile_elems = 2048
+    few_channels = stride_c == 1 and c <= 4
     if backward_pad:
-        tile_elems = _FOLD_TILE
-    elif stride_c == 1 and c <= 4:
+        tile_elems = _FEW_CHANNELS_FOLD_TILE if few_channels else _FOLD_TILE
+    elif few_channels:
         tile_elems = _FEW_CHANNELS_TILE
     block_c, block_s = _triton_util.tile(c, s, stride_c, tile_elems)
     plan = _fused_plan(x, n, c, s, stride_c, block_c, block_s, carried or x.element_size()) if _FUSED else None
