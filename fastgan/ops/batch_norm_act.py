@@ -294,12 +294,17 @@ def _batch_norm_act_bwd_kernel(
 _TARGET_PROGRAMS = 1024  # reduction programs per launch: enough to fill a GPU when N * C is small
 _GROUP = 32  # programs per group of sum_over_programs
 _MAX_PROGRAMS = _GROUP * _GROUP  # per channel block: the last program then sums at most 32 groups' sums
+# NCHW tiles of a 2x2 plane were [512, 4]: the backward statistics kernel spilled 8-16 bytes on sm_80 (pix2pix's
+# bottleneck, fp16 and bf16, Triton 3.8, FASTGAN_SPECIALISATIONS=all); [256, 4] takes at most 78 registers.
+_NCHW_MAX_BLOCK_C = 256
 
 
 def _plan(x):
     """Shape, strides, tiles, grids and reduction layout of x for the kernels."""
     n, c, s, stride_n, stride_c, stride_s = _triton_util.channels_view(_OP, "x", x)
     block_c, block_s = _triton_util.tile(c, s, stride_c)
+    if stride_c != 1:  # NCHW with a tiny plane: at most _NCHW_MAX_BLOCK_C channels per tile
+        block_c = min(block_c, _NCHW_MAX_BLOCK_C)
     c_blocks = -(-c // block_c)
     chunks = -(-s // block_s)
     items = n * chunks

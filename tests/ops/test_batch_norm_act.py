@@ -111,6 +111,7 @@ def test_other_activations(triton_cpu, act, training):
     (1, 2, 48, 48),  # 2304 > one 2048 tile: a sample's row split over several programs
     (2, 70, 3, 4),  # channels beyond one channels_last block of 64
     (5, 3, 1, 1),  # one pixel per sample: the statistics run over the batch only
+    (2, 300, 2, 2),  # NCHW: a 2x2 plane's tiles hold at most _NCHW_MAX_BLOCK_C channels, the last block partial
 ])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
