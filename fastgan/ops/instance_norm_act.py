@@ -107,6 +107,10 @@ _ONE_LAUNCH_STRIDED = False
 _FUSED = os.environ.get("FASTGAN_FUSED_NORMS", "1") != "0"
 _FUSED_PROGRAMS_PER_SM = _triton_util.COOPERATIVE_PROGRAMS_PER_SM
 _FUSED_L2_SHARE = 0.5
+# The fused kernels' tiles in fp32 are the split path's divided by this: at full size, Triton 3.6 spilled 8 bytes in
+# the forward ([1, 2048], sm_80) and 16 in the folding backward ([1, 512], sm_90, under the cooperative register
+# cap) in NCHW (FASTGAN_SPECIALISATIONS=all on the GPU machines' torch 2.11 + Triton 3.6).
+_FUSED_FP32_TILE = 2
 
 
 # 1. Reference ------------------------------------------------------------------------------------
@@ -583,8 +587,12 @@ def _plan(x, rows_ok=True, backward_pad=None, carried=None):
         tile_elems = _FEW_CHANNELS_FOLD_TILE if few_channels else _FOLD_TILE
     elif few_channels:
         tile_elems = _FEW_CHANNELS_TILE
+    plan = None
+    if _FUSED:  # both phases in one kernel hold more registers: half the tile for fp32 (see _FUSED_FP32_TILE)
+        fused_elems = tile_elems // _FUSED_FP32_TILE if x.element_size() > 2 else tile_elems
+        plan = _fused_plan(x, n, c, s, stride_c, *_triton_util.tile(c, s, stride_c, fused_elems),
+                           carried or x.element_size())
     block_c, block_s = _triton_util.tile(c, s, stride_c, tile_elems)
-    plan = _fused_plan(x, n, c, s, stride_c, block_c, block_s, carried or x.element_size()) if _FUSED else None
     if plan is None:
         c_blocks = -(-c // block_c)
         split, tiles = _triton_util.split(n, c_blocks, s, block_s, _MAX_SPLIT)

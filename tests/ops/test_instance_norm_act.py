@@ -542,10 +542,12 @@ def test_fused_path_without_a_barrier(triton_cpu, monkeypatch):
         _check_against_reference(shape, torch.float32, "cpu", channels_last, False, "relu", False, 1)
 
 
-def test_pieces_not_a_power_of_two(triton_cpu):
-    """Six pieces per row: the consuming pass reads a block of eight partial sums, two of them masked off."""
+def test_pieces_not_a_power_of_two(triton_cpu, phases):
+    """Six pieces per row on the split path (eleven on the fused one, whose fp32 tiles are half as long): the
+    consuming phase reads a block of eight (sixteen) partial sums, two (five) of them masked off."""
     module = importlib.import_module("fastgan.ops.instance_norm_act")
-    shape = (1, 2, 97, 107)  # 10379 positions: six NCHW tiles of 2048, one piece each
+    shape = (1, 2, 97, 107)  # 10379 positions: six NCHW tiles of 2048 (eleven of 1024), one piece each
     plan = module._plan(torch.empty(shape))
-    assert plan["split"] == 6 and plan["sums"]["BLOCK_SPLIT"] == 8
+    assert plan["path"] == phases
+    assert (plan["split"], plan["sums"]["BLOCK_SPLIT"]) == ((6, 8) if phases == "split" else (11, 16))
     _check_against_reference(shape, torch.float32, "cpu", False, False, "relu", True)
