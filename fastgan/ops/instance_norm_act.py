@@ -264,17 +264,23 @@ def _fold_load(DY, base, i, j, mask, H, WIDTH, PAD, dy_stride_h, dy_stride_w):
 
 @_triton_util.device_function
 def _bwd_tile(
-    X, DY, idx, s, mask, mean, rstd, w, b, negative_slope,
+    X, DY, first, offset, c_mask, S, stride_s, mean, rstd, w, b, negative_slope,
     dy_base, H, WIDTH, PAD, dy_stride_h, dy_stride_w,  # the padded gradient's geometry (unused unless FOLD)
-    ACT: tl.constexpr, FOLD: tl.constexpr,
+    BLOCK_S: tl.constexpr, ACT: tl.constexpr, FOLD: tl.constexpr,
 ):
-    """xhat and g of one tile at spatial positions s of x: with FOLD the output was padded (pad > 0, or a
-    residual of another layout), and dy is folded from its [N, C, H + 2 PAD, WIDTH + 2 PAD] gradient."""
+    """(idx, mask, xhat, g) of the tile at spatial positions first + [0, BLOCK_S) of x (offset: [BLOCK_C] offsets
+    of x[n, c, 0]): with FOLD the output was padded (pad > 0, or a residual of another layout), and dy is folded
+    from its [N, C, H + 2 PAD, WIDTH + 2 PAD] gradient."""
+    s = first + tl.arange(0, BLOCK_S)
+    mask = c_mask[:, None] & (s < S)[None, :]
+    idx = offset[:, None] + s[None, :] * stride_s
     if FOLD:
         i = s // WIDTH
         dy = _fold_load(DY, dy_base, i, s - i * WIDTH, mask, H, WIDTH, PAD, dy_stride_h, dy_stride_w)
-        return norm_act_bwd_values(X, idx, mask, dy, mean, rstd, w, b, negative_slope, ACT)
-    return norm_act_bwd_tile(X, DY, idx, mask, mean, rstd, w, b, negative_slope, ACT)
+        xhat, g = norm_act_bwd_values(X, idx, mask, dy, mean, rstd, w, b, negative_slope, ACT)
+    else:
+        xhat, g = norm_act_bwd_tile(X, DY, idx, mask, mean, rstd, w, b, negative_slope, ACT)
+    return idx, mask, xhat, g
 
 
 # The split and fused paths' kernels: one per direction, each with two phases (PHASE 1: the per-piece sums;
@@ -432,11 +438,9 @@ def _instance_norm_act_bwd_kernel(
         acc_g = tl.full([BLOCK_C, BLOCK_S], 0.0, tl.float32)
         acc_gx = tl.full([BLOCK_C, BLOCK_S], 0.0, tl.float32)
         for s0 in range(0, TILES * BLOCK_S, BLOCK_S):
-            s = start + s0 + tl.arange(0, BLOCK_S)
-            mask = c_mask[:, None] & (s < S)[None, :]
-            idx = offset[:, None] + s[None, :] * stride_s
-            xhat, g = _bwd_tile(X, DY, idx, s, mask, mean, rstd, w, b, negative_slope, dy_base, H, WIDTH, PAD,
-                                dy_stride_h, dy_stride_w, ACT, FOLD)
+            _, _, xhat, g = _bwd_tile(X, DY, start + s0, offset, c_mask, S, stride_s, mean, rstd, w, b,
+                                      negative_slope, dy_base, H, WIDTH, PAD, dy_stride_h, dy_stride_w, BLOCK_S,
+                                      ACT, FOLD)
             acc_g += g
             acc_gx += g * xhat
         out = (n * C + c) * SPLIT + pid_split
@@ -449,11 +453,9 @@ def _instance_norm_act_bwd_kernel(
         mean_dxhat = w * sum_g / S
         mean_dxhat_xhat = w * sum_gx / S
         for s0 in range(0, TILES * BLOCK_S, BLOCK_S):
-            s = start + s0 + tl.arange(0, BLOCK_S)
-            mask = c_mask[:, None] & (s < S)[None, :]
-            idx = offset[:, None] + s[None, :] * stride_s
-            xhat, g = _bwd_tile(X, DY, idx, s, mask, mean, rstd, w, b, negative_slope, dy_base, H, WIDTH, PAD,
-                                dy_stride_h, dy_stride_w, ACT, FOLD)
+            idx, mask, xhat, g = _bwd_tile(X, DY, start + s0, offset, c_mask, S, stride_s, mean, rstd, w, b,
+                                           negative_slope, dy_base, H, WIDTH, PAD, dy_stride_h, dy_stride_w,
+                                           BLOCK_S, ACT, FOLD)
             dx = rstd[:, None] * (g * w[:, None] - mean_dxhat[:, None] - xhat * mean_dxhat_xhat[:, None])
             tl.store(DX + idx, dx.to(DX.dtype.element_ty), mask=mask)
 
@@ -662,7 +664,7 @@ def _instance_norm_act_fwd(x, weight, bias, residual, act, negative_slope, eps, 
         geometry = (h, width, pad, *y_strides, *r_strides, margin)
     else:
         y = _triton_util.empty_like(x)
-        s_out, r, geometry = x.shape[2:].numel(), x if residual is None else residual, (0,) * 11
+        s_out, r, geometry = plan["args"][1], x if residual is None else residual, (0,) * 11
     split, grid, blocks = plan["split"], plan["grid"], plan["blocks"]
     parts = _triton_util.empty((2, n, c, split), torch.float32, x.device)
     args = (x, r, y, w, b, parts, mean, rstd, _counters(x, plan), *plan["args"], split, n * c, eps, negative_slope,
